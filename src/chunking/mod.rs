@@ -1,0 +1,9 @@
+//! The difference engine: content-defined chunking, manifests and difference transactions.
+//!
+//! Pure library code: no FUSE, no network, no database (see DESIGN.md).
+
+mod id;
+mod manifest;
+
+pub use id::{ChunkId, IdParseError, ManifestId};
+pub use manifest::{ApplyError, ChunkRef, EditOp, Manifest, ManifestEdit};

@@ -1,0 +1,1 @@
+//! The local drive: node tree and metadata in SQLite, content in backing files, dirty ranges.

@@ -1,0 +1,1 @@
+//! The FUSE adapter: translates kernel requests into drive calls and drive errors into errnos.

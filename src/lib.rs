@@ -1,0 +1,6 @@
+//! deltadrive: a synced drive. See DESIGN.md for the parts and how data flows through them.
+
+pub mod chunking;
+pub mod drive;
+pub mod fs;
+pub mod protocol;
