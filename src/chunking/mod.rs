@@ -4,6 +4,8 @@
 
 mod id;
 mod manifest;
+pub mod payload;
 
 pub use id::{ChunkId, IdParseError, ManifestId};
 pub use manifest::{ApplyError, ChunkRef, EditOp, Manifest, ManifestEdit};
+pub use payload::{PayloadError, VerifiedChunk};

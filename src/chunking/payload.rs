@@ -1,0 +1,203 @@
+//! Chunk payloads as stored and sent: zstd-compressed, or raw where compression does not help.
+//!
+//! Format (version 1): one tag byte, then the body. Tag 0: the chunk's bytes as they are.
+//! Tag 1: one zstd frame of them. Decoding checks that the BLAKE3 of the output is the
+//! chunk id, so a [`VerifiedChunk`] can only exist for bytes that match their id.
+
+use std::io::Read;
+
+use super::ChunkId;
+
+const TAG_RAW: u8 = 0;
+const TAG_ZSTD: u8 = 1;
+
+/// Default zstd level for chunk payloads.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Why a payload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    /// The payload is empty: it has no tag byte.
+    #[error("chunk payload is empty")]
+    Empty,
+    /// The tag byte names no known encoding.
+    #[error("unknown chunk payload tag {0}")]
+    UnknownTag(u8),
+    /// The decoded chunk would exceed the caller's limit.
+    #[error("chunk payload decodes to more than {limit} bytes")]
+    TooLarge {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// The zstd frame is corrupt.
+    #[error("corrupt zstd frame: {0}")]
+    Zstd(#[source] std::io::Error),
+    /// The decoded bytes do not hash to the expected id.
+    #[error("chunk hash mismatch: expected {expected}, got {actual}")]
+    HashMismatch {
+        /// The id the caller asked for.
+        expected: ChunkId,
+        /// The BLAKE3 of the decoded bytes.
+        actual: ChunkId,
+    },
+}
+
+/// Chunk bytes whose BLAKE3 has been checked against their id.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerifiedChunk {
+    id: ChunkId,
+    bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for VerifiedChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedChunk")
+            .field("id", &self.id)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl VerifiedChunk {
+    /// Hashes `bytes`; the result is verified by construction.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self {
+            id: ChunkId::of(&bytes),
+            bytes,
+        }
+    }
+
+    /// The chunk id.
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// The chunk's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The chunk's bytes, by value.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The payload to store or send: zstd at `level` if that is smaller, else raw.
+    pub fn encode(&self, level: i32) -> Vec<u8> {
+        encode(&self.bytes, level)
+    }
+}
+
+/// Encodes chunk bytes as a payload: zstd at `level` if that is smaller, else raw.
+pub fn encode(bytes: &[u8], level: i32) -> Vec<u8> {
+    if let Ok(compressed) = zstd::bulk::compress(bytes, level)
+        && compressed.len() < bytes.len()
+    {
+        let mut out = Vec::with_capacity(compressed.len() + 1);
+        out.push(TAG_ZSTD);
+        out.extend_from_slice(&compressed);
+        return out;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    out.push(TAG_RAW);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Decodes a payload, refusing output over `limit` bytes or not hashing to `expected`.
+pub fn decode(
+    payload: &[u8],
+    expected: ChunkId,
+    limit: usize,
+) -> Result<VerifiedChunk, PayloadError> {
+    let (&tag, body) = payload.split_first().ok_or(PayloadError::Empty)?;
+    let bytes = match tag {
+        TAG_RAW => {
+            if body.len() > limit {
+                return Err(PayloadError::TooLarge { limit });
+            }
+            body.to_vec()
+        }
+        TAG_ZSTD => {
+            // Stream through a bounded reader: the frame header's claimed size is not trusted.
+            let decoder = zstd::stream::read::Decoder::new(body).map_err(PayloadError::Zstd)?;
+            let mut out = Vec::new();
+            decoder
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(PayloadError::Zstd)?;
+            if out.len() > limit {
+                return Err(PayloadError::TooLarge { limit });
+            }
+            out
+        }
+        other => return Err(PayloadError::UnknownTag(other)),
+    };
+    let actual = ChunkId::of(&bytes);
+    if actual != expected {
+        return Err(PayloadError::HashMismatch { expected, actual });
+    }
+    Ok(VerifiedChunk { id: actual, bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_chunk_round_trips_through_zstd() {
+        let bytes = vec![7u8; 10_000];
+        let chunk = VerifiedChunk::new(bytes.clone());
+        let payload = chunk.encode(DEFAULT_ZSTD_LEVEL);
+        assert_eq!(payload[0], TAG_ZSTD);
+        assert!(payload.len() < 100);
+        let back = decode(&payload, chunk.id(), 65536).expect("decodes");
+        assert_eq!(back.bytes(), &bytes[..]);
+    }
+
+    #[test]
+    fn incompressible_chunk_is_stored_raw() {
+        let bytes: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let payload = encode(&bytes, DEFAULT_ZSTD_LEVEL);
+        assert!(payload.len() <= bytes.len() + 1);
+        assert_eq!(
+            decode(&payload, ChunkId::of(&bytes), 65536)
+                .expect("decodes")
+                .bytes(),
+            &bytes[..]
+        );
+    }
+
+    #[test]
+    fn wrong_id_is_refused() {
+        let payload = encode(b"hello", 3);
+        let err = decode(&payload, ChunkId::of(b"other"), 100).unwrap_err();
+        assert!(matches!(err, PayloadError::HashMismatch { .. }));
+    }
+
+    #[test]
+    fn oversized_output_is_refused_before_hashing() {
+        let bytes = vec![0u8; 1 << 20];
+        let payload = encode(&bytes, 3);
+        let err = decode(&payload, ChunkId::of(&bytes), 65536).unwrap_err();
+        assert!(matches!(err, PayloadError::TooLarge { limit: 65536 }));
+    }
+
+    #[test]
+    fn empty_and_unknown_tags_are_refused() {
+        assert!(matches!(
+            decode(&[], ChunkId::of(b""), 10),
+            Err(PayloadError::Empty)
+        ));
+        assert!(matches!(
+            decode(&[9, 1], ChunkId::of(b""), 10),
+            Err(PayloadError::UnknownTag(9))
+        ));
+        assert!(matches!(
+            decode(&[1, 1, 2, 3], ChunkId::of(b""), 10),
+            Err(PayloadError::Zstd(_))
+        ));
+    }
+}
