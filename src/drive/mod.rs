@@ -1,1 +1,923 @@
 //! The local drive: node tree and metadata in SQLite, content in backing files, dirty ranges.
+//!
+//! Every operation completes against local state. The tree lives in memory behind one
+//! mutex; content I/O goes to backing files outside it; metadata is written behind by
+//! the store's writer thread, and fsync waits for it.
+
+mod backing;
+mod error;
+mod name;
+mod node;
+mod ranges;
+pub mod state;
+mod store;
+mod tree;
+mod xattr;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use error::{DriveError, DriveResult};
+pub use node::{Attr, Ino, Kind, Nanos, ROOT_INO, from_nanos, to_nanos};
+pub use ranges::RangeSet;
+pub use state::StateDir;
+pub use store::{Store, StoreError, Summary};
+pub use tree::RenameMode;
+pub use xattr::XattrFlags;
+
+use backing::Backing;
+use node::{Node, PendingVersion, now};
+use store::NodeRow;
+use tree::Tree;
+
+/// Longest symlink target, as PATH_MAX.
+const TARGET_MAX: usize = 4095;
+
+/// Who is asking: the uid and gid of the calling process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// A timestamp to set: a given time or the current one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    /// The time of the call.
+    Now,
+    /// This time.
+    At(Nanos),
+}
+
+/// Attribute changes requested by setattr; `None` leaves a field as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub perm: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+    /// New change time (sent by the kernel with writeback caching).
+    pub ctime: Option<Nanos>,
+}
+
+/// One directory entry as listed by readdir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode of the entry.
+    pub ino: Ino,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its name.
+    pub name: Vec<u8>,
+}
+
+/// Filesystem-wide numbers for statfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsStats {
+    /// Total blocks of `bsize` bytes.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Free blocks for unprivileged users.
+    pub bavail: u64,
+    /// Inodes in use plus free.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+}
+
+/// A recorded local version, as handed to the sync engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedVersion {
+    /// The file.
+    pub ino: Ino,
+    /// Its version number.
+    pub number: u64,
+    /// Bytes changed since the version the sync engine last took.
+    pub ranges: RangeSet,
+    /// Size when recorded.
+    pub size: u64,
+}
+
+/// An open file: its backing file and whether this handle wrote.
+#[derive(Debug)]
+struct OpenFile {
+    ino: Ino,
+    file: File,
+    wrote: AtomicBool,
+}
+
+/// The local drive.
+#[derive(Debug)]
+pub struct Drive {
+    state: StateDir,
+    tree: Mutex<Tree>,
+    store: Mutex<Option<Store>>,
+    backing: Backing,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    /// Fan-out directories with backing files created since they were last fsynced.
+    unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State behind these locks stays consistent between statements; a panicked holder
+    // does not make it unusable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drive {
+    /// Opens the drive kept in `state` (creating it if new), recovering from a crash if the
+    /// last session did not end cleanly. The root belongs to `owner`.
+    pub fn open(state: StateDir, owner: Caller) -> DriveResult<Drive> {
+        let backing = Backing::open(&state.content_dir())?;
+        let (store, nodes, clean) = Store::open(&state.db_path(), (owner.uid, owner.gid))?;
+        let mut tree = Tree::from_nodes(nodes);
+        for ino in tree.orphans() {
+            tracing::warn!(ino, "node with a missing parent: moving it to the root");
+            let name = format!(".orphan-{ino}").into_bytes();
+            if let Ok(n) = tree.get_mut(ino) {
+                n.parent = ROOT_INO;
+                n.name = name;
+            }
+            tree.touch(ino);
+        }
+        let orphaned = !tree.orphans().is_empty();
+        if orphaned {
+            // Re-link with the corrected parents.
+            let nodes: HashMap<Ino, Node> = tree.iter().map(|(&i, n)| (i, n.clone())).collect();
+            tree = Tree::from_nodes(nodes);
+        }
+        let drive = Drive {
+            state,
+            tree: Mutex::new(tree),
+            store: Mutex::new(Some(store)),
+            backing,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            unsynced_dirs: Mutex::new(BTreeSet::new()),
+        };
+        if !clean {
+            tracing::warn!("previous session did not end cleanly: checking backing files");
+            drive.recover()?;
+        }
+        drive.record_all_dirty()?;
+        drive.with_store(|s| s.barrier(true))?;
+        Ok(drive)
+    }
+
+    /// After a crash: drop backing files no node owns, and treat every file whose backing
+    /// file differs from its last recorded version as wholly dirty.
+    fn recover(&self) -> DriveResult<()> {
+        let mut tree = lock(&self.tree);
+        let mut owned = std::collections::HashSet::new();
+        let files: Vec<(Ino, crate::protocol::NodeId)> = tree
+            .iter()
+            .filter(|(_, n)| n.kind == Kind::File)
+            .map(|(&i, n)| (i, n.id))
+            .collect();
+        for (ino, id) in files {
+            owned.insert(id);
+            let stat = self.backing.stat(id)?;
+            let node = tree.get_mut(ino)?;
+            let (len, mtime, blocks) = stat.unwrap_or((0, 0, 0));
+            let stamp_matches = stat.is_some() && node.recorded_stamp == Some((len, mtime));
+            if !stamp_matches && (len > 0 || node.recorded_stamp.is_some() || node.size > 0) {
+                node.size = len;
+                node.dirty = RangeSet::new();
+                node.dirty.insert(0, len);
+            } else {
+                node.size = len;
+            }
+            node.blocks = Some(blocks);
+            tree.touch(ino);
+        }
+        let mut removed = 0;
+        for id in self.backing.list()? {
+            if !owned.contains(&id) {
+                self.backing.remove(id)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed backing files of nodes that were never recorded"
+            );
+        }
+        self.persist(&mut tree);
+        Ok(())
+    }
+
+    fn with_store<T>(&self, f: impl FnOnce(&Store) -> Result<T, StoreError>) -> DriveResult<T> {
+        match lock(&self.store).as_ref() {
+            Some(store) => Ok(f(store)?),
+            None => Err(DriveError::Store(StoreError::Stopped)),
+        }
+    }
+
+    /// Queues the tree's journal for the store; returns nodes to reap.
+    fn persist(&self, tree: &mut Tree) -> Vec<(Ino, Node)> {
+        let journal = tree.drain();
+        let rows: Vec<(Ino, Option<NodeRow>)> = journal
+            .changed
+            .iter()
+            .filter_map(|&ino| tree.get(ino).ok().map(|n| (ino, Some(NodeRow::of(n)))))
+            .chain(journal.deleted.iter().map(|&ino| (ino, None)))
+            .collect();
+        if let Some(store) = lock(&self.store).as_ref() {
+            store.enqueue(rows);
+        }
+        journal.reaped
+    }
+
+    /// Runs `f` on the tree, persists what it changed, and removes reaped backing files.
+    fn mutate<T>(&self, f: impl FnOnce(&mut Tree) -> DriveResult<T>) -> DriveResult<T> {
+        let (result, reaped) = {
+            let mut tree = lock(&self.tree);
+            let result = f(&mut tree);
+            let reaped = self.persist(&mut tree);
+            (result, reaped)
+        };
+        for (_, node) in reaped {
+            if node.kind == Kind::File
+                && let Err(e) = self.backing.remove(node.id)
+            {
+                tracing::warn!(id = %node.id, "could not remove backing file: {e}");
+            }
+        }
+        result
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// Looks up `name` in `parent`, adding a kernel reference to the result.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> DriveResult<Attr> {
+        self.mutate(|t| {
+            let ino = t.lookup(parent, name)?;
+            t.add_lookup(ino, 1);
+            Self::attr_of(&self.backing, t, ino)
+        })
+    }
+
+    /// Drops `n` kernel references to `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        // Forgetting an unknown inode is harmless; nothing to report.
+        let _ = self.mutate(|t| {
+            t.forget(ino, n);
+            Ok(())
+        });
+    }
+
+    /// Adds one kernel reference to each of `inos` (entries returned by readdirplus).
+    pub fn add_lookups(&self, inos: &[Ino]) {
+        let mut t = lock(&self.tree);
+        for &ino in inos {
+            t.add_lookup(ino, 1);
+        }
+    }
+
+    fn attr_of(backing: &Backing, t: &mut Tree, ino: Ino) -> DriveResult<Attr> {
+        let node = t.get_mut(ino)?;
+        if node.kind == Kind::File && node.blocks.is_none() {
+            node.blocks = Some(backing.stat(node.id)?.map_or(0, |(_, _, blocks)| blocks));
+        }
+        Ok(node.attr(ino))
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> DriveResult<Attr> {
+        let mut t = lock(&self.tree);
+        Self::attr_of(&self.backing, &mut t, ino)
+    }
+
+    /// Changes attributes (chmod, chown, truncate, utimens); `fh` is the handle for ftruncate.
+    pub fn setattr(&self, ino: Ino, set: SetAttr, fh: Option<u64>) -> DriveResult<Attr> {
+        if let Some(size) = set.size {
+            let (kind, id) = {
+                let t = lock(&self.tree);
+                let n = t.get(ino)?;
+                (n.kind, n.id)
+            };
+            match kind {
+                Kind::Dir => return Err(DriveError::IsDir),
+                Kind::Symlink => return Err(DriveError::Invalid("truncate of a symlink")),
+                Kind::File => {}
+            }
+            match fh.and_then(|fh| self.file(fh).ok()) {
+                Some(h) => h.file.set_len(size)?,
+                None => self.backing.open_file(id)?.set_len(size)?,
+            }
+        }
+        let stamp = now();
+        let record = self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            if let Some(size) = set.size {
+                let old = n.size;
+                n.size = size;
+                n.dirty.insert(old.min(size), old.max(size));
+                n.blocks = None;
+                n.mtime = stamp;
+                n.ctime = stamp;
+            }
+            if let Some(perm) = set.perm {
+                n.perm = perm & 0o7777;
+                n.ctime = stamp;
+            }
+            if let Some(uid) = set.uid {
+                n.uid = uid;
+                n.ctime = stamp;
+            }
+            if let Some(gid) = set.gid {
+                n.gid = gid;
+                n.ctime = stamp;
+            }
+            if let Some(a) = set.atime {
+                n.atime = resolve(a, stamp);
+                n.ctime = stamp;
+            }
+            if let Some(m) = set.mtime {
+                n.mtime = resolve(m, stamp);
+                n.ctime = stamp;
+            }
+            if let Some(c) = set.ctime {
+                n.ctime = c;
+            }
+            t.touch(ino);
+            Ok(set.size.is_some() && t.get(ino)?.open == 0)
+        })?;
+        if record {
+            // A truncate by path has no close to record it on.
+            self.record_version(ino, None)?;
+        }
+        self.getattr(ino)
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: Ino) -> DriveResult<Vec<u8>> {
+        let t = lock(&self.tree);
+        let n = t.get(ino)?;
+        if n.kind != Kind::Symlink {
+            return Err(DriveError::Invalid("not a symlink"));
+        }
+        Ok(n.target.clone())
+    }
+
+    fn new_node(
+        t: &Tree,
+        parent: Ino,
+        kind: Kind,
+        perm: u32,
+        caller: Caller,
+        stamp: Nanos,
+    ) -> DriveResult<Node> {
+        let p = t.get(parent)?;
+        let mut perm = perm & 0o7777;
+        let mut gid = caller.gid;
+        // BSD group semantics for setgid directories, as ext4 does.
+        if p.perm & 0o2000 != 0 {
+            gid = p.gid;
+            if kind == Kind::Dir {
+                perm |= 0o2000;
+            }
+        }
+        Ok(Node::new(
+            t.fresh_id(),
+            parent,
+            Vec::new(),
+            kind,
+            perm,
+            caller.uid,
+            gid,
+            stamp,
+        ))
+    }
+
+    /// Creates directory `name` in `parent`.
+    pub fn mkdir(&self, parent: Ino, name: &[u8], perm: u32, caller: Caller) -> DriveResult<Attr> {
+        let stamp = now();
+        self.mutate(|t| {
+            let node = Self::new_node(t, parent, Kind::Dir, perm, caller, stamp)?;
+            let ino = t.insert(parent, name, node, stamp)?;
+            t.add_lookup(ino, 1);
+            Ok(t.get(ino)?.attr(ino))
+        })
+    }
+
+    /// Creates symlink `name` in `parent` pointing at `target`.
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> DriveResult<Attr> {
+        if target.is_empty() {
+            return Err(DriveError::NotFound);
+        }
+        if target.len() > TARGET_MAX {
+            return Err(DriveError::NameTooLong);
+        }
+        let stamp = now();
+        self.mutate(|t| {
+            let mut node = Self::new_node(t, parent, Kind::Symlink, 0o777, caller, stamp)?;
+            node.perm = 0o777;
+            node.target = target.to_vec();
+            node.size = target.len() as u64;
+            let ino = t.insert(parent, name, node, stamp)?;
+            t.add_lookup(ino, 1);
+            Ok(t.get(ino)?.attr(ino))
+        })
+    }
+
+    /// Creates regular file `name` in `parent` and, with `open`, opens it.
+    fn create_file(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u32,
+        caller: Caller,
+        open: bool,
+    ) -> DriveResult<(Attr, Option<u64>)> {
+        let stamp = now();
+        let (node, id) = {
+            let t = lock(&self.tree);
+            // Fail before touching the disk when the name cannot be created.
+            name::validate(name)?;
+            if t.lookup(parent, name).is_ok() {
+                return Err(DriveError::Exists);
+            }
+            let node = Self::new_node(&t, parent, Kind::File, perm, caller, stamp)?;
+            let id = node.id;
+            (node, id)
+        };
+        // The backing file exists before the node does, so no node lacks one.
+        let file = self.backing.create(id)?;
+        self.note_created(id);
+        let inserted = self.mutate(|t| {
+            let ino = t.insert(parent, name, node, stamp)?;
+            t.add_lookup(ino, 1);
+            if open {
+                t.open(ino)?;
+            }
+            Ok((ino, t.get(ino)?.attr(ino)))
+        });
+        let (ino, attr) = match inserted {
+            Ok(v) => v,
+            Err(e) => {
+                if let Err(re) = self.backing.remove(id) {
+                    tracing::warn!(%id, "could not remove unused backing file: {re}");
+                }
+                return Err(e);
+            }
+        };
+        let fh = open.then(|| self.register(ino, file));
+        Ok((attr, fh))
+    }
+
+    /// Creates and opens regular file `name` in `parent`.
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u32,
+        caller: Caller,
+    ) -> DriveResult<(Attr, u64)> {
+        let (attr, fh) = self.create_file(parent, name, perm, caller, true)?;
+        fh.map(|fh| (attr, fh)).ok_or(DriveError::BadHandle)
+    }
+
+    /// Creates a node by mknod: regular files only; devices, FIFOs and sockets are refused.
+    pub fn mknod(&self, parent: Ino, name: &[u8], mode: u32, caller: Caller) -> DriveResult<Attr> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return Err(DriveError::NotPermitted(
+                "device nodes, FIFOs and sockets are not supported",
+            ));
+        }
+        Ok(self.create_file(parent, name, mode, caller, false)?.0)
+    }
+
+    fn note_created(&self, id: crate::protocol::NodeId) {
+        if let Some(dir) = self.backing.path(id).parent() {
+            lock(&self.unsynced_dirs).insert(dir.to_path_buf());
+        }
+    }
+
+    fn register(&self, ino: Ino, file: File) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(OpenFile {
+            ino,
+            file,
+            wrote: AtomicBool::new(false),
+        });
+        lock(&self.files).insert(fh, handle);
+        fh
+    }
+
+    fn file(&self, fh: u64) -> DriveResult<Arc<OpenFile>> {
+        lock(&self.files)
+            .get(&fh)
+            .cloned()
+            .ok_or(DriveError::BadHandle)
+    }
+
+    /// Removes file `name` from `parent`.
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> DriveResult<()> {
+        let stamp = now();
+        self.mutate(|t| t.remove_file(parent, name, stamp).map(|_| ()))
+    }
+
+    /// Removes empty directory `name` from `parent`.
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> DriveResult<()> {
+        let stamp = now();
+        self.mutate(|t| t.remove_dir(parent, name, stamp).map(|_| ()))
+    }
+
+    /// Renames an entry (see [`RenameMode`]).
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> DriveResult<()> {
+        let stamp = now();
+        self.mutate(|t| t.rename(parent, name, new_parent, new_name, mode, stamp))
+    }
+
+    /// Refuses hard links: a node has exactly one name (see README, Semantics).
+    pub fn link(&self) -> DriveResult<Attr> {
+        Err(DriveError::NotPermitted("hard links are not supported"))
+    }
+
+    /// Opens file `ino`; the handle reads and writes its backing file.
+    pub fn open_file(&self, ino: Ino) -> DriveResult<u64> {
+        let id = {
+            let t = lock(&self.tree);
+            let n = t.get(ino)?;
+            match n.kind {
+                Kind::File => n.id,
+                Kind::Dir => return Err(DriveError::IsDir),
+                Kind::Symlink => return Err(DriveError::Invalid("open of a symlink")),
+            }
+        };
+        let file = self.backing.open_file(id)?;
+        self.mutate(|t| t.open(ino).map(|_| ()))?;
+        Ok(self.register(ino, file))
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> DriveResult<Vec<u8>> {
+        let h = self.file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match h.file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset`, recording the dirty range.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> DriveResult<u32> {
+        let h = self.file(fh)?;
+        h.file.write_all_at(data, offset)?;
+        h.wrote.store(true, Ordering::Relaxed);
+        let end = offset + data.len() as u64;
+        let stamp = now();
+        self.mutate(|t| {
+            let n = t.get_mut(h.ino)?;
+            n.size = n.size.max(end);
+            n.mtime = stamp;
+            n.ctime = stamp;
+            n.dirty.insert(offset, end);
+            n.blocks = None;
+            t.touch(h.ino);
+            Ok(())
+        })?;
+        u32::try_from(data.len()).map_err(|_| DriveError::Invalid("write larger than 4 GiB"))
+    }
+
+    /// Records a new local version of `ino` if it has unrecorded changes.
+    fn record_version(&self, ino: Ino, file: Option<&File>) -> DriveResult<()> {
+        let id = lock(&self.tree).get(ino)?.id;
+        let stat = match file {
+            Some(f) => Some(backing::stamp_of(&f.metadata()?)),
+            None => self.backing.stat(id)?,
+        };
+        let (len, mtime, blocks) = stat.unwrap_or((0, 0, 0));
+        self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            if n.dirty.is_empty() {
+                return Ok(());
+            }
+            let ranges = n.dirty.take();
+            n.version += 1;
+            let pending = n.pending.get_or_insert_with(PendingVersion::default);
+            pending.number = n.version;
+            pending.ranges.union(&ranges);
+            pending.size = n.size;
+            pending.mtime = n.mtime;
+            n.recorded_stamp = Some((len, mtime));
+            n.blocks = Some(blocks);
+            t.touch(ino);
+            Ok(())
+        })
+    }
+
+    fn record_all_dirty(&self) -> DriveResult<()> {
+        let dirty: Vec<Ino> = lock(&self.tree)
+            .iter()
+            .filter(|(_, n)| n.kind == Kind::File && !n.dirty.is_empty() && !n.unlinked)
+            .map(|(&i, _)| i)
+            .collect();
+        for ino in dirty {
+            self.record_version(ino, None)?;
+        }
+        Ok(())
+    }
+
+    /// Called on every close of a descriptor; nothing to do (writes are already in the backing file).
+    pub fn flush(&self, fh: u64) -> DriveResult<()> {
+        self.file(fh).map(|_| ())
+    }
+
+    /// Closes a handle, recording a new version if the file changed.
+    pub fn release(&self, fh: u64) -> DriveResult<()> {
+        let h = lock(&self.files).remove(&fh).ok_or(DriveError::BadHandle)?;
+        let recorded = self.record_version(h.ino, Some(&h.file));
+        self.mutate(|t| {
+            t.close(h.ino);
+            Ok(())
+        })?;
+        recorded
+    }
+
+    /// Makes the file's content and metadata durable and records a version.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> DriveResult<()> {
+        let h = self.file(fh)?;
+        if datasync {
+            h.file.sync_data()?;
+        } else {
+            h.file.sync_all()?;
+        }
+        self.record_version(h.ino, Some(&h.file))?;
+        self.sync_metadata()
+    }
+
+    /// Makes every metadata change so far durable (fsyncdir, unmount).
+    pub fn sync_metadata(&self) -> DriveResult<()> {
+        let dirs = std::mem::take(&mut *lock(&self.unsynced_dirs));
+        for dir in dirs {
+            File::open(&dir)?.sync_all()?;
+        }
+        self.with_store(|s| s.barrier(true))
+    }
+
+    /// Preallocates, punches or zeroes a range (fallocate(2) modes the backing filesystem supports).
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> DriveResult<()> {
+        let h = self.file(fh)?;
+        let (off, len) = match (i64::try_from(offset), i64::try_from(length)) {
+            (Ok(o), Ok(l)) => (o, l),
+            _ => return Err(DriveError::Invalid("fallocate range out of bounds")),
+        };
+        // SAFETY: the descriptor is owned by `h`, which outlives the call; no memory is passed.
+        let rc = unsafe { libc::fallocate(h.file.as_raw_fd(), mode, off, len) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let (len_after, _, blocks) = backing::stamp_of(&h.file.metadata()?);
+        let shifts = mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0;
+        let stamp = now();
+        self.mutate(|t| {
+            let n = t.get_mut(h.ino)?;
+            let end = if shifts {
+                n.size.max(len_after)
+            } else {
+                offset + length
+            };
+            if mode & libc::FALLOC_FL_KEEP_SIZE == 0
+                || mode & libc::FALLOC_FL_PUNCH_HOLE != 0
+                || shifts
+            {
+                n.dirty.insert(offset, end.max(offset));
+            }
+            n.size = len_after;
+            n.blocks = Some(blocks);
+            n.mtime = stamp;
+            n.ctime = stamp;
+            t.touch(h.ino);
+            Ok(())
+        })
+    }
+
+    /// Snapshots directory `ino` for a readdir stream (`.` and `..` first).
+    pub fn opendir(&self, ino: Ino) -> DriveResult<u64> {
+        let entries = {
+            let t = lock(&self.tree);
+            let dir = t.get(ino)?;
+            if dir.kind != Kind::Dir {
+                return Err(DriveError::NotDir);
+            }
+            let mut entries = Vec::with_capacity(dir.children.len() + 2);
+            entries.push(DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: b".".to_vec(),
+            });
+            entries.push(DirEntry {
+                ino: dir.parent,
+                kind: Kind::Dir,
+                name: b"..".to_vec(),
+            });
+            for (name, &child) in &dir.children {
+                if let Ok(c) = t.get(child) {
+                    entries.push(DirEntry {
+                        ino: child,
+                        kind: c.kind,
+                        name: name.clone(),
+                    });
+                }
+            }
+            entries
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// The entries of an open directory stream from position `offset` on.
+    pub fn readdir(&self, fh: u64) -> DriveResult<Arc<Vec<DirEntry>>> {
+        lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or(DriveError::BadHandle)
+    }
+
+    /// Attributes of entries still present, for readdirplus (`None` for vanished ones).
+    pub fn attrs(&self, inos: &[Ino]) -> Vec<Option<Attr>> {
+        let mut t = lock(&self.tree);
+        inos.iter()
+            .map(|&ino| Self::attr_of(&self.backing, &mut t, ino).ok())
+            .collect()
+    }
+
+    /// Closes a directory stream.
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    /// Filesystem statistics, from the disk holding the state directory.
+    pub fn statfs(&self) -> DriveResult<FsStats> {
+        let path = std::ffi::CString::new(self.state.root().as_os_str().as_encoded_bytes())
+            .map_err(|_| DriveError::Invalid("state path contains NUL"))?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a valid C string and `st` points to writable memory of the right type.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: statvfs returned 0, so it filled `st`.
+        let st = unsafe { st.assume_init() };
+        let used = lock(&self.tree).len() as u64;
+        let ffree = st.f_favail;
+        Ok(FsStats {
+            blocks: st.f_blocks * st.f_frsize / 4096,
+            bfree: st.f_bfree * st.f_frsize / 4096,
+            bavail: st.f_bavail * st.f_frsize / 4096,
+            files: used + ffree,
+            ffree,
+            bsize: 4096,
+        })
+    }
+
+    /// Sets extended attribute `name`.
+    pub fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: XattrFlags,
+    ) -> DriveResult<()> {
+        let stamp = now();
+        self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            xattr::set(n, name, value, flags)?;
+            n.ctime = stamp;
+            t.touch(ino);
+            Ok(())
+        })
+    }
+
+    /// The value of extended attribute `name`.
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> DriveResult<Vec<u8>> {
+        let t = lock(&self.tree);
+        xattr::get(t.get(ino)?, name)
+    }
+
+    /// All extended attribute names, each followed by NUL.
+    pub fn listxattr(&self, ino: Ino) -> DriveResult<Vec<u8>> {
+        let t = lock(&self.tree);
+        Ok(xattr::list(t.get(ino)?))
+    }
+
+    /// Removes extended attribute `name`.
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> DriveResult<()> {
+        let stamp = now();
+        self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            xattr::remove(n, name)?;
+            n.ctime = stamp;
+            t.touch(ino);
+            Ok(())
+        })
+    }
+
+    /// The recorded versions not yet taken by the sync engine.
+    pub fn pending_versions(&self) -> Vec<RecordedVersion> {
+        let t = lock(&self.tree);
+        let mut out: Vec<RecordedVersion> = t
+            .iter()
+            .filter_map(|(&ino, n)| {
+                n.pending.as_ref().map(|p| RecordedVersion {
+                    ino,
+                    number: p.number,
+                    ranges: p.ranges.clone(),
+                    size: p.size,
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v.ino);
+        out
+    }
+
+    /// Files with writes not yet recorded as a version.
+    pub fn dirty_files(&self) -> Vec<(Ino, RangeSet)> {
+        let t = lock(&self.tree);
+        let mut out: Vec<(Ino, RangeSet)> = t
+            .iter()
+            .filter(|(_, n)| n.kind == Kind::File && !n.dirty.is_empty() && !n.unlinked)
+            .map(|(&ino, n)| (ino, n.dirty.clone()))
+            .collect();
+        out.sort_by_key(|(ino, _)| *ino);
+        out
+    }
+
+    /// Records every pending change, makes it durable and marks a clean shutdown.
+    pub fn shutdown(&self) -> DriveResult<()> {
+        let handles: Vec<Arc<OpenFile>> = lock(&self.files).values().cloned().collect();
+        for h in handles {
+            self.record_version(h.ino, Some(&h.file))?;
+        }
+        self.record_all_dirty()?;
+        let dirs = std::mem::take(&mut *lock(&self.unsynced_dirs));
+        for dir in dirs {
+            File::open(&dir)?.sync_all()?;
+        }
+        let store = lock(&self.store).take();
+        match store {
+            Some(store) => Ok(store.close(true)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Where the drive keeps its state.
+    pub fn state_root(&self) -> &Path {
+        self.state.root()
+    }
+}
+
+fn resolve(t: TimeSet, now: Nanos) -> Nanos {
+    match t {
+        TimeSet::Now => now,
+        TimeSet::At(n) => n,
+    }
+}

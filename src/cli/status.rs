@@ -1,0 +1,122 @@
+//! `deltadrive status`: whether a drive is mounted and what its state holds.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+
+use super::mounts;
+use crate::drive::StateDir;
+
+/// Arguments of `deltadrive status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The mountpoint (default: every mounted drive).
+    pub mountpoint: Option<PathBuf>,
+    /// State directory, for a drive that is not mounted and not in the default place.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `status` reports about one drive.
+#[derive(Debug, Serialize)]
+pub struct DriveStatus {
+    /// The mountpoint.
+    pub mountpoint: PathBuf,
+    /// Whether it is mounted now.
+    pub mounted: bool,
+    /// Whether its daemon is alive (a mount whose daemon died needs `umount`).
+    pub daemon_running: bool,
+    /// The daemon's pid.
+    pub pid: Option<u32>,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Files, directories and symlinks.
+    pub nodes: u64,
+    /// Bytes of file content stored.
+    pub bytes_stored: u64,
+    /// Files with changes not yet recorded as a version.
+    pub unrecorded_files: u64,
+    /// Recorded versions waiting for the sync engine.
+    pub pending_versions: u64,
+}
+
+fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Result<DriveStatus> {
+    let entry = mounts::mounted_at(&mountpoint)?;
+    let mounted = entry.as_ref().is_some_and(mounts::is_deltadrive);
+    let state_root = state_override
+        .or_else(|| {
+            mounted
+                .then(|| mounts::registered_state(&mountpoint))
+                .flatten()
+        })
+        .unwrap_or_else(|| StateDir::default_root(&mountpoint));
+    let mut status = DriveStatus {
+        mountpoint,
+        mounted,
+        daemon_running: false,
+        pid: None,
+        state_dir: state_root.clone(),
+        nodes: 0,
+        bytes_stored: 0,
+        unrecorded_files: 0,
+        pending_versions: 0,
+    };
+    if state_root.join("meta.db").exists() {
+        let state = StateDir::new(&state_root)?;
+        status.pid = state.holder_pid();
+        status.daemon_running = status.pid.is_some();
+        let summary = crate::drive::Store::summary(&state.db_path())
+            .with_context(|| format!("cannot read {}", state.db_path().display()))?;
+        status.nodes = summary.nodes;
+        status.bytes_stored = summary.bytes;
+        status.unrecorded_files = summary.dirty_files;
+        status.pending_versions = summary.pending_versions;
+    }
+    Ok(status)
+}
+
+/// Runs `deltadrive status`.
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let statuses = match args.mountpoint {
+        Some(m) => vec![status_of(super::absolute(&m)?, args.state)?],
+        None => mounts::mount_table()?
+            .into_iter()
+            .filter(mounts::is_deltadrive)
+            .map(|m| status_of(m.mountpoint, None))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    if args.json {
+        let json = if statuses.len() == 1 {
+            serde_json::to_string_pretty(&statuses[0])?
+        } else {
+            serde_json::to_string_pretty(&statuses)?
+        };
+        println!("{json}");
+        return Ok(());
+    }
+    if statuses.is_empty() {
+        println!("no deltadrive is mounted");
+    }
+    for s in statuses {
+        let state = match (s.mounted, s.daemon_running) {
+            (true, true) => "mounted".to_string(),
+            (true, false) => "mounted, but its daemon is gone: run `deltadrive umount`".to_string(),
+            (false, _) => "not mounted".to_string(),
+        };
+        println!("{}: {state}", s.mountpoint.display());
+        if let Some(pid) = s.pid {
+            println!("  daemon pid:        {pid}");
+        }
+        println!("  state directory:   {}", s.state_dir.display());
+        println!("  nodes:             {}", s.nodes);
+        println!("  bytes stored:      {}", s.bytes_stored);
+        println!("  unrecorded files:  {}", s.unrecorded_files);
+        println!("  pending versions:  {}", s.pending_versions);
+    }
+    Ok(())
+}

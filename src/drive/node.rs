@@ -1,0 +1,236 @@
+//! Nodes of the local tree and the attributes the filesystem reports for them.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::protocol::NodeId;
+
+use super::ranges::RangeSet;
+
+/// A mount-local inode number (stable across remounts of the same state).
+pub type Ino = u64;
+
+/// The root directory's inode number.
+pub const ROOT_INO: Ino = 1;
+
+/// Size reported for directories, as ext4 does.
+pub const DIR_SIZE: u64 = 4096;
+
+/// What a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A regular file with content in a backing file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link with its target.
+    Symlink,
+}
+
+impl Kind {
+    /// The code stored in the database.
+    pub fn code(self) -> i64 {
+        match self {
+            Kind::File => 1,
+            Kind::Dir => 2,
+            Kind::Symlink => 3,
+        }
+    }
+
+    /// The kind for a stored code.
+    pub fn from_code(code: i64) -> Option<Kind> {
+        match code {
+            1 => Some(Kind::File),
+            2 => Some(Kind::Dir),
+            3 => Some(Kind::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch (negative before it).
+pub type Nanos = i64;
+
+/// The current time in nanoseconds since the epoch.
+pub fn now() -> Nanos {
+    to_nanos(SystemTime::now())
+}
+
+/// A `SystemTime` as nanoseconds since the epoch, saturating far outside the representable range.
+pub fn to_nanos(t: SystemTime) -> Nanos {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+/// Nanoseconds since the epoch as a `SystemTime`.
+pub fn from_nanos(n: Nanos) -> SystemTime {
+    let d = std::time::Duration::from_nanos(n.unsigned_abs());
+    if n >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+/// A local version of a file recorded on close or fsync and not yet taken by the sync engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingVersion {
+    /// Monotonic per-file version number.
+    pub number: u64,
+    /// Bytes changed since the previous version the sync engine took.
+    pub ranges: RangeSet,
+    /// File size at the time of recording.
+    pub size: u64,
+    /// File mtime at the time of recording.
+    pub mtime: Nanos,
+}
+
+/// One node of the tree: persistent fields plus runtime bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Stable identity, shared by every device.
+    pub id: NodeId,
+    /// Parent directory (the root is its own parent).
+    pub parent: Ino,
+    /// Entry name in the parent.
+    pub name: Vec<u8>,
+    /// File, directory or symlink.
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (0o7777).
+    pub perm: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Content size (files), target length (symlinks).
+    pub size: u64,
+    /// Access time.
+    pub atime: Nanos,
+    /// Modification time.
+    pub mtime: Nanos,
+    /// Status change time.
+    pub ctime: Nanos,
+    /// Symlink target.
+    pub target: Vec<u8>,
+    /// Extended attributes.
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Directory entries (directories only).
+    pub children: BTreeMap<Vec<u8>, Ino>,
+    /// Number of child directories (for nlink).
+    pub subdirs: u32,
+    /// Bytes written since the last recorded version.
+    pub dirty: RangeSet,
+    /// Last recorded version not yet taken by the sync engine.
+    pub pending: Option<PendingVersion>,
+    /// Number of the last recorded version (0: none yet).
+    pub version: u64,
+    /// Backing file (length, mtime) when the last version was recorded: a crash
+    /// recovery that finds a different stamp knows the file changed unrecorded.
+    pub recorded_stamp: Option<(u64, Nanos)>,
+    /// Allocated 512-byte blocks of the backing file, `None` when it must be re-read.
+    pub blocks: Option<u64>,
+    /// Kernel lookup references (runtime only).
+    pub lookups: u64,
+    /// Open file handles (runtime only).
+    pub open: u32,
+    /// Removed from its directory but still referenced (runtime only).
+    pub unlinked: bool,
+}
+
+impl Node {
+    /// A new node with fresh runtime state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: NodeId,
+        parent: Ino,
+        name: Vec<u8>,
+        kind: Kind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        time: Nanos,
+    ) -> Node {
+        Node {
+            id,
+            parent,
+            name,
+            kind,
+            perm: perm & 0o7777,
+            uid,
+            gid,
+            size: 0,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            target: Vec::new(),
+            xattrs: BTreeMap::new(),
+            children: BTreeMap::new(),
+            subdirs: 0,
+            dirty: RangeSet::new(),
+            pending: None,
+            version: 0,
+            recorded_stamp: None,
+            blocks: Some(0),
+            lookups: 0,
+            open: 0,
+            unlinked: false,
+        }
+    }
+
+    /// The attributes `stat` reports.
+    pub fn attr(&self, ino: Ino) -> Attr {
+        let (size, nlink) = match self.kind {
+            Kind::Dir => (DIR_SIZE, 2 + self.subdirs),
+            Kind::File => (self.size, u32::from(!self.unlinked)),
+            Kind::Symlink => (self.target.len() as u64, 1),
+        };
+        let blocks = match self.kind {
+            Kind::Dir => DIR_SIZE / 512,
+            Kind::Symlink => 0,
+            // Until the backing file is stat'ed again, the size is the best estimate.
+            Kind::File => self.blocks.unwrap_or(self.size.div_ceil(512)),
+        };
+        Attr {
+            ino,
+            kind: self.kind,
+            size,
+            blocks,
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            perm: self.perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+}
+
+/// What `stat` reports for a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: Ino,
+    /// Node kind.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Allocated 512-byte blocks.
+    pub blocks: u64,
+    /// Access time.
+    pub atime: Nanos,
+    /// Modification time.
+    pub mtime: Nanos,
+    /// Status change time.
+    pub ctime: Nanos,
+    /// Permission bits (0o7777).
+    pub perm: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}

@@ -1,0 +1,516 @@
+//! The in-memory node tree: every namespace rule (POSIX errors, rename semantics) lives here,
+//! with no I/O. Changes are journaled so the drive can persist them.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::protocol::NodeId;
+
+use super::error::{DriveError, DriveResult};
+use super::name;
+use super::node::{Ino, Kind, Nanos, Node, ROOT_INO};
+
+/// What a rename should do when the target name exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace a compatible target (POSIX rename).
+    Replace,
+    /// Fail with EEXIST if the target exists (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap the two entries atomically; both must exist (RENAME_EXCHANGE).
+    Exchange,
+}
+
+/// The node tree and a journal of what changed since it was last drained.
+#[derive(Debug, Default)]
+pub struct Tree {
+    nodes: HashMap<Ino, Node>,
+    next_ino: Ino,
+    changed: BTreeSet<Ino>,
+    deleted: BTreeSet<Ino>,
+    reaped: Vec<(Ino, Node)>,
+}
+
+/// Changes to persist, drained from the tree's journal.
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// Nodes whose persistent fields changed (still in the tree).
+    pub changed: Vec<Ino>,
+    /// Nodes removed from the namespace (their rows go).
+    pub deleted: Vec<Ino>,
+    /// Nodes gone for good: no name, no open handle, no kernel reference. Their backing files go.
+    pub reaped: Vec<(Ino, Node)>,
+}
+
+impl Tree {
+    /// A tree holding the given nodes; the root must be among them.
+    pub fn from_nodes(nodes: HashMap<Ino, Node>) -> Tree {
+        let next_ino = nodes.keys().copied().max().unwrap_or(ROOT_INO) + 1;
+        let mut tree = Tree {
+            nodes,
+            next_ino,
+            ..Tree::default()
+        };
+        tree.rebuild_children();
+        tree
+    }
+
+    /// Fills `children` and `subdirs` from the parent links.
+    fn rebuild_children(&mut self) {
+        let links: Vec<(Ino, Ino, Vec<u8>, Kind)> = self
+            .nodes
+            .iter()
+            .filter(|&(&ino, _)| ino != ROOT_INO)
+            .map(|(&ino, n)| (ino, n.parent, n.name.clone(), n.kind))
+            .collect();
+        for node in self.nodes.values_mut() {
+            node.children.clear();
+            node.subdirs = 0;
+        }
+        for (ino, parent, name, kind) in links {
+            if let Some(p) = self.nodes.get_mut(&parent) {
+                p.children.insert(name, ino);
+                if kind == Kind::Dir {
+                    p.subdirs += 1;
+                }
+            }
+        }
+    }
+
+    /// Inodes whose parent link leads nowhere (a damaged store); the caller decides what to do.
+    pub fn orphans(&self) -> Vec<Ino> {
+        self.nodes
+            .iter()
+            .filter(|&(&ino, n)| ino != ROOT_INO && !self.nodes.contains_key(&n.parent))
+            .map(|(&ino, _)| ino)
+            .collect()
+    }
+
+    /// Number of nodes in the namespace.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.nodes.values().filter(|n| !n.unlinked).count()
+    }
+
+    /// Iterates over all nodes.
+    pub fn iter(&self) -> impl Iterator<Item = (&Ino, &Node)> {
+        self.nodes.iter()
+    }
+
+    /// Takes the journal.
+    pub fn drain(&mut self) -> Journal {
+        let deleted: Vec<Ino> = std::mem::take(&mut self.deleted).into_iter().collect();
+        let changed = std::mem::take(&mut self.changed)
+            .into_iter()
+            .filter(|ino| self.nodes.get(ino).is_some_and(|n| !n.unlinked))
+            .collect();
+        Journal {
+            changed,
+            deleted,
+            reaped: std::mem::take(&mut self.reaped),
+        }
+    }
+
+    /// Marks a node's persistent fields as changed.
+    pub fn touch(&mut self, ino: Ino) {
+        self.changed.insert(ino);
+    }
+
+    /// The node for `ino`.
+    pub fn get(&self, ino: Ino) -> DriveResult<&Node> {
+        self.nodes.get(&ino).ok_or(DriveError::NotFound)
+    }
+
+    /// The node for `ino`, mutably; the caller must [`Tree::touch`] it if it persists a change.
+    pub fn get_mut(&mut self, ino: Ino) -> DriveResult<&mut Node> {
+        self.nodes.get_mut(&ino).ok_or(DriveError::NotFound)
+    }
+
+    fn dir(&self, ino: Ino) -> DriveResult<&Node> {
+        let node = self.get(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(DriveError::NotDir);
+        }
+        Ok(node)
+    }
+
+    /// The child called `name` in directory `parent`.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> DriveResult<Ino> {
+        if name.len() > name::NAME_MAX {
+            return Err(DriveError::NameTooLong);
+        }
+        let dir = self.dir(parent)?;
+        match name {
+            b"." => Ok(parent),
+            b".." => Ok(dir.parent),
+            _ => dir.children.get(name).copied().ok_or(DriveError::NotFound),
+        }
+    }
+
+    /// Adds a new node called `name` under `parent`, updating the parent's times.
+    pub fn insert(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        mut node: Node,
+        now: Nanos,
+    ) -> DriveResult<Ino> {
+        name::validate(name)?;
+        let dir = self.dir(parent)?;
+        if dir.unlinked {
+            return Err(DriveError::NotFound);
+        }
+        if dir.children.contains_key(name) {
+            return Err(DriveError::Exists);
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        node.parent = parent;
+        node.name = name.to_vec();
+        let is_dir = node.kind == Kind::Dir;
+        self.nodes.insert(ino, node);
+        self.link(parent, name, ino, is_dir, now);
+        self.changed.insert(ino);
+        Ok(ino)
+    }
+
+    fn link(&mut self, parent: Ino, name: &[u8], ino: Ino, is_dir: bool, now: Nanos) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children.insert(name.to_vec(), ino);
+            if is_dir {
+                p.subdirs += 1;
+            }
+            p.mtime = now;
+            p.ctime = now;
+        }
+        self.changed.insert(parent);
+    }
+
+    fn unlink_entry(&mut self, parent: Ino, name: &[u8], is_dir: bool, now: Nanos) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children.remove(name);
+            if is_dir {
+                p.subdirs = p.subdirs.saturating_sub(1);
+            }
+            p.mtime = now;
+            p.ctime = now;
+        }
+        self.changed.insert(parent);
+    }
+
+    /// Removes the non-directory `name` from `parent` (unlink).
+    pub fn remove_file(&mut self, parent: Ino, name: &[u8], now: Nanos) -> DriveResult<Ino> {
+        let ino = self.lookup(parent, name)?;
+        if self.get(ino)?.kind == Kind::Dir {
+            return Err(DriveError::IsDir);
+        }
+        self.detach(ino, now);
+        Ok(ino)
+    }
+
+    /// Removes the empty directory `name` from `parent` (rmdir).
+    pub fn remove_dir(&mut self, parent: Ino, name: &[u8], now: Nanos) -> DriveResult<Ino> {
+        if name == b"." {
+            return Err(DriveError::Invalid("rmdir of '.'"));
+        }
+        if name == b".." {
+            return Err(DriveError::NotEmpty);
+        }
+        let ino = self.lookup(parent, name)?;
+        let node = self.get(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(DriveError::NotDir);
+        }
+        if !node.children.is_empty() {
+            return Err(DriveError::NotEmpty);
+        }
+        self.detach(ino, now);
+        Ok(ino)
+    }
+
+    /// Takes `ino` out of the namespace; it lives on while open or referenced by the kernel.
+    fn detach(&mut self, ino: Ino, now: Nanos) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.unlinked = true;
+        node.ctime = now;
+        let (parent, name, is_dir) = (node.parent, node.name.clone(), node.kind == Kind::Dir);
+        self.unlink_entry(parent, &name, is_dir, now);
+        self.changed.remove(&ino);
+        self.deleted.insert(ino);
+        self.reap_if_unused(ino);
+    }
+
+    fn reap_if_unused(&mut self, ino: Ino) {
+        let unused = self
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.unlinked && n.open == 0 && n.lookups == 0);
+        if unused && let Some(node) = self.nodes.remove(&ino) {
+            self.reaped.push((ino, node));
+        }
+    }
+
+    /// Whether `ancestor` is `ino` or one of its ancestors.
+    fn is_ancestor(&self, ancestor: Ino, mut ino: Ino) -> bool {
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            match self.nodes.get(&ino) {
+                Some(n) if ino != ROOT_INO => ino = n.parent,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Renames `parent/name` to `new_parent/new_name` with POSIX and renameat2 semantics.
+    pub fn rename(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+        now: Nanos,
+    ) -> DriveResult<()> {
+        name::validate(new_name)?;
+        if name == b"." || name == b".." {
+            return Err(DriveError::Invalid("rename of '.' or '..'"));
+        }
+        let src = self.lookup(parent, name)?;
+        if self.dir(new_parent)?.unlinked {
+            return Err(DriveError::NotFound);
+        }
+        let src_is_dir = self.get(src)?.kind == Kind::Dir;
+        let dst = self.dir(new_parent)?.children.get(new_name).copied();
+
+        if src_is_dir && self.is_ancestor(src, new_parent) {
+            return Err(DriveError::Invalid("a directory cannot move into itself"));
+        }
+        if dst == Some(src) {
+            return Ok(());
+        }
+        match (mode, dst) {
+            (RenameMode::Exchange, None) => Err(DriveError::NotFound),
+            (RenameMode::Exchange, Some(dst)) => {
+                let dst_is_dir = self.get(dst)?.kind == Kind::Dir;
+                if dst_is_dir && self.is_ancestor(dst, parent) {
+                    return Err(DriveError::Invalid("a directory cannot move into itself"));
+                }
+                self.unlink_entry(parent, name, src_is_dir, now);
+                self.unlink_entry(new_parent, new_name, dst_is_dir, now);
+                self.link(new_parent, new_name, src, src_is_dir, now);
+                self.link(parent, name, dst, dst_is_dir, now);
+                self.set_location(src, new_parent, new_name, now);
+                self.set_location(dst, parent, name, now);
+                Ok(())
+            }
+            (RenameMode::NoReplace, Some(_)) => Err(DriveError::Exists),
+            (_, dst) => {
+                if let Some(dst) = dst {
+                    let target = self.get(dst)?;
+                    match (src_is_dir, target.kind == Kind::Dir) {
+                        (true, false) => return Err(DriveError::NotDir),
+                        (false, true) => return Err(DriveError::IsDir),
+                        (true, true) if !target.children.is_empty() => {
+                            return Err(DriveError::NotEmpty);
+                        }
+                        _ => {}
+                    }
+                    self.detach(dst, now);
+                }
+                self.unlink_entry(parent, name, src_is_dir, now);
+                self.link(new_parent, new_name, src, src_is_dir, now);
+                self.set_location(src, new_parent, new_name, now);
+                Ok(())
+            }
+        }
+    }
+
+    fn set_location(&mut self, ino: Ino, parent: Ino, name: &[u8], now: Nanos) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.parent = parent;
+            node.name = name.to_vec();
+            node.ctime = now;
+        }
+        self.changed.insert(ino);
+    }
+
+    /// Adds `n` kernel references to `ino` (every entry reply adds one).
+    pub fn add_lookup(&mut self, ino: Ino, n: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups += n;
+        }
+    }
+
+    /// Drops `n` kernel references; an unlinked node with none left is reaped.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            self.reap_if_unused(ino);
+        }
+    }
+
+    /// Counts an open handle.
+    pub fn open(&mut self, ino: Ino) -> DriveResult<&mut Node> {
+        let node = self.get_mut(ino)?;
+        node.open += 1;
+        Ok(node)
+    }
+
+    /// Drops an open handle; an unlinked node with none left is reaped.
+    pub fn close(&mut self, ino: Ino) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.open = node.open.saturating_sub(1);
+            self.reap_if_unused(ino);
+        }
+    }
+
+    /// Allocates a node id not used by any node.
+    pub fn fresh_id(&self) -> NodeId {
+        NodeId::random()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> Tree {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node::new(
+                NodeId::ROOT,
+                ROOT_INO,
+                Vec::new(),
+                Kind::Dir,
+                0o755,
+                0,
+                0,
+                0,
+            ),
+        );
+        Tree::from_nodes(nodes)
+    }
+
+    fn add(t: &mut Tree, parent: Ino, name: &str, kind: Kind) -> Ino {
+        let node = Node::new(NodeId::random(), 0, Vec::new(), kind, 0o644, 0, 0, 0);
+        t.insert(parent, name.as_bytes(), node, 1).unwrap()
+    }
+
+    #[test]
+    fn insert_refuses_taken_and_bad_names() {
+        let mut t = tree();
+        add(&mut t, ROOT_INO, "a", Kind::File);
+        let n = Node::new(NodeId::random(), 0, Vec::new(), Kind::File, 0o644, 0, 0, 0);
+        assert!(matches!(
+            t.insert(ROOT_INO, b"a", n.clone(), 1),
+            Err(DriveError::Exists)
+        ));
+        assert!(matches!(
+            t.insert(ROOT_INO, &[b'x'; 256], n.clone(), 1),
+            Err(DriveError::NameTooLong)
+        ));
+        let file = t.lookup(ROOT_INO, b"a").unwrap();
+        assert!(matches!(
+            t.insert(file, b"b", n, 1),
+            Err(DriveError::NotDir)
+        ));
+    }
+
+    #[test]
+    fn rmdir_and_unlink_check_kinds_and_emptiness() {
+        let mut t = tree();
+        let d = add(&mut t, ROOT_INO, "d", Kind::Dir);
+        add(&mut t, d, "f", Kind::File);
+        assert!(matches!(
+            t.remove_dir(ROOT_INO, b"d", 2),
+            Err(DriveError::NotEmpty)
+        ));
+        assert!(matches!(
+            t.remove_file(ROOT_INO, b"d", 2),
+            Err(DriveError::IsDir)
+        ));
+        assert!(matches!(t.remove_dir(d, b"f", 2), Err(DriveError::NotDir)));
+        t.remove_file(d, b"f", 2).unwrap();
+        t.remove_dir(ROOT_INO, b"d", 2).unwrap();
+        assert!(matches!(
+            t.lookup(ROOT_INO, b"d"),
+            Err(DriveError::NotFound)
+        ));
+        assert_eq!(t.get(ROOT_INO).unwrap().subdirs, 0);
+    }
+
+    #[test]
+    fn rename_follows_posix() {
+        let mut t = tree();
+        let d = add(&mut t, ROOT_INO, "d", Kind::Dir);
+        let sub = add(&mut t, d, "sub", Kind::Dir);
+        let f = add(&mut t, ROOT_INO, "f", Kind::File);
+        let g = add(&mut t, ROOT_INO, "g", Kind::File);
+        add(&mut t, sub, "x", Kind::File);
+        // Into itself.
+        assert!(matches!(
+            t.rename(ROOT_INO, b"d", sub, b"d2", RenameMode::Replace, 2),
+            Err(DriveError::Invalid(_))
+        ));
+        // File over directory and directory over file.
+        assert!(matches!(
+            t.rename(ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Replace, 2),
+            Err(DriveError::IsDir)
+        ));
+        assert!(matches!(
+            t.rename(ROOT_INO, b"d", ROOT_INO, b"f", RenameMode::Replace, 2),
+            Err(DriveError::NotDir)
+        ));
+        // Over a non-empty directory.
+        let e = add(&mut t, ROOT_INO, "e", Kind::Dir);
+        assert!(matches!(
+            t.rename(ROOT_INO, b"e", d, b"sub", RenameMode::Replace, 2),
+            Err(DriveError::NotEmpty)
+        ));
+        // NOREPLACE.
+        assert!(matches!(
+            t.rename(ROOT_INO, b"f", ROOT_INO, b"g", RenameMode::NoReplace, 2),
+            Err(DriveError::Exists)
+        ));
+        // Replace a file: the old target leaves the namespace.
+        t.rename(ROOT_INO, b"f", ROOT_INO, b"g", RenameMode::Replace, 3)
+            .unwrap();
+        assert_eq!(t.lookup(ROOT_INO, b"g").unwrap(), f);
+        assert!(t.get(g).is_err(), "unreferenced replaced file is reaped");
+        // Exchange.
+        t.rename(ROOT_INO, b"g", ROOT_INO, b"e", RenameMode::Exchange, 4)
+            .unwrap();
+        assert_eq!(t.lookup(ROOT_INO, b"e").unwrap(), f);
+        assert_eq!(t.lookup(ROOT_INO, b"g").unwrap(), e);
+        assert!(matches!(
+            t.rename(ROOT_INO, b"g", ROOT_INO, b"zz", RenameMode::Exchange, 5),
+            Err(DriveError::NotFound)
+        ));
+        // Directory move keeps subdir counts right.
+        t.rename(ROOT_INO, b"g", d, b"e", RenameMode::Replace, 6)
+            .unwrap();
+        assert_eq!(t.get(d).unwrap().subdirs, 2);
+        assert_eq!(t.get(ROOT_INO).unwrap().subdirs, 1);
+    }
+
+    #[test]
+    fn unlinked_open_file_lives_until_closed_and_forgotten() {
+        let mut t = tree();
+        let f = add(&mut t, ROOT_INO, "f", Kind::File);
+        t.add_lookup(f, 1);
+        t.open(f).unwrap();
+        t.remove_file(ROOT_INO, b"f", 2).unwrap();
+        assert!(t.get(f).is_ok());
+        t.close(f);
+        assert!(t.get(f).is_ok(), "kernel still holds a reference");
+        t.forget(f, 1);
+        assert!(t.get(f).is_err());
+        let j = t.drain();
+        assert_eq!(j.deleted, vec![f]);
+        assert_eq!(j.reaped.len(), 1);
+    }
+}

@@ -1,0 +1,89 @@
+//! Mounting a drive and serving it until it is unmounted or told to stop.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use super::DeltaFs;
+use crate::drive::Drive;
+
+/// Request-serving threads: each reads /dev/fuse through its own cloned descriptor.
+pub const THREADS: usize = 4;
+
+/// Why serving stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The mount went away (umount from outside).
+    Unmounted,
+    /// We were asked to stop and unmounted ourselves.
+    Requested,
+}
+
+/// Mounts `drive` at `mountpoint`, calls `ready` once the mount answers requests, then serves
+/// until it is unmounted from outside or a message arrives on `stop`. The drive is flushed
+/// and marked clean when the session ends.
+pub fn serve(
+    drive: Arc<Drive>,
+    mountpoint: &Path,
+    stop: mpsc::Receiver<()>,
+    ready: impl FnOnce(),
+) -> io::Result<Stop> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("deltadrive".into()),
+        MountOption::Subtype("deltadrive".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    // Other users may use the drive when we are allowed to offer that; the kernel still
+    // checks mode bits for them (default_permissions).
+    // SAFETY: geteuid has no preconditions.
+    config.acl = if unsafe { libc::geteuid() } == 0 {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(THREADS);
+    config.clone_fd = true;
+
+    let mut session = Session::new(DeltaFs::new(drive), mountpoint, &config)?;
+    let mut unmounter = session.unmount_callable();
+    let (ended_tx, ended_rx) = mpsc::channel();
+    let runner = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = ended_tx.send(());
+            result
+        })?;
+    // A stat of the root goes through the kernel to our threads: when it answers, so will
+    // every program.
+    std::fs::metadata(mountpoint)?;
+    ready();
+
+    let how = loop {
+        if ended_rx.try_recv().is_ok() {
+            break Stop::Unmounted;
+        }
+        match stop.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(()) => {
+                unmounter.unmount()?;
+                break Stop::Requested;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = ended_rx.recv();
+                break Stop::Unmounted;
+            }
+        }
+    };
+    match runner.join() {
+        Ok(result) => result?,
+        Err(_) => return Err(io::Error::other("FUSE session thread panicked")),
+    }
+    Ok(how)
+}
