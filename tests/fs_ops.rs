@@ -1,0 +1,590 @@
+//! Every filesystem operation through a real FUSE mount, with the errors ext4 would give.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, symlink};
+use std::os::unix::io::AsRawFd;
+use std::time::Duration;
+
+use common::{Mount, errno_of, getxattr, listxattr, lstat, removexattr, renameat2, setxattr};
+
+#[test]
+fn create_write_read_append_truncate() {
+    let m = Mount::new();
+    let p = m.path("f.txt");
+    fs::write(&p, b"hello world").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"hello world");
+
+    // O_APPEND writes land at the end whatever the offset.
+    let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"!!").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"hello world!!");
+
+    // O_TRUNC empties the file.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.write_all(b"abc").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"abc");
+
+    // pwrite past the end leaves a zero-filled gap; ftruncate shrinks and extends.
+    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    f.write_all_at(b"Z", 10).unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"abc\0\0\0\0\0\0\0Z");
+    f.set_len(2).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 2);
+    f.set_len(5).unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"ab\0\0\0");
+
+    // truncate by path.
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 1) }, 0);
+    assert_eq!(fs::read(&p).unwrap(), b"a");
+
+    // Reading and seeking in a larger random file.
+    let data = common::random_bytes(1, 3 << 20);
+    fs::write(m.path("big"), &data).unwrap();
+    let mut f = File::open(m.path("big")).unwrap();
+    f.seek(SeekFrom::Start(1_000_001)).unwrap();
+    let mut buf = vec![0; 70_000];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf[..], &data[1_000_001..1_070_001]);
+    assert_eq!(fs::read(m.path("big")).unwrap(), data);
+}
+
+#[test]
+fn create_errors() {
+    let m = Mount::new();
+    fs::write(m.path("f"), b"x").unwrap();
+    let e = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.path("f"))
+        .unwrap_err();
+    assert_eq!(errno_of(&e), libc::EEXIST);
+    let e = File::open(m.path("missing")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENOENT);
+    let e = fs::write(m.path("f/child"), b"x").unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENOTDIR);
+    let long = "n".repeat(256);
+    let e = fs::write(m.path(&long), b"x").unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENAMETOOLONG);
+    fs::write(m.path(&"n".repeat(255)), b"ok").unwrap();
+    let e = fs::metadata(m.path(&long)).unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENAMETOOLONG);
+    fs::create_dir(m.path("d")).unwrap();
+    let e = OpenOptions::new()
+        .write(true)
+        .open(m.path("d"))
+        .unwrap_err();
+    assert_eq!(errno_of(&e), libc::EISDIR);
+}
+
+#[test]
+fn directories_mkdir_rmdir_readdir() {
+    let m = Mount::new();
+    fs::create_dir(m.path("d")).unwrap();
+    assert_eq!(
+        errno_of(&fs::create_dir(m.path("d")).unwrap_err()),
+        libc::EEXIST
+    );
+    for i in 0..300 {
+        fs::write(m.path(&format!("d/file-{i:03}")), i.to_string()).unwrap();
+    }
+    fs::create_dir(m.path("d/sub")).unwrap();
+    let mut names: Vec<String> = fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 301);
+    assert_eq!(names[0], "file-000");
+    assert_eq!(names[300], "sub");
+    // nlink of a directory counts its subdirectories.
+    assert_eq!(fs::metadata(m.path("d")).unwrap().nlink(), 3);
+    assert_eq!(
+        errno_of(&fs::remove_dir(m.path("d")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno_of(&fs::remove_dir(m.path("d/file-000")).unwrap_err()),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno_of(&fs::remove_file(m.path("d/sub")).unwrap_err()),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno_of(&fs::remove_dir(m.path("nope")).unwrap_err()),
+        libc::ENOENT
+    );
+    fs::remove_dir_all(m.path("d")).unwrap();
+    assert!(!m.path("d").exists());
+    assert_eq!(fs::read_dir(&m.mountpoint).unwrap().count(), 0);
+}
+
+#[test]
+fn symlinks() {
+    let m = Mount::new();
+    fs::write(m.path("target"), b"T").unwrap();
+    symlink("target", m.path("link")).unwrap();
+    symlink("/nonexistent/dangling", m.path("dangling")).unwrap();
+    assert_eq!(
+        fs::read_link(m.path("link")).unwrap().to_str(),
+        Some("target")
+    );
+    assert_eq!(fs::read(m.path("link")).unwrap(), b"T");
+    let st = lstat(&m.path("dangling"));
+    assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_eq!(st.st_size as usize, "/nonexistent/dangling".len());
+    assert_eq!(
+        errno_of(&symlink("x", m.path("link")).unwrap_err()),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno_of(&fs::read_link(m.path("target")).unwrap_err()),
+        libc::EINVAL
+    );
+    fs::remove_file(m.path("link")).unwrap();
+    assert!(m.path("target").exists());
+}
+
+#[test]
+fn rename_semantics() {
+    let m = Mount::new();
+    fs::write(m.path("a"), b"A").unwrap();
+    fs::write(m.path("b"), b"B").unwrap();
+    fs::create_dir_all(m.path("d/sub")).unwrap();
+    fs::create_dir(m.path("empty")).unwrap();
+    fs::write(m.path("d/sub/x"), b"X").unwrap();
+
+    // Over an existing file: the target is replaced.
+    fs::rename(m.path("a"), m.path("b")).unwrap();
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"A");
+    assert!(!m.path("a").exists());
+    // A directory over an empty directory.
+    fs::create_dir(m.path("d2")).unwrap();
+    fs::rename(m.path("empty"), m.path("d2")).unwrap();
+    assert!(!m.path("empty").exists());
+    // Errors.
+    assert_eq!(
+        errno_of(&fs::rename(m.path("d2"), m.path("d")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno_of(&fs::rename(m.path("b"), m.path("d")).unwrap_err()),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno_of(&fs::rename(m.path("d2"), m.path("b")).unwrap_err()),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno_of(&fs::rename(m.path("d"), m.path("d/sub/inside")).unwrap_err()),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(&fs::rename(m.path("missing"), m.path("z")).unwrap_err()),
+        libc::ENOENT
+    );
+    // RENAME_NOREPLACE and RENAME_EXCHANGE.
+    fs::write(m.path("c"), b"C").unwrap();
+    assert_eq!(
+        renameat2(&m.path("c"), &m.path("b"), libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST)
+    );
+    renameat2(&m.path("c"), &m.path("c2"), libc::RENAME_NOREPLACE).unwrap();
+    renameat2(&m.path("c2"), &m.path("d"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(m.path("d")).unwrap(), b"C");
+    assert_eq!(fs::read(m.path("c2/sub/x")).unwrap(), b"X");
+    assert_eq!(
+        renameat2(&m.path("b"), &m.path("nothing"), libc::RENAME_EXCHANGE),
+        Err(libc::ENOENT)
+    );
+    // A moved directory takes its subtree along.
+    fs::rename(m.path("c2"), m.path("d2/moved")).unwrap();
+    assert_eq!(fs::read(m.path("d2/moved/sub/x")).unwrap(), b"X");
+}
+
+#[test]
+fn unlinked_open_file_stays_readable() {
+    let m = Mount::new();
+    fs::write(m.path("f"), b"still here").unwrap();
+    let mut f = File::open(m.path("f")).unwrap();
+    fs::remove_file(m.path("f")).unwrap();
+    assert!(!m.path("f").exists());
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+}
+
+#[test]
+fn chmod_chown_utimens() {
+    let m = Mount::new();
+    let p = m.path("f");
+    fs::write(&p, b"x").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o4751)).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o4751);
+    std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+
+    // utimensat with a given time, UTIME_OMIT and UTIME_NOW.
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 123_456_789,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    ];
+    let before_mtime = fs::metadata(&p).unwrap().mtime_nsec();
+    // SAFETY: valid C string and two timespecs.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789));
+    assert_eq!(
+        md.mtime_nsec(),
+        before_mtime,
+        "UTIME_OMIT leaves mtime alone"
+    );
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_500_000_000,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_500_000_000);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+    ];
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    assert!((fs::metadata(&p).unwrap().mtime() - now).abs() <= 2);
+}
+
+#[test]
+fn timestamps_follow_ext4() {
+    let m = Mount::new();
+    fs::create_dir(m.path("d")).unwrap();
+    let p = m.path("d/f");
+    fs::write(&p, b"x").unwrap();
+    let pause = || std::thread::sleep(Duration::from_millis(20));
+    let t = |p: &std::path::Path| {
+        let s = lstat(p);
+        ((s.st_mtime, s.st_mtime_nsec), (s.st_ctime, s.st_ctime_nsec))
+    };
+
+    // Write: mtime and ctime of the file.
+    let (m0, c0) = t(&p);
+    pause();
+    OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .write_all_at(b"y", 0)
+        .unwrap();
+    let (m1, c1) = t(&p);
+    assert!(m1 > m0 && c1 > c0, "write moves mtime and ctime");
+    // chmod: ctime only.
+    pause();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    let (m2, c2) = t(&p);
+    assert_eq!(m2, m1);
+    assert!(c2 > c1, "chmod moves ctime");
+    // truncate: both.
+    pause();
+    OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let (m3, c3) = t(&p);
+    assert!(m3 > m2 && c3 > c2, "truncate moves mtime and ctime");
+    // Adding and removing entries moves the directory's mtime.
+    let (dm0, _) = t(&m.path("d"));
+    pause();
+    fs::write(m.path("d/g"), b"").unwrap();
+    let (dm1, _) = t(&m.path("d"));
+    assert!(dm1 > dm0, "create moves the directory's mtime");
+    pause();
+    fs::remove_file(m.path("d/g")).unwrap();
+    let (dm2, _) = t(&m.path("d"));
+    assert!(dm2 > dm1, "unlink moves the directory's mtime");
+    // rename: ctime of the node, mtime of both directories.
+    fs::create_dir(m.path("e")).unwrap();
+    let (em0, _) = t(&m.path("e"));
+    pause();
+    fs::rename(&p, m.path("e/f")).unwrap();
+    let (m4, c4) = t(&m.path("e/f"));
+    assert_eq!(m4, m3, "rename leaves the file's mtime");
+    assert!(c4 > c3, "rename moves the file's ctime");
+    assert!(
+        t(&m.path("d")).0 > dm2 && t(&m.path("e")).0 > em0,
+        "rename moves both directories' mtime"
+    );
+}
+
+#[test]
+fn sparse_files_report_size_and_blocks() {
+    let m = Mount::new();
+    let p = m.path("sparse");
+    let f = File::create(&p).unwrap();
+    f.set_len(1 << 30).unwrap();
+    f.write_all_at(&[1u8; 4096], 512 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!(md.len(), 1 << 30);
+    assert!(
+        md.blocks() >= 8 && md.blocks() <= 64,
+        "sparse file allocates only what was written: {} blocks",
+        md.blocks()
+    );
+    let mut f = File::open(&p).unwrap();
+    f.seek(SeekFrom::Start(512 << 20)).unwrap();
+    let mut buf = [0u8; 4];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, [1; 4]);
+}
+
+#[test]
+fn xattrs_with_flags_and_errors() {
+    let m = Mount::new();
+    let p = m.path("f");
+    fs::write(&p, b"x").unwrap();
+    setxattr(&p, "user.color", b"blue", 0).unwrap();
+    assert_eq!(getxattr(&p, "user.color", 100).unwrap(), b"blue");
+    assert_eq!(
+        getxattr(&p, "user.color", 0).unwrap().len(),
+        4,
+        "size query"
+    );
+    assert_eq!(getxattr(&p, "user.color", 2), Err(libc::ERANGE));
+    assert_eq!(getxattr(&p, "user.none", 100), Err(libc::ENODATA));
+    assert_eq!(
+        setxattr(&p, "user.color", b"red", libc::XATTR_CREATE),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(
+        setxattr(&p, "user.size", b"1", libc::XATTR_REPLACE),
+        Err(libc::ENODATA)
+    );
+    setxattr(&p, "user.color", b"red", libc::XATTR_REPLACE).unwrap();
+    setxattr(&p, "user.empty", b"", libc::XATTR_CREATE).unwrap();
+    assert_eq!(getxattr(&p, "user.empty", 10).unwrap(), b"");
+    let mut names = listxattr(&p);
+    names.sort();
+    assert_eq!(names, vec!["user.color", "user.empty"]);
+    removexattr(&p, "user.color").unwrap();
+    assert_eq!(removexattr(&p, "user.color"), Err(libc::ENODATA));
+    assert_eq!(
+        setxattr(&p, "user.big", &vec![0; 65537], 0),
+        Err(libc::E2BIG)
+    );
+    fs::create_dir(m.path("d")).unwrap();
+    setxattr(&m.path("d"), "user.on-dir", b"1", 0).unwrap();
+    assert_eq!(getxattr(&m.path("d"), "user.on-dir", 10).unwrap(), b"1");
+}
+
+#[test]
+fn fallocate_modes() {
+    let m = Mount::new();
+    let p = m.path("f");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    // SAFETY: valid descriptor; plain integers.
+    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) }, 0);
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20) },
+        0
+    );
+    assert_eq!(
+        f.metadata().unwrap().len(),
+        1 << 20,
+        "KEEP_SIZE keeps the size"
+    );
+    f.write_all_at(&[7u8; 8192], 0).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(f);
+    let data = fs::read(&p).unwrap();
+    assert_eq!(
+        &data[..4096],
+        &[0u8; 4096][..],
+        "punched range reads as zeros"
+    );
+    assert_eq!(&data[4096..8192], &[7u8; 4096][..]);
+}
+
+#[test]
+fn hard_links_devices_and_fifos_are_refused() {
+    let m = Mount::new();
+    fs::write(m.path("f"), b"x").unwrap();
+    assert_eq!(
+        errno_of(&fs::hard_link(m.path("f"), m.path("g")).unwrap_err()),
+        libc::EPERM
+    );
+    let fifo = std::ffi::CString::new(m.path("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
+    assert_eq!(common::last_errno(), libc::EPERM);
+    let dev = std::ffi::CString::new(m.path("dev").to_str().unwrap()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(
+        unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)) },
+        -1
+    );
+    assert_eq!(common::last_errno(), libc::EPERM);
+    // mknod of a regular file works like create.
+    let reg = std::ffi::CString::new(m.path("reg").to_str().unwrap()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(
+        unsafe { libc::mknod(reg.as_ptr(), libc::S_IFREG | 0o640, 0) },
+        0
+    );
+    assert_eq!(fs::metadata(m.path("reg")).unwrap().mode() & 0o777, 0o640);
+}
+
+#[test]
+fn mode_bits_give_eacces_to_other_users() {
+    let m = Mount::new();
+    fs::write(m.path("private"), b"secret").unwrap();
+    fs::set_permissions(m.path("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(m.path("public"), b"hello").unwrap();
+    fs::set_permissions(m.path("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::create_dir(m.path("locked")).unwrap();
+    fs::set_permissions(m.path("locked"), fs::Permissions::from_mode(0o700)).unwrap();
+    let as_nobody = |cmd: &str| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                cmd,
+            ])
+            .current_dir(&m.mountpoint)
+            .output()
+            .unwrap()
+    };
+    let ok = as_nobody("cat public");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "hello");
+    for cmd in [
+        "cat private",
+        "echo x >> public",
+        "ls locked",
+        "touch newfile",
+    ] {
+        let out = as_nobody(cmd);
+        assert!(!out.status.success(), "{cmd} should fail");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // access(2) follows the same bits.
+    let out = as_nobody("test -r private && echo yes || echo no");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+}
+
+#[test]
+fn statfs_and_concurrent_requests() {
+    let m = Mount::new();
+    let c = std::ffi::CString::new(m.mountpoint.to_str().unwrap()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid C string and writable statvfs memory.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
+    // SAFETY: statvfs succeeded.
+    let st = unsafe { st.assume_init() };
+    assert_eq!(st.f_namemax, 255);
+    assert!(st.f_blocks > 0 && st.f_bavail > 0);
+
+    // Several request threads read /dev/fuse.
+    let pid = m.daemon_pid();
+    let threads = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|t| {
+            let comm =
+                fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap_or_default();
+            comm.starts_with("fuser-")
+        })
+        .count();
+    assert!(
+        threads >= 4,
+        "expected at least 4 FUSE request threads, found {threads}"
+    );
+
+    // Many writers at once, each checking its own content.
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let m = &m;
+            s.spawn(move || {
+                for i in 0..50 {
+                    let data = common::random_bytes(t * 1000 + i, 10_000 + i as usize);
+                    let p = m.path(&format!("t{t}-{i}"));
+                    fs::write(&p, &data).unwrap();
+                    assert_eq!(fs::read(&p).unwrap(), data);
+                }
+            });
+        }
+    });
+    assert_eq!(fs::read_dir(&m.mountpoint).unwrap().count(), 400);
+}
