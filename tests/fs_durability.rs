@@ -169,3 +169,15 @@ fn status_counts_nodes_bytes_and_unrecorded_files() {
     });
     assert_eq!(m.status()["pending_versions"], 3);
 }
+
+#[test]
+fn large_writes_arrive_as_1_mib_requests() {
+    let mut m = Mount::new();
+    let data = common::random_bytes(9, 16 << 20);
+    fs::write(m.path("big"), &data).unwrap();
+    m.umount();
+    let log = m.log();
+    assert!(log.contains("largest write request 1048576 bytes"), "{log}");
+    m.mount();
+    assert_eq!(fs::read(m.path("big")).unwrap(), data);
+}

@@ -5,7 +5,6 @@ mod common;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, symlink};
-use std::os::unix::io::AsRawFd;
 use std::time::Duration;
 
 use common::{Mount, errno_of, getxattr, listxattr, lstat, removexattr, renameat2, setxattr};
@@ -44,9 +43,7 @@ fn create_write_read_append_truncate() {
     assert_eq!(fs::read(&p).unwrap(), b"ab\0\0\0");
 
     // truncate by path.
-    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-    // SAFETY: valid C string.
-    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 1) }, 0);
+    common::truncate(&p, 1).unwrap();
     assert_eq!(fs::read(&p).unwrap(), b"a");
 
     // Reading and seeking in a larger random file.
@@ -239,7 +236,6 @@ fn chmod_chown_utimens() {
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
 
     // utimensat with a given time, UTIME_OMIT and UTIME_NOW.
-    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
     let times = [
         libc::timespec {
             tv_sec: 1_000_000_000,
@@ -251,11 +247,7 @@ fn chmod_chown_utimens() {
         },
     ];
     let before_mtime = fs::metadata(&p).unwrap().mtime_nsec();
-    // SAFETY: valid C string and two timespecs.
-    assert_eq!(
-        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
-        0
-    );
+    common::utimensat(&p, times).unwrap();
     let md = fs::metadata(&p).unwrap();
     assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789));
     assert_eq!(
@@ -273,11 +265,7 @@ fn chmod_chown_utimens() {
             tv_nsec: 0,
         },
     ];
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
-        0
-    );
+    common::utimensat(&p, times).unwrap();
     assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_500_000_000);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -293,11 +281,7 @@ fn chmod_chown_utimens() {
             tv_nsec: libc::UTIME_NOW,
         },
     ];
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
-        0
-    );
+    common::utimensat(&p, times).unwrap();
     assert!((fs::metadata(&p).unwrap().mtime() - now).abs() <= 2);
 }
 
@@ -437,14 +421,9 @@ fn fallocate_modes() {
         .truncate(true)
         .open(&p)
         .unwrap();
-    // SAFETY: valid descriptor; plain integers.
-    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) }, 0);
+    common::fallocate(&f, 0, 0, 1 << 20).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 1 << 20);
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20) },
-        0
-    );
+    common::fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20).unwrap();
     assert_eq!(
         f.metadata().unwrap().len(),
         1 << 20,
@@ -452,16 +431,13 @@ fn fallocate_modes() {
     );
     f.write_all_at(&[7u8; 8192], 0).unwrap();
     f.sync_all().unwrap();
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            0,
-            4096,
-        )
-    };
-    assert_eq!(rc, 0);
+    common::fallocate(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        4096,
+    )
+    .unwrap();
     drop(f);
     let data = fs::read(&p).unwrap();
     assert_eq!(
@@ -480,24 +456,13 @@ fn hard_links_devices_and_fifos_are_refused() {
         errno_of(&fs::hard_link(m.path("f"), m.path("g")).unwrap_err()),
         libc::EPERM
     );
-    let fifo = std::ffi::CString::new(m.path("fifo").to_str().unwrap()).unwrap();
-    // SAFETY: valid C string.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
-    assert_eq!(common::last_errno(), libc::EPERM);
-    let dev = std::ffi::CString::new(m.path("dev").to_str().unwrap()).unwrap();
-    // SAFETY: valid C string.
+    assert_eq!(common::mkfifo(&m.path("fifo"), 0o644), Err(libc::EPERM));
     assert_eq!(
-        unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)) },
-        -1
+        common::mknod(&m.path("dev"), libc::S_IFCHR | 0o644, libc::makedev(1, 3)),
+        Err(libc::EPERM)
     );
-    assert_eq!(common::last_errno(), libc::EPERM);
     // mknod of a regular file works like create.
-    let reg = std::ffi::CString::new(m.path("reg").to_str().unwrap()).unwrap();
-    // SAFETY: valid C string.
-    assert_eq!(
-        unsafe { libc::mknod(reg.as_ptr(), libc::S_IFREG | 0o640, 0) },
-        0
-    );
+    common::mknod(&m.path("reg"), libc::S_IFREG | 0o640, 0).unwrap();
     assert_eq!(fs::metadata(m.path("reg")).unwrap().mode() & 0o777, 0o640);
 }
 
@@ -548,12 +513,7 @@ fn mode_bits_give_eacces_to_other_users() {
 #[test]
 fn statfs_and_concurrent_requests() {
     let m = Mount::new();
-    let c = std::ffi::CString::new(m.mountpoint.to_str().unwrap()).unwrap();
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: valid C string and writable statvfs memory.
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
-    // SAFETY: statvfs succeeded.
-    let st = unsafe { st.assume_init() };
+    let st = common::statvfs(&m.mountpoint);
     assert_eq!(st.f_namemax, 255);
     assert!(st.f_blocks > 0 && st.f_bavail > 0);
 

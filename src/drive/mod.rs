@@ -136,6 +136,9 @@ pub struct Drive {
     next_fh: AtomicU64,
     /// Fan-out directories with backing files created since they were last fsynced.
     unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
+    /// Write requests served and the largest one, logged at unmount.
+    writes: AtomicU64,
+    largest_write: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,6 +178,8 @@ impl Drive {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             unsynced_dirs: Mutex::new(BTreeSet::new()),
+            writes: AtomicU64::new(0),
+            largest_write: AtomicU64::new(0),
         };
         if !clean {
             tracing::warn!("previous session did not end cleanly: checking backing files");
@@ -611,6 +616,9 @@ impl Drive {
         let h = self.file(fh)?;
         h.file.write_all_at(data, offset)?;
         h.wrote.store(true, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.largest_write
+            .fetch_max(data.len() as u64, Ordering::Relaxed);
         let end = offset + data.len() as u64;
         let stamp = now();
         self.mutate(|t| {
@@ -774,7 +782,7 @@ impl Drive {
         Ok(fh)
     }
 
-    /// The entries of an open directory stream from position `offset` on.
+    /// The entries of an open directory stream (a snapshot taken at opendir).
     pub fn readdir(&self, fh: u64) -> DriveResult<Arc<Vec<DirEntry>>> {
         lock(&self.dirs)
             .get(&fh)
@@ -879,6 +887,24 @@ impl Drive {
         out
     }
 
+    /// Takes the pending version of `ino` (the sync engine's hand-off): it is removed from
+    /// the durable queue once the engine has what it needs.
+    pub fn take_pending(&self, ino: Ino) -> DriveResult<Option<RecordedVersion>> {
+        self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            let taken = n.pending.take().map(|p| RecordedVersion {
+                ino,
+                number: p.number,
+                ranges: p.ranges,
+                size: p.size,
+            });
+            if taken.is_some() {
+                t.touch(ino);
+            }
+            Ok(taken)
+        })
+    }
+
     /// Files with writes not yet recorded as a version.
     pub fn dirty_files(&self) -> Vec<(Ino, RangeSet)> {
         let t = lock(&self.tree);
@@ -903,6 +929,13 @@ impl Drive {
             File::open(&dir)?.sync_all()?;
         }
         let store = lock(&self.store).take();
+        if store.is_some() {
+            tracing::info!(
+                "session stats: {} write requests, largest write request {} bytes",
+                self.writes.load(Ordering::Relaxed),
+                self.largest_write.load(Ordering::Relaxed)
+            );
+        }
         match store {
             Some(store) => Ok(store.close(true)?),
             None => Ok(()),

@@ -71,7 +71,7 @@ impl RangeSet {
 
     /// Decodes [`RangeSet::to_bytes`]; `None` when the bytes are not a whole number of pairs.
     pub fn from_bytes(bytes: &[u8]) -> Option<RangeSet> {
-        if bytes.len() % 16 != 0 {
+        if !bytes.len().is_multiple_of(16) {
             return None;
         }
         let mut set = RangeSet::new();

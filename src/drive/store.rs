@@ -228,7 +228,7 @@ impl Store {
             .optional()?
             .is_none_or(|v| v == 1);
         let mut nodes = load_nodes(&conn)?;
-        if !nodes.contains_key(&ROOT_INO) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = nodes.entry(ROOT_INO) {
             let now = super::node::now();
             let root = Node::new(
                 NodeId::ROOT,
@@ -243,7 +243,7 @@ impl Store {
             let tx = conn.transaction()?;
             write_row(&tx, ROOT_INO, Some(&NodeRow::of(&root)))?;
             tx.commit()?;
-            nodes.insert(ROOT_INO, root);
+            slot.insert(root);
         }
         // Until a clean unmount says otherwise, a restart must assume a crash.
         conn.execute(

@@ -99,6 +99,7 @@ impl Mount {
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
         wait_until(
             Duration::from_secs(10),
+            // SAFETY: signal 0 only probes whether the process exists.
             || unsafe { libc::kill(pid, 0) } != 0,
         );
     }
@@ -286,4 +287,49 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+fn rc(r: libc::c_int) -> Result<(), i32> {
+    if r == 0 { Ok(()) } else { Err(last_errno()) }
+}
+
+/// truncate(2) by path.
+pub fn truncate(path: &Path, len: i64) -> Result<(), i32> {
+    // SAFETY: valid C string.
+    rc(unsafe { libc::truncate(cstr(path).as_ptr(), len) })
+}
+
+/// utimensat(2) with (atime, mtime); each may be UTIME_NOW or UTIME_OMIT in tv_nsec.
+pub fn utimensat(path: &Path, times: [libc::timespec; 2]) -> Result<(), i32> {
+    // SAFETY: valid C string and an array of two timespecs.
+    rc(unsafe { libc::utimensat(libc::AT_FDCWD, cstr(path).as_ptr(), times.as_ptr(), 0) })
+}
+
+/// fallocate(2) on an open file.
+pub fn fallocate(file: &std::fs::File, mode: i32, offset: i64, len: i64) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is valid for the borrow; plain integers otherwise.
+    rc(unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) })
+}
+
+/// mknod(2).
+pub fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<(), i32> {
+    // SAFETY: valid C string.
+    rc(unsafe { libc::mknod(cstr(path).as_ptr(), mode, dev) })
+}
+
+/// mkfifo(3).
+pub fn mkfifo(path: &Path, mode: libc::mode_t) -> Result<(), i32> {
+    // SAFETY: valid C string.
+    rc(unsafe { libc::mkfifo(cstr(path).as_ptr(), mode) })
+}
+
+/// statvfs(3).
+pub fn statvfs(path: &Path) -> libc::statvfs {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid C string and writable statvfs memory.
+    let r = unsafe { libc::statvfs(cstr(path).as_ptr(), st.as_mut_ptr()) };
+    assert_eq!(r, 0, "statvfs: errno {}", last_errno());
+    // SAFETY: statvfs succeeded and filled it.
+    unsafe { st.assume_init() }
 }

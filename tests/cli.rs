@@ -1,0 +1,183 @@
+//! The command line: help, and a clear one-line error with a non-zero exit for bad input.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Mount, bin, deltadrive};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn help_for_every_command() {
+    for args in [
+        &["--help"][..],
+        &["mount", "--help"],
+        &["umount", "--help"],
+        &["status", "--help"],
+    ] {
+        let out = deltadrive(args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+    }
+    let out = deltadrive(&["mount", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--foreground") && text.contains("--state"));
+    assert!(!text.contains("report-ready"), "internal flag stays hidden");
+}
+
+#[test]
+fn mount_refuses_bad_mountpoints_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let out = deltadrive(&["mount", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "deltadrive: mountpoint {} does not exist",
+            missing.display()
+        )
+    );
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = deltadrive(&["mount", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not a directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).trim().lines().count(), 1);
+
+    let m = Mount::new();
+    let other_state = dir.path().join("other-state");
+    let out = deltadrive(&[
+        "mount",
+        m.mountpoint.to_str().unwrap(),
+        "--state",
+        other_state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is already mounted"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A second daemon on the same state directory is refused too.
+    let mp2 = dir.path().join("mp2");
+    std::fs::create_dir(&mp2).unwrap();
+    let out = deltadrive(&[
+        "mount",
+        mp2.to_str().unwrap(),
+        "--state",
+        m.state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("in use by another deltadrive daemon"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn mount_without_dev_fuse_says_so() {
+    // A private mount namespace with an empty /dev: /dev/fuse is missing there only.
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {} mount {}",
+        bin(),
+        mp.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/dev/fuse is unavailable"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn umount_and_status_of_what_is_not_mounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = deltadrive(&["umount", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not mounted"), "{}", stderr(&out));
+    let out = deltadrive(&["umount", "/proc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a deltadrive mount"),
+        "{}",
+        stderr(&out)
+    );
+    let out = deltadrive(&["status", dir.path().to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mounted"], false);
+    let out = deltadrive(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn foreground_mount_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mp");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&mp).unwrap();
+    let mut child = Command::new(bin())
+        .args([
+            "mount",
+            mp.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--foreground",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(mp.to_str().unwrap())
+            && std::fs::metadata(&mp).is_ok()
+    });
+    std::fs::write(mp.join("f"), b"kept").unwrap();
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "foreground daemon exits 0 after SIGTERM");
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(mp.to_str().unwrap()),
+        "unmounted"
+    );
+    // The state was closed cleanly and keeps the file.
+    let mut m2 = Command::new(bin())
+        .args([
+            "mount",
+            mp.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(m2.status.success());
+    assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"kept");
+    let log = std::fs::read_to_string(state.join("daemon.log")).unwrap();
+    assert!(!log.contains("did not end cleanly"));
+    m2 = deltadrive(&["umount", mp.to_str().unwrap()]);
+    assert!(m2.status.success());
+}
