@@ -1,8 +1,12 @@
 //! Dirty ranges and recorded versions, through the drive's own API (no mount needed).
 
-use deltadrive::drive::{Caller, Drive, ROOT_INO, RangeSet, SetAttr, StateDir};
+use deltadrive::drive::{Caller, Drive, OpenMode, ROOT_INO, RangeSet, SetAttr, StateDir};
 
 const ME: Caller = Caller { uid: 0, gid: 0 };
+const WRITE: OpenMode = OpenMode {
+    writable: true,
+    passthrough_available: false,
+};
 
 fn open(dir: &std::path::Path) -> Drive {
     Drive::open(StateDir::new(dir).unwrap(), ME).unwrap()
@@ -21,9 +25,9 @@ fn writes_are_tracked_until_release_records_a_version() {
     let dir = tempfile::tempdir().unwrap();
     let drive = open(dir.path());
     let (attr, fh) = drive.create(ROOT_INO, b"f", 0o644, ME).unwrap();
-    drive.write(fh, 0, &[1; 100]).unwrap();
-    drive.write(fh, 4096, &[2; 10]).unwrap();
-    drive.write(fh, 50, &[3; 100]).unwrap();
+    drive.write(fh, 0, &[1; 100], false).unwrap();
+    drive.write(fh, 4096, &[2; 10], false).unwrap();
+    drive.write(fh, 50, &[3; 100], false).unwrap();
     assert_eq!(
         drive.dirty_files(),
         vec![(attr.ino, ranges(&[(0, 150), (4096, 4106)]))]
@@ -38,8 +42,8 @@ fn writes_are_tracked_until_release_records_a_version() {
     assert_eq!(v[0].ranges, ranges(&[(0, 150), (4096, 4106)]));
 
     // A second session's writes merge into the version the sync engine has not taken yet.
-    let fh = drive.open_file(attr.ino).unwrap();
-    drive.write(fh, 10_000, &[4; 5]).unwrap();
+    let fh = drive.open_file(attr.ino, WRITE).unwrap().fh;
+    drive.write(fh, 10_000, &[4; 5], false).unwrap();
     drive.fsync(fh, false).unwrap();
     let v = drive.pending_versions();
     assert_eq!((v[0].number, v[0].size), (2, 10_005));
@@ -76,7 +80,7 @@ fn an_unrecorded_change_is_wholly_dirty_after_a_crash() {
     let ino = {
         let drive = open(dir.path());
         let (attr, fh) = drive.create(ROOT_INO, b"f", 0o644, ME).unwrap();
-        drive.write(fh, 0, &[9; 5000]).unwrap();
+        drive.write(fh, 0, &[9; 5000], false).unwrap();
         drive.release(fh).unwrap();
         // The sync engine takes version 1.
         let taken = drive.take_pending(attr.ino).unwrap().unwrap();
@@ -88,8 +92,8 @@ fn an_unrecorded_change_is_wholly_dirty_after_a_crash() {
     {
         // Reopen, write, and drop without shutdown (the daemon died before release).
         let drive = open(dir.path());
-        let fh = drive.open_file(ino).unwrap();
-        drive.write(fh, 1000, &[7; 10]).unwrap();
+        let fh = drive.open_file(ino, WRITE).unwrap().fh;
+        drive.write(fh, 1000, &[7; 10], false).unwrap();
         std::mem::forget(drive);
     }
     let drive = open(dir.path());

@@ -73,6 +73,8 @@ pub struct SetAttr {
     pub mtime: Option<TimeSet>,
     /// New change time (sent by the kernel with writeback caching).
     pub ctime: Option<Nanos>,
+    /// Drop setuid/setgid (an unprivileged truncate).
+    pub kill_suid: bool,
 }
 
 /// One directory entry as listed by readdir.
@@ -122,6 +124,28 @@ struct OpenFile {
     ino: Ino,
     file: File,
     wrote: AtomicBool,
+    /// The kernel does this handle's I/O on the backing file directly.
+    passthrough: bool,
+    /// Writes through this handle bypass the drive, so its changes are not tracked by range.
+    blind_writes: bool,
+}
+
+/// How a file is to be opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenMode {
+    /// The handle may write.
+    pub writable: bool,
+    /// The caller can hand the backing file to the kernel (FUSE passthrough).
+    pub passthrough_available: bool,
+}
+
+/// An opened file handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The handle.
+    pub fh: u64,
+    /// Whether the kernel should do this handle's I/O on the backing file itself.
+    pub passthrough: bool,
 }
 
 /// The local drive.
@@ -359,6 +383,12 @@ impl Drive {
                 n.gid = gid;
                 n.ctime = stamp;
             }
+            // As Linux does: chown of a non-directory and an unprivileged truncate drop
+            // setuid, and setgid when group-executable; an explicit mode wins.
+            let chown = set.uid.is_some() || set.gid.is_some();
+            if (chown || set.kill_suid) && set.perm.is_none() && n.kind != Kind::Dir {
+                kill_suid(n);
+            }
             if let Some(a) = set.atime {
                 n.atime = resolve(a, stamp);
                 n.ctime = stamp;
@@ -498,7 +528,7 @@ impl Drive {
                 return Err(e);
             }
         };
-        let fh = open.then(|| self.register(ino, file));
+        let fh = open.then(|| self.register(ino, file, false, false));
         Ok((attr, fh))
     }
 
@@ -530,12 +560,14 @@ impl Drive {
         }
     }
 
-    fn register(&self, ino: Ino, file: File) -> u64 {
+    fn register(&self, ino: Ino, file: File, passthrough: bool, blind_writes: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(OpenFile {
             ino,
             file,
             wrote: AtomicBool::new(false),
+            passthrough,
+            blind_writes,
         });
         lock(&self.files).insert(fh, handle);
         fh
@@ -578,8 +610,11 @@ impl Drive {
         Err(DriveError::NotPermitted("hard links are not supported"))
     }
 
-    /// Opens file `ino`; the handle reads and writes its backing file.
-    pub fn open_file(&self, ino: Ino) -> DriveResult<u64> {
+    /// Opens file `ino`. Readers get FUSE passthrough (the kernel reads the backing file
+    /// at native speed) unless a writer the drive sees is open; a kernel inode cannot mix
+    /// the two, so a writer that arrives while passthrough readers are open is passed
+    /// through too, and its changes are recorded as the whole file.
+    pub fn open_file(&self, ino: Ino, mode: OpenMode) -> DriveResult<Opened> {
         let id = {
             let t = lock(&self.tree);
             let n = t.get(ino)?;
@@ -590,8 +625,56 @@ impl Drive {
             }
         };
         let file = self.backing.open_file(id)?;
-        self.mutate(|t| t.open(ino).map(|_| ()))?;
-        Ok(self.register(ino, file))
+        let passthrough = self.mutate(|t| {
+            let n = t.open(ino)?;
+            let cached_open = n.open - 1 - n.open_passthrough;
+            let passthrough = mode.passthrough_available
+                && if mode.writable {
+                    n.open_passthrough > 0
+                } else {
+                    cached_open == 0
+                };
+            if passthrough {
+                n.open_passthrough += 1;
+            }
+            Ok(passthrough)
+        })?;
+        let fh = self.register(ino, file, passthrough, passthrough && mode.writable);
+        Ok(Opened { fh, passthrough })
+    }
+
+    /// Turns a passthrough handle back into one whose I/O the drive serves (when the
+    /// kernel refused the backing file).
+    pub fn demote_passthrough(&self, fh: u64) -> DriveResult<()> {
+        let mut files = lock(&self.files);
+        let h = files.get(&fh).ok_or(DriveError::BadHandle)?;
+        if !h.passthrough {
+            return Ok(());
+        }
+        let file = h.file.try_clone()?;
+        let ino = h.ino;
+        files.insert(
+            fh,
+            Arc::new(OpenFile {
+                ino,
+                file,
+                wrote: AtomicBool::new(false),
+                passthrough: false,
+                blind_writes: false,
+            }),
+        );
+        drop(files);
+        self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            n.open_passthrough = n.open_passthrough.saturating_sub(1);
+            Ok(())
+        })
+    }
+
+    /// Runs `f` with the backing file of handle `fh` (to register it for passthrough).
+    pub fn with_backing_file<T>(&self, fh: u64, f: impl FnOnce(&File) -> T) -> DriveResult<T> {
+        let h = self.file(fh)?;
+        Ok(f(&h.file))
     }
 
     /// Reads up to `size` bytes at `offset`.
@@ -611,8 +694,15 @@ impl Drive {
         Ok(buf)
     }
 
-    /// Writes `data` at `offset`, recording the dirty range.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> DriveResult<u32> {
+    /// Writes `data` at `offset`, recording the dirty range; `kill_suid` drops setuid/setgid
+    /// (a write by an unprivileged process).
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suid_bits: bool,
+    ) -> DriveResult<u32> {
         let h = self.file(fh)?;
         h.file.write_all_at(data, offset)?;
         h.wrote.store(true, Ordering::Relaxed);
@@ -628,6 +718,9 @@ impl Drive {
             n.ctime = stamp;
             n.dirty.insert(offset, end);
             n.blocks = None;
+            if kill_suid_bits {
+                kill_suid(n);
+            }
             t.touch(h.ino);
             Ok(())
         })?;
@@ -673,25 +766,44 @@ impl Drive {
         Ok(())
     }
 
-    /// Called on every close of a descriptor; nothing to do (writes are already in the backing file).
-    pub fn flush(&self, fh: u64) -> DriveResult<()> {
-        self.file(fh).map(|_| ())
-    }
-
     /// Closes a handle, recording a new version if the file changed.
     pub fn release(&self, fh: u64) -> DriveResult<()> {
         let h = lock(&self.files).remove(&fh).ok_or(DriveError::BadHandle)?;
+        if h.blind_writes {
+            self.mark_wholly_dirty(h.ino, &h.file)?;
+        }
         let recorded = self.record_version(h.ino, Some(&h.file));
         self.mutate(|t| {
-            t.close(h.ino);
+            t.close(h.ino, h.passthrough);
             Ok(())
         })?;
         recorded
     }
 
+    /// After writes the drive could not see: the size from the backing file, all of it dirty.
+    fn mark_wholly_dirty(&self, ino: Ino, file: &File) -> DriveResult<()> {
+        let (len, mtime, blocks) = backing::stamp_of(&file.metadata()?);
+        self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            if n.recorded_stamp == Some((len, mtime)) {
+                return Ok(());
+            }
+            n.dirty.insert(0, len.max(n.size));
+            n.size = len;
+            n.mtime = n.mtime.max(mtime);
+            n.ctime = n.ctime.max(mtime);
+            n.blocks = Some(blocks);
+            t.touch(ino);
+            Ok(())
+        })
+    }
+
     /// Makes the file's content and metadata durable and records a version.
     pub fn fsync(&self, fh: u64, datasync: bool) -> DriveResult<()> {
         let h = self.file(fh)?;
+        if h.blind_writes {
+            self.mark_wholly_dirty(h.ino, &h.file)?;
+        }
         if datasync {
             h.file.sync_data()?;
         } else {
@@ -921,6 +1033,9 @@ impl Drive {
     pub fn shutdown(&self) -> DriveResult<()> {
         let handles: Vec<Arc<OpenFile>> = lock(&self.files).values().cloned().collect();
         for h in handles {
+            if h.blind_writes {
+                self.mark_wholly_dirty(h.ino, &h.file)?;
+            }
             self.record_version(h.ino, Some(&h.file))?;
         }
         self.record_all_dirty()?;
@@ -946,6 +1061,15 @@ impl Drive {
     pub fn state_root(&self) -> &Path {
         self.state.root()
     }
+}
+
+/// Drops setuid, setgid when group-executable, and file capabilities, as a write or chown does.
+fn kill_suid(n: &mut Node) {
+    n.perm &= !0o4000;
+    if n.perm & 0o010 != 0 {
+        n.perm &= !0o2000;
+    }
+    n.xattrs.remove(&b"security.capability"[..]);
 }
 
 fn resolve(t: TimeSet, now: Nanos) -> Nanos {

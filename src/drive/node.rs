@@ -135,6 +135,8 @@ pub struct Node {
     pub lookups: u64,
     /// Open file handles (runtime only).
     pub open: u32,
+    /// Of those, handles whose I/O the kernel passes straight to the backing file.
+    pub open_passthrough: u32,
     /// Removed from its directory but still referenced (runtime only).
     pub unlinked: bool,
 }
@@ -175,6 +177,7 @@ impl Node {
             blocks: Some(0),
             lookups: 0,
             open: 0,
+            open_passthrough: 0,
             unlinked: false,
         }
     }

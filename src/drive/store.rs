@@ -13,6 +13,12 @@ use crate::protocol::NodeId;
 use super::node::{Ino, Kind, Nanos, Node, PendingVersion, ROOT_INO};
 use super::ranges::RangeSet;
 
+/// How long the writer lets changes gather before committing them (no durability waits on it).
+const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A batch this large is committed without waiting for the window.
+const GROUP_ROWS: usize = 4096;
+
 /// Version of the schema below; a store written by another version is refused, not guessed at.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -141,7 +147,10 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Wakes an idle writer when changes arrive.
     wake_writer: Condvar,
+    /// Cuts the group-commit window short: a barrier or shutdown is waiting.
+    urgent: Condvar,
     committed: Condvar,
 }
 
@@ -253,6 +262,7 @@ impl Store {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake_writer: Condvar::new(),
+            urgent: Condvar::new(),
             committed: Condvar::new(),
         });
         let writer_shared = Arc::clone(&shared);
@@ -292,13 +302,15 @@ impl Store {
         }
         let target = st.open_gen;
         st.batch.full |= durable;
-        if durable {
-            // A durable barrier always commits something, so SQLite fsyncs the WAL.
-            st.batch
-                .meta
-                .insert("last_barrier".into(), super::node::now());
-        }
+        // A barrier always commits something: the writer wakes for it, and for a durable one
+        // SQLite fsyncs the WAL, which holds every earlier commit too.
+        st.batch
+            .meta
+            .insert("last_barrier".into(), super::node::now());
         self.shared.wake_writer.notify_one();
+        if durable {
+            self.shared.urgent.notify_one();
+        }
         while st.committed_gen <= target {
             if let Some(err) = st.last_error.clone() {
                 return Err(StoreError::WriterFailed(err));
@@ -325,6 +337,7 @@ impl Store {
     fn stop(&mut self) {
         self.shared.lock().shutdown = true;
         self.shared.wake_writer.notify_one();
+        self.shared.urgent.notify_one();
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
         {
@@ -381,6 +394,15 @@ fn writer_loop(mut conn: Connection, shared: &Shared) {
             if st.batch.rows.is_empty() && st.batch.meta.is_empty() && st.shutdown {
                 return;
             }
+            // Group commit: give a burst of changes a moment to gather into one transaction,
+            // unless someone waits for durability or the batch is already large.
+            if !st.batch.full && !st.shutdown && st.batch.rows.len() < GROUP_ROWS {
+                st = shared
+                    .urgent
+                    .wait_timeout(st, GROUP_WINDOW)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
             let batch_gen = st.open_gen;
             st.open_gen += 1;
             (std::mem::take(&mut st.batch), batch_gen)
@@ -422,10 +444,8 @@ fn commit(conn: &mut Connection, batch: &Batch) -> Result<(), StoreError> {
         write_row(&tx, ino, row.as_ref())?;
     }
     for (key, value) in &batch.meta {
-        tx.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
-            params![key, value],
-        )?;
+        tx.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
+            .execute(params![key, value])?;
     }
     tx.commit()?;
     if batch.full {
@@ -441,50 +461,44 @@ fn write_row(
 ) -> Result<(), StoreError> {
     let ino_sql = ino as i64;
     let Some(n) = node else {
-        tx.execute("DELETE FROM nodes WHERE ino = ?1", params![ino_sql])?;
-        tx.execute(
-            "DELETE FROM pending_versions WHERE ino = ?1",
-            params![ino_sql],
-        )?;
+        tx.prepare_cached("DELETE FROM nodes WHERE ino = ?1")?
+            .execute(params![ino_sql])?;
+        tx.prepare_cached("DELETE FROM pending_versions WHERE ino = ?1")?
+            .execute(params![ino_sql])?;
         return Ok(());
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO nodes(ino, node_id, parent, name, kind, perm, uid, gid, size,
              atime, mtime, ctime, target, xattrs, dirty, version, rec_len, rec_mtime)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-        params![
-            ino_sql,
-            &n.id.to_bytes()[..],
-            n.parent as i64,
-            n.name,
-            n.kind.code(),
-            n.perm,
-            n.uid,
-            n.gid,
-            n.size as i64,
-            n.atime,
-            n.mtime,
-            n.ctime,
-            n.target,
-            n.xattrs,
-            i64::from(n.dirty),
-            n.version as i64,
-            n.recorded_stamp.map(|(len, _)| len as i64),
-            n.recorded_stamp.map(|(_, mtime)| mtime),
-        ],
-    )?;
+    )?
+    .execute(params![
+        ino_sql,
+        &n.id.to_bytes()[..],
+        n.parent as i64,
+        n.name,
+        n.kind.code(),
+        n.perm,
+        n.uid,
+        n.gid,
+        n.size as i64,
+        n.atime,
+        n.mtime,
+        n.ctime,
+        n.target,
+        n.xattrs,
+        i64::from(n.dirty),
+        n.version as i64,
+        n.recorded_stamp.map(|(len, _)| len as i64),
+        n.recorded_stamp.map(|(_, mtime)| mtime),
+    ])?;
     match &n.pending {
         Some(p) => {
-            tx.execute(
-                "INSERT OR REPLACE INTO pending_versions(ino, number, ranges, size, mtime) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![ino_sql, p.number as i64, p.ranges.to_bytes(), p.size as i64, p.mtime],
-            )?;
+            tx.prepare_cached("INSERT OR REPLACE INTO pending_versions(ino, number, ranges, size, mtime) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![ino_sql, p.number as i64, p.ranges.to_bytes(), p.size as i64, p.mtime])?;
         }
         None => {
-            tx.execute(
-                "DELETE FROM pending_versions WHERE ino = ?1",
-                params![ino_sql],
-            )?;
+            tx.prepare_cached("DELETE FROM pending_versions WHERE ino = ?1")?
+                .execute(params![ino_sql])?;
         }
     }
     Ok(())

@@ -360,9 +360,12 @@ impl Tree {
     }
 
     /// Drops an open handle; an unlinked node with none left is reaped.
-    pub fn close(&mut self, ino: Ino) {
+    pub fn close(&mut self, ino: Ino, passthrough: bool) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.open = node.open.saturating_sub(1);
+            if passthrough {
+                node.open_passthrough = node.open_passthrough.saturating_sub(1);
+            }
             self.reap_if_unused(ino);
         }
     }
@@ -505,7 +508,7 @@ mod tests {
         t.open(f).unwrap();
         t.remove_file(ROOT_INO, b"f", 2).unwrap();
         assert!(t.get(f).is_ok());
-        t.close(f);
+        t.close(f, false);
         assert!(t.get(f).is_ok(), "kernel still holds a reference");
         t.forget(f, 1);
         assert!(t.get(f).is_err());

@@ -4,12 +4,14 @@
 //! value or with the error's errno. Policy lives in `drive`, not here.
 
 mod attr;
+mod backing_ids;
 mod session;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -19,7 +21,10 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::drive::{Caller, Drive, DriveError, Ino, RenameMode, SetAttr, TimeSet, XattrFlags};
+use crate::drive::{
+    Caller, Drive, DriveError, Ino, OpenMode, RenameMode, SetAttr, TimeSet, XattrFlags,
+};
+use backing_ids::BackingIds;
 
 pub use attr::to_file_attr;
 pub use session::{Stop, THREADS, serve};
@@ -35,12 +40,19 @@ pub const MAX_WRITE: u32 = 1 << 20;
 #[derive(Debug)]
 pub struct DeltaFs {
     drive: Arc<Drive>,
+    /// The kernel accepted FUSE passthrough and we may register backing files.
+    passthrough: AtomicBool,
+    backing_ids: BackingIds,
 }
 
 impl DeltaFs {
     /// Serves `drive`.
     pub fn new(drive: Arc<Drive>) -> DeltaFs {
-        DeltaFs { drive }
+        DeltaFs {
+            drive,
+            passthrough: AtomicBool::new(false),
+            backing_ids: BackingIds::default(),
+        }
     }
 }
 
@@ -96,9 +108,25 @@ fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, DriveError>
 
 impl Filesystem for DeltaFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Passthrough (the kernel reads backing files itself) needs CAP_SYS_ADMIN to register
+        // them, and excludes the writeback cache; without it, the writeback cache it is.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let passthrough = root
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.passthrough.store(passthrough, Ordering::Relaxed);
+        if !passthrough
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_err()
+        {
+            tracing::info!("kernel offers neither passthrough nor writeback caching");
+        }
+        tracing::info!(passthrough, "FUSE session configured");
         // Each capability is optional: an old kernel without one still mounts.
         for cap in [
-            InitFlags::FUSE_WRITEBACK_CACHE,
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -147,7 +175,7 @@ impl Filesystem for DeltaFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -171,6 +199,9 @@ impl Filesystem for DeltaFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
             ctime: ctime.map(crate::drive::to_nanos),
+            // The kernel leaves dropping setuid/setgid on truncate to us (KILLPRIV_V2); it
+            // would do so for any caller without CAP_FSETID, which we approximate by non-root.
+            kill_suid: size.is_some() && req.uid() != 0,
         };
         match self.drive.setattr(ino(i), set, fh.map(|f| f.0)) {
             Ok(attr) => reply.attr(&CACHE_TTL, &to_file_attr(&attr)),
@@ -288,13 +319,43 @@ impl Filesystem for DeltaFs {
         reply_entry(reply, self.drive.link());
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.drive.open_file(ino(i)) {
-            // Keep the page cache across opens: only this daemon changes content, and
-            // remote changes will invalidate it explicitly.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let mode = OpenMode {
+            writable: flags.0 & libc::O_ACCMODE != libc::O_RDONLY,
+            passthrough_available: self.passthrough.load(Ordering::Relaxed),
+        };
+        let opened = match self.drive.open_file(ino(i), mode) {
+            Ok(o) => o,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        if opened.passthrough {
+            let id = self.drive.with_backing_file(opened.fh, |file| {
+                self.backing_ids
+                    .get_or_open(ino(i), opened.fh, || reply.open_backing(file))
+            });
+            match id {
+                Ok(Ok(id)) => {
+                    return reply.opened_passthrough(
+                        FileHandle(opened.fh),
+                        FopenFlags::empty(),
+                        &id,
+                    );
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        "kernel refused a backing file, serving reads ourselves from now on: {e}"
+                    );
+                    self.passthrough.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return reply.error(errno(&e)),
+            }
+            if let Err(e) = self.drive.demote_passthrough(opened.fh) {
+                return reply.error(errno(&e));
+            }
         }
+        // Keep the page cache across opens: only this daemon changes content, and
+        // remote changes will invalidate it explicitly.
+        reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE)
     }
 
     fn read(
@@ -321,12 +382,15 @@ impl Filesystem for DeltaFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.drive.write(fh.0, offset, data) {
+        // With FUSE_HANDLE_KILLPRIV_V2 the kernel asks us to drop setuid/setgid on a write by
+        // an unprivileged writer, instead of asking for security.capability before every write.
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.drive.write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -340,7 +404,10 @@ impl Filesystem for DeltaFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.drive.flush(fh.0));
+        // Nothing to do at close(2) that release does not do: ENOSYS tells the kernel to
+        // stop sending FLUSH, saving a round trip on every close.
+        let _ = fh;
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -353,6 +420,7 @@ impl Filesystem for DeltaFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.backing_ids.release(fh.0);
         reply_empty(reply, self.drive.release(fh.0));
     }
 
