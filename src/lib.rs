@@ -1,6 +1,8 @@
 //! deltadrive: a synced drive. See DESIGN.md for the parts and how data flows through them.
 
 pub mod chunking;
+pub mod cli;
 pub mod drive;
 pub mod fs;
 pub mod protocol;
+pub mod server;
