@@ -47,7 +47,10 @@ fn post_raw(c: &Client, rest: &str, body: Vec<u8>) -> reqwest::blocking::Respons
     c.req(Method::POST, &c.url(rest)).body(body).send().unwrap()
 }
 
-fn missing(c: &Client, ids: &[deltadrive::chunking::ChunkId]) -> Vec<deltadrive::chunking::ChunkId> {
+fn missing(
+    c: &Client,
+    ids: &[deltadrive::chunking::ChunkId],
+) -> Vec<deltadrive::chunking::ChunkId> {
     let resp: MissingResponse = c
         .req(Method::POST, &c.url("chunks/missing"))
         .json(&serde_json::json!({ "ids": ids }))
@@ -66,7 +69,9 @@ fn chunks_upload_and_download_single_and_batched() {
     let wire = compressible.encode(payload::DEFAULT_ZSTD_LEVEL);
     assert_eq!(wire[0], 1, "a compressible chunk travels as zstd");
     assert!(wire.len() < 1000);
-    let batch: Vec<VerifiedChunk> = (0..20).map(|i| VerifiedChunk::new(bytes(i, 30_000))).collect();
+    let batch: Vec<VerifiedChunk> = (0..20)
+        .map(|i| VerifiedChunk::new(bytes(i, 30_000)))
+        .collect();
     let mut all: Vec<_> = batch.iter().map(VerifiedChunk::id).collect();
     all.push(compressible.id());
     assert_eq!(missing(&c, &all), all);
@@ -76,14 +81,20 @@ fn chunks_upload_and_download_single_and_batched() {
     for _ in 0..2 {
         // Uploading twice is harmless (idempotent).
         let put = c
-            .req(Method::PUT, &c.url(&format!("chunks/{}", compressible.id())))
+            .req(
+                Method::PUT,
+                &c.url(&format!("chunks/{}", compressible.id())),
+            )
             .body(wire.clone())
             .send()
             .unwrap();
         assert_eq!(put.status(), 204);
     }
     let get = c
-        .req(Method::GET, &c.url(&format!("chunks/{}", compressible.id())))
+        .req(
+            Method::GET,
+            &c.url(&format!("chunks/{}", compressible.id())),
+        )
         .send()
         .unwrap();
     assert_eq!(get.status(), 200);
@@ -91,12 +102,23 @@ fn chunks_upload_and_download_single_and_batched() {
     let got = get.bytes().unwrap();
     assert_eq!(&got[..], &wire[..], "served as stored, still zstd");
     assert_eq!(
-        payload::decode(&got, compressible.id(), MAX_CHUNK_SIZE).unwrap().bytes(),
+        payload::decode(&got, compressible.id(), MAX_CHUNK_SIZE)
+            .unwrap()
+            .bytes(),
         compressible.bytes()
     );
 
     let payloads: Vec<Vec<u8>> = batch.iter().map(|c| c.encode(3)).collect();
-    let body = framing::encode_batch(batch.iter().map(|c| c.id()).collect::<Vec<_>>().iter().zip(payloads.iter().map(Vec::as_slice)).collect::<Vec<_>>().into_iter());
+    let body = framing::encode_batch(
+        batch
+            .iter()
+            .map(|c| c.id())
+            .collect::<Vec<_>>()
+            .iter()
+            .zip(payloads.iter().map(Vec::as_slice))
+            .collect::<Vec<_>>()
+            .into_iter(),
+    );
     let up: UploadResponse = c
         .req(Method::POST, &c.url("chunks"))
         .body(body)
@@ -141,21 +163,46 @@ fn bad_chunks_and_bad_chunk_requests_are_refused_without_storing_anything() {
     assert_eq!(e.code, ErrorCode::BadChunk);
     assert_eq!(e.chunks, vec![good.id()]);
     // Corrupt zstd frame, empty body, unknown tag.
-    assert_eq!(expect_err(put(&id, vec![1, 0xde, 0xad, 0xbe, 0xef]), 400).code, ErrorCode::BadChunk);
+    assert_eq!(
+        expect_err(put(&id, vec![1, 0xde, 0xad, 0xbe, 0xef]), 400).code,
+        ErrorCode::BadChunk
+    );
     assert_eq!(expect_err(put(&id, vec![]), 400).code, ErrorCode::BadChunk);
-    assert_eq!(expect_err(put(&id, vec![9, 1, 2]), 400).code, ErrorCode::BadChunk);
+    assert_eq!(
+        expect_err(put(&id, vec![9, 1, 2]), 400).code,
+        ErrorCode::BadChunk
+    );
     // Oversize body, and a small payload that decodes past the chunk limit.
-    assert_eq!(expect_err(put(&id, vec![0; MAX_CHUNK_PAYLOAD + 1]), 413).code, ErrorCode::TooLarge);
+    assert_eq!(
+        expect_err(
+            c.fresh()
+                .req(Method::PUT, &c.url(&format!("chunks/{id}")))
+                .body(vec![0; MAX_CHUNK_PAYLOAD + 1])
+                .send()
+                .unwrap(),
+            413
+        )
+        .code,
+        ErrorCode::TooLarge
+    );
     let huge = vec![0u8; MAX_CHUNK_SIZE + 1];
     let bomb = payload::encode(&huge, 3);
     assert!(bomb.len() < 10_000);
-    assert_eq!(expect_err(put(&cid(&huge).to_string(), bomb), 413).code, ErrorCode::TooLarge);
+    assert_eq!(
+        expect_err(put(&cid(&huge).to_string(), bomb), 413).code,
+        ErrorCode::TooLarge
+    );
     // Not a chunk id.
-    assert_eq!(expect_err(put("xyz", good.encode(3)), 400).code, ErrorCode::BadRequest);
+    assert_eq!(
+        expect_err(put("xyz", good.encode(3)), 400).code,
+        ErrorCode::BadRequest
+    );
     assert_eq!(missing(&c, &[good.id()]), vec![good.id()]);
 
     // A batch with one bad entry is refused whole: the good ones are not held either.
-    let others: Vec<VerifiedChunk> = (10..13).map(|i| VerifiedChunk::new(bytes(i, 5000))).collect();
+    let others: Vec<VerifiedChunk> = (10..13)
+        .map(|i| VerifiedChunk::new(bytes(i, 5000)))
+        .collect();
     let mut body = framing::start_batch(4);
     for o in &others {
         framing::push_entry(&mut body, &o.id(), &o.encode(3));
@@ -169,16 +216,39 @@ fn bad_chunks_and_bad_chunk_requests_are_refused_without_storing_anything() {
     // Malformed framing.
     let mut truncated = framing::start_batch(1);
     truncated.extend_from_slice(good.id().as_bytes());
-    assert_eq!(expect_err(post_raw(&c, "chunks", truncated), 400).code, ErrorCode::BadRequest);
-    assert_eq!(expect_err(post_raw(&c, "chunks", b"NOPE\0\0\0\0".to_vec()), 400).code, ErrorCode::BadRequest);
+    assert_eq!(
+        expect_err(post_raw(&c, "chunks", truncated), 400).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        expect_err(post_raw(&c, "chunks", b"NOPE\0\0\0\0".to_vec()), 400).code,
+        ErrorCode::BadRequest
+    );
     let mut too_many = framing::start_batch(u32::try_from(MAX_BATCH_CHUNKS).unwrap() + 1);
     too_many.extend_from_slice(&[0; 64]);
-    assert_eq!(expect_err(post_raw(&c, "chunks", too_many), 413).code, ErrorCode::TooLarge);
+    assert_eq!(
+        expect_err(post_raw(&c, "chunks", too_many), 413).code,
+        ErrorCode::TooLarge
+    );
     // Malformed or oversize id lists.
-    assert_eq!(expect_err(post_raw(&c, "chunks/missing", b"{\"ids\":".to_vec()), 400).code, ErrorCode::BadRequest);
-    assert_eq!(expect_err(post_raw(&c, "chunks/missing", b"{\"ids\":[\"zz\"]}".to_vec()), 400).code, ErrorCode::BadRequest);
+    assert_eq!(
+        expect_err(post_raw(&c, "chunks/missing", b"{\"ids\":".to_vec()), 400).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        expect_err(
+            post_raw(&c, "chunks/missing", b"{\"ids\":[\"zz\"]}".to_vec()),
+            400
+        )
+        .code,
+        ErrorCode::BadRequest
+    );
     let many: Vec<_> = (0..10_001u32).map(|i| cid(&i.to_le_bytes())).collect();
-    let resp = c.req(Method::POST, &c.url("chunks/missing")).json(&serde_json::json!({ "ids": many })).send().unwrap();
+    let resp = c
+        .req(Method::POST, &c.url("chunks/missing"))
+        .json(&serde_json::json!({ "ids": many }))
+        .send()
+        .unwrap();
     assert_eq!(expect_err(resp, 413).code, ErrorCode::TooLarge);
     let resp = c
         .req(Method::POST, &c.url("chunks/fetch"))
@@ -243,7 +313,11 @@ fn every_op_applies_and_shows_in_snapshot_and_changes() {
     assert_eq!(fr.manifest.unwrap(), new);
     assert_eq!(fr.manifest_id, Some(manifest_id(&new)));
     assert_eq!(fr.version, Seq(s2));
-    assert_eq!(c.node(dir).unwrap().version, Seq(1), "a child's write leaves the parent alone");
+    assert_eq!(
+        c.node(dir).unwrap().version,
+        Seq(1),
+        "a child's write leaves the parent alone"
+    );
 
     let mut y = Xattrs::new();
     y.insert("user.tag".into(), XattrValue(b"blue".to_vec()));
@@ -258,7 +332,10 @@ fn every_op_applies_and_shows_in_snapshot_and_changes() {
     assert_eq!((fr.mode, fr.mtime, fr.xattrs.clone()), (0o600, 99, y));
     let s4 = c.commit_ok(vec![mv(file, s3, NodeId::ROOT, "b.txt")]);
     let fr = c.node(file).unwrap();
-    assert_eq!((fr.parent, fr.name.unwrap().as_str().to_owned()), (Some(NodeId::ROOT), "b.txt".to_owned()));
+    assert_eq!(
+        (fr.parent, fr.name.unwrap().as_str().to_owned()),
+        (Some(NodeId::ROOT), "b.txt".to_owned())
+    );
     // The directory is empty now; delete it and the link in one transaction.
     let s5 = c.commit_ok(vec![rm(dir, 1), rm(link, 1)]);
     let snap = c.snapshot();
@@ -287,7 +364,10 @@ fn every_op_applies_and_shows_in_snapshot_and_changes() {
     let page: ChangesResponse = c.get_json("changes?after=0&limit=2");
     assert_eq!((page.changes.len(), page.more), (2, true));
     let page: ChangesResponse = c.get_json("changes?after=3&limit=2");
-    assert_eq!(page.changes.iter().map(|c| c.seq.0).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(
+        page.changes.iter().map(|c| c.seq.0).collect::<Vec<_>>(),
+        [4, 5]
+    );
     assert!(!page.more);
     let _ = s4;
 
@@ -311,15 +391,36 @@ fn stale_bases_are_409_naming_every_stale_node() {
     let laptop = Client::new(&f.server, &f.laptop, "alice-docs");
     let phone = Client::new(&f.server, &f.phone, "alice-docs");
     let (x, y, z) = (NodeId::random(), NodeId::random(), NodeId::random());
-    laptop.commit_ok(vec![mkdir(x, NodeId::ROOT, "x"), mkdir(y, NodeId::ROOT, "y"), mkdir(z, NodeId::ROOT, "z")]);
+    laptop.commit_ok(vec![
+        mkdir(x, NodeId::ROOT, "x"),
+        mkdir(y, NodeId::ROOT, "y"),
+        mkdir(z, NodeId::ROOT, "z"),
+    ]);
     assert_eq!(phone.commit_ok(vec![set_mode(x, 1, 0o700)]), 2);
     assert_eq!(phone.commit_ok(vec![mv(y, 1, NodeId::ROOT, "y2")]), 3);
-    let e = laptop.commit_err(vec![set_mode(x, 1, 0o711), set_mode(y, 1, 0o711), set_mode(z, 1, 0o711)], 409);
+    let e = laptop.commit_err(
+        vec![
+            set_mode(x, 1, 0o711),
+            set_mode(y, 1, 0o711),
+            set_mode(z, 1, 0o711),
+        ],
+        409,
+    );
     assert_eq!(e.code, ErrorCode::Stale);
     assert_eq!(e.stale.len(), 2);
-    assert_eq!((e.stale[0].node, e.stale[0].base, e.stale[0].current), (x, Seq(1), Seq(2)));
-    assert_eq!((e.stale[1].node, e.stale[1].current, e.stale[1].deleted), (y, Seq(3), false));
-    assert_eq!(laptop.node(z).unwrap().mode, 0o755, "nothing of the refused commit applied");
+    assert_eq!(
+        (e.stale[0].node, e.stale[0].base, e.stale[0].current),
+        (x, Seq(1), Seq(2))
+    );
+    assert_eq!(
+        (e.stale[1].node, e.stale[1].current, e.stale[1].deleted),
+        (y, Seq(3), false)
+    );
+    assert_eq!(
+        laptop.node(z).unwrap().mode,
+        0o755,
+        "nothing of the refused commit applied"
+    );
     // A node deleted meanwhile is stale with the deleting seq.
     let d = phone.commit_ok(vec![rm(z, 1)]);
     let e = laptop.commit_err(vec![set_mode(z, 1, 0o700)], 409);
@@ -352,7 +453,10 @@ fn conflicts_and_bad_ops_are_refused_and_leave_no_partial_state() {
     let e = c.commit_err(vec![mv(a, 1, a, "self")], 409);
     assert_eq!(e.code, ErrorCode::Cycle);
     let e = c.commit_err(vec![rm(a, 1)], 409);
-    assert_eq!((e.code, e.node, e.nodes.clone()), (ErrorCode::NotEmpty, Some(a), vec![b]));
+    assert_eq!(
+        (e.code, e.node, e.nodes.clone()),
+        (ErrorCode::NotEmpty, Some(a), vec![b])
+    );
     let e = c.commit_err(vec![mkdir(a, NodeId::ROOT, "again")], 409);
     assert_eq!(e.code, ErrorCode::NodeExists);
     let e = c.commit_err(vec![set_mode(ghost, 1, 0o700)], 409);
@@ -375,22 +479,42 @@ fn conflicts_and_bad_ops_are_refused_and_leave_no_partial_state() {
             manifest_id: manifest_id(&m1),
         })
     };
-    let e = c.commit_err(vec![write(vec![EditOp::Keep { start: 0, end: 5 }], 100, file)], 400);
+    let e = c.commit_err(
+        vec![write(vec![EditOp::Keep { start: 0, end: 5 }], 100, file)],
+        400,
+    );
     assert_eq!(e.code, ErrorCode::BadManifest);
-    let e = c.commit_err(vec![write(vec![EditOp::Keep { start: 0, end: 1 }], 101, file)], 400);
+    let e = c.commit_err(
+        vec![write(vec![EditOp::Keep { start: 0, end: 1 }], 101, file)],
+        400,
+    );
     assert_eq!(e.code, ErrorCode::BadManifest);
-    let e = c.commit_err(vec![write(vec![EditOp::Keep { start: 0, end: 0 }], 0, a)], 400);
+    let e = c.commit_err(
+        vec![write(vec![EditOp::Keep { start: 0, end: 0 }], 0, a)],
+        400,
+    );
     assert_eq!(e.code, ErrorCode::BadOp);
     // A refusal at the last op undoes the earlier ones of the same transaction.
     let p1 = NodeId::random();
-    let e = c.commit_err(vec![mkdir(p1, NodeId::ROOT, "p1"), set_mode(a, 1, 0o700), mkdir(NodeId::random(), NodeId::ROOT, "f")], 409);
+    let e = c.commit_err(
+        vec![
+            mkdir(p1, NodeId::ROOT, "p1"),
+            set_mode(a, 1, 0o700),
+            mkdir(NodeId::random(), NodeId::ROOT, "f"),
+        ],
+        409,
+    );
     assert_eq!((e.code, e.op), (ErrorCode::NameTaken, Some(2)));
     assert!(c.node(p1).is_none());
     assert_eq!(c.node(a).unwrap().mode, 0o755);
     assert_eq!(head(), Seq(1), "no refused commit took a seq");
     // A move onto its own name, and ops on a node created in the same transaction (base 0).
     let n = NodeId::random();
-    let s = c.commit_ok(vec![mv(a, 1, NodeId::ROOT, "a"), mkdir(n, NodeId::ROOT, "n"), mv(n, 0, a, "n2")]);
+    let s = c.commit_ok(vec![
+        mv(a, 1, NodeId::ROOT, "a"),
+        mkdir(n, NodeId::ROOT, "n"),
+        mv(n, 0, a, "n2"),
+    ]);
     assert_eq!(s, 2);
     assert_eq!(c.node(n).unwrap().parent, Some(a));
 }
@@ -404,11 +528,23 @@ fn malformed_bodies_unknown_versions_ops_and_bad_names_are_400() {
     let f = fixture();
     let c = Client::new(&f.server, &f.laptop, "alice-docs");
     let t = "00000000000000000000000000000001";
-    assert_eq!(expect_err(raw_commit(&c, "{\"format\":1,"), 400).code, ErrorCode::BadRequest);
-    assert_eq!(expect_err(raw_commit(&c, "not json"), 400).code, ErrorCode::BadRequest);
+    assert_eq!(
+        expect_err(raw_commit(&c, "{\"format\":1,"), 400).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        expect_err(raw_commit(&c, "not json"), 400).code,
+        ErrorCode::BadRequest
+    );
     let v2 = format!(r#"{{"format":2,"txn":"{t}","ops":[]}}"#);
-    assert_eq!(expect_err(raw_commit(&c, &v2), 400).code, ErrorCode::UnsupportedVersion);
-    let unknown = format!(r#"{{"format":1,"txn":"{t}","ops":[{{"op":"truncate","node":"{:032x}"}}]}}"#, 5);
+    assert_eq!(
+        expect_err(raw_commit(&c, &v2), 400).code,
+        ErrorCode::UnsupportedVersion
+    );
+    let unknown = format!(
+        r#"{{"format":1,"txn":"{t}","ops":[{{"op":"truncate","node":"{:032x}"}}]}}"#,
+        5
+    );
     let e = expect_err(raw_commit(&c, &unknown), 400);
     assert_eq!((e.code, e.op), (ErrorCode::UnknownOp, Some(0)));
     let long = "x".repeat(256);
@@ -424,20 +560,47 @@ fn malformed_bodies_unknown_versions_ops_and_bad_names_are_400() {
         r#"{{"format":1,"txn":"{t}","ops":[{{"op":"create","node":"{:032x}","parent":"{:032x}","name":"m","kind":"dir","mode":65535,"mtime":0}}]}}"#,
         7, 0
     );
-    assert_eq!(expect_err(raw_commit(&c, &bad_mode), 400).code, ErrorCode::BadOp);
-    let missing_field = format!(r#"{{"format":1,"txn":"{t}","ops":[{{"op":"delete","node":"{:032x}"}}]}}"#, 7);
-    assert_eq!(expect_err(raw_commit(&c, &missing_field), 400).code, ErrorCode::BadOp);
+    assert_eq!(
+        expect_err(raw_commit(&c, &bad_mode), 400).code,
+        ErrorCode::BadOp
+    );
+    let missing_field = format!(
+        r#"{{"format":1,"txn":"{t}","ops":[{{"op":"delete","node":"{:032x}"}}]}}"#,
+        7
+    );
+    assert_eq!(
+        expect_err(raw_commit(&c, &missing_field), 400).code,
+        ErrorCode::BadOp
+    );
     let mut big = Xattrs::new();
     big.insert("user.big".into(), XattrValue(vec![0; 70_000]));
-    let e = c.commit_err(vec![Op::SetAttrs(SetAttrsOp { node: NodeId::ROOT, base: Seq(0), mode: None, mtime: None, xattrs: Some(big) })], 400);
+    let e = c.commit_err(
+        vec![Op::SetAttrs(SetAttrsOp {
+            node: NodeId::ROOT,
+            base: Seq(0),
+            mode: None,
+            mtime: None,
+            xattrs: Some(big),
+        })],
+        400,
+    );
     assert_eq!(e.code, ErrorCode::BadOp);
     // Oversize body: refused before parsing.
     let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(17 << 20));
-    assert_eq!(expect_err(raw_commit(&c, &huge), 413).code, ErrorCode::TooLarge);
+    assert_eq!(
+        expect_err(raw_commit(&c.fresh(), &huge), 413).code,
+        ErrorCode::TooLarge
+    );
     // Bad query strings, unknown routes, wrong methods: JSON errors too.
-    let resp = c.req(Method::GET, &c.url("changes?after=abc")).send().unwrap();
+    let resp = c
+        .req(Method::GET, &c.url("changes?after=abc"))
+        .send()
+        .unwrap();
     assert_eq!(expect_err(resp, 400).code, ErrorCode::BadRequest);
-    let resp = c.req(Method::GET, &format!("{}/v2/volumes", c.base)).send().unwrap();
+    let resp = c
+        .req(Method::GET, &format!("{}/v2/volumes", c.base))
+        .send()
+        .unwrap();
     assert_eq!(expect_err(resp, 404).code, ErrorCode::NotFound);
     let resp = c.req(Method::DELETE, &c.url("snapshot")).send().unwrap();
     assert_eq!(expect_err(resp, 405).code, ErrorCode::MethodNotAllowed);
@@ -463,7 +626,10 @@ fn zstd_bodies_both_ways_and_a_zstd_bomb_is_413() {
     let ok: CommitResponse = decode(resp).unwrap();
     assert_eq!(ok.seq, Seq(1));
     // A JSON answer compressed on request (seen raw, without the client's decoding).
-    let raw = reqwest::blocking::Client::builder().no_zstd().build().unwrap();
+    let raw = reqwest::blocking::Client::builder()
+        .no_zstd()
+        .build()
+        .unwrap();
     let resp = raw
         .get(c.url("snapshot"))
         .bearer_auth(&c.token)
@@ -543,9 +709,18 @@ fn a_snapshot_of_ten_thousand_files_is_complete_and_at_one_seq() {
     let snap = c.snapshot();
     assert_eq!(snap.seq, Seq(3));
     assert_eq!(snap.nodes.len(), 10_002);
-    let files = snap.nodes.iter().filter(|n| n.kind == NodeKind::File).count();
+    let files = snap
+        .nodes
+        .iter()
+        .filter(|n| n.kind == NodeKind::File)
+        .count();
     assert_eq!(files, 10_000);
-    assert!(snap.nodes.iter().filter(|n| n.kind == NodeKind::File).all(|n| n.manifest.as_ref().unwrap().chunks == vec![r]));
+    assert!(
+        snap.nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::File)
+            .all(|n| n.manifest.as_ref().unwrap().chunks == vec![r])
+    );
 }
 
 #[test]
@@ -558,8 +733,15 @@ fn sigterm_ends_long_polls_and_stops_cleanly() {
         (page, t.elapsed())
     });
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(f.server.terminate(Duration::from_secs(10)), Some(true), "clean exit");
+    assert_eq!(
+        f.server.terminate(Duration::from_secs(10)),
+        Some(true),
+        "clean exit"
+    );
     let (page, took) = poller.join().unwrap();
     assert!(page.changes.is_empty());
-    assert!(took < Duration::from_secs(10), "long-poll ended by shutdown after {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "long-poll ended by shutdown after {took:?}"
+    );
 }

@@ -14,12 +14,28 @@ fn endpoints(c: &Client) -> Vec<(Method, String, Vec<u8>)> {
     let id = chunk.id();
     vec![
         (Method::GET, format!("{}/v1/volumes", c.base), vec![]),
-        (Method::POST, c.url("chunks/missing"), br#"{"ids":[]}"#.to_vec()),
+        (
+            Method::POST,
+            c.url("chunks/missing"),
+            br#"{"ids":[]}"#.to_vec(),
+        ),
         (Method::PUT, c.url(&format!("chunks/{id}")), chunk.encode(3)),
         (Method::GET, c.url(&format!("chunks/{id}")), vec![]),
-        (Method::POST, c.url("chunks"), framing::encode_batch([(&id, &chunk.encode(3)[..])].into_iter())),
-        (Method::POST, c.url("chunks/fetch"), br#"{"ids":[]}"#.to_vec()),
-        (Method::POST, c.url("commit"), br#"{"format":1,"txn":"00000000000000000000000000000001","ops":[]}"#.to_vec()),
+        (
+            Method::POST,
+            c.url("chunks"),
+            framing::encode_batch([(&id, &chunk.encode(3)[..])].into_iter()),
+        ),
+        (
+            Method::POST,
+            c.url("chunks/fetch"),
+            br#"{"ids":[]}"#.to_vec(),
+        ),
+        (
+            Method::POST,
+            c.url("commit"),
+            br#"{"format":1,"txn":"00000000000000000000000000000001","ops":[]}"#.to_vec(),
+        ),
         (Method::GET, c.url("changes?after=0"), vec![]),
         (Method::GET, c.url("snapshot"), vec![]),
         (Method::GET, c.url("devices"), vec![]),
@@ -41,22 +57,38 @@ fn no_token_wrong_token_and_malformed_header_are_401_everywhere() {
     let good = Client::new(&f.server, &f.laptop, "alice-docs");
     let http = reqwest::blocking::Client::new();
     for (method, url, body) in endpoints(&good) {
-        let none = http.request(method.clone(), &url).body(body.clone()).send().unwrap();
-        assert_eq!(expect_err(none, 401).code, ErrorCode::Unauthorized, "{method} {url}");
+        let none = http
+            .request(method.clone(), &url)
+            .body(body.clone())
+            .send()
+            .unwrap();
+        assert_eq!(
+            expect_err(none, 401).code,
+            ErrorCode::Unauthorized,
+            "{method} {url}"
+        );
         let wrong = http
             .request(method.clone(), &url)
             .bearer_auth(format!("{}0", &f.laptop[..f.laptop.len() - 1]))
             .body(body.clone())
             .send()
             .unwrap();
-        assert_eq!(expect_err(wrong, 401).code, ErrorCode::Unauthorized, "{method} {url}");
+        assert_eq!(
+            expect_err(wrong, 401).code,
+            ErrorCode::Unauthorized,
+            "{method} {url}"
+        );
         let basic = http
             .request(method.clone(), &url)
             .header("Authorization", format!("Basic {}", f.laptop))
             .body(body)
             .send()
             .unwrap();
-        assert_eq!(expect_err(basic, 401).code, ErrorCode::Unauthorized, "{method} {url}");
+        assert_eq!(
+            expect_err(basic, 401).code,
+            ErrorCode::Unauthorized,
+            "{method} {url}"
+        );
     }
 }
 
@@ -81,7 +113,10 @@ fn a_revoked_token_is_401_and_the_users_other_devices_keep_working() {
     let new_token = support::add_device(f.dir.path(), "alice", "laptop");
     assert_ne!(new_token, f.laptop);
     assert_eq!(expect_err(list(&laptop), 401).code, ErrorCode::Unauthorized);
-    assert_eq!(list(&Client::new(&f.server, &new_token, "alice-docs")).status(), 200);
+    assert_eq!(
+        list(&Client::new(&f.server, &new_token, "alice-docs")).status(),
+        200
+    );
 }
 
 #[test]
@@ -90,12 +125,28 @@ fn another_users_volume_is_403_and_an_unknown_one_404() {
     let bob_on_alice = Client::new(&f.server, &f.bob, "alice-docs");
     let bob_on_nothing = Client::new(&f.server, &f.bob, "no-such-volume");
     for (method, url, body) in endpoints(&bob_on_alice).into_iter().skip(1) {
-        let resp = bob_on_alice.req(method.clone(), &url).body(body).send().unwrap();
-        assert_eq!(expect_err(resp, 403).code, ErrorCode::Forbidden, "{method} {url}");
+        let resp = bob_on_alice
+            .req(method.clone(), &url)
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(
+            expect_err(resp, 403).code,
+            ErrorCode::Forbidden,
+            "{method} {url}"
+        );
     }
     for (method, url, body) in endpoints(&bob_on_nothing).into_iter().skip(1) {
-        let resp = bob_on_nothing.req(method.clone(), &url).body(body).send().unwrap();
-        assert_eq!(expect_err(resp, 404).code, ErrorCode::NotFound, "{method} {url}");
+        let resp = bob_on_nothing
+            .req(method.clone(), &url)
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(
+            expect_err(resp, 404).code,
+            ErrorCode::NotFound,
+            "{method} {url}"
+        );
     }
     // Listing shows each user only their own volumes.
     let alice = Client::new(&f.server, &f.laptop, "alice-docs");
@@ -128,7 +179,10 @@ fn another_users_chunk_is_invisible_until_uploaded_with_its_bytes() {
         .unwrap();
     assert_eq!(missing.missing, vec![id]);
     // download, single and batched: 404, as for a chunk nobody has.
-    let get = alice.req(Method::GET, &alice.url(&format!("chunks/{id}"))).send().unwrap();
+    let get = alice
+        .req(Method::GET, &alice.url(&format!("chunks/{id}")))
+        .send()
+        .unwrap();
     assert_eq!(expect_err(get, 404).chunks, vec![id]);
     let fetch = alice
         .req(Method::POST, &alice.url("chunks/fetch"))
@@ -137,7 +191,10 @@ fn another_users_chunk_is_invisible_until_uploaded_with_its_bytes() {
         .unwrap();
     assert_eq!(expect_err(fetch, 404).code, ErrorCode::NotFound);
     let nobody = support::cid(b"nobody has this");
-    let get2 = alice.req(Method::GET, &alice.url(&format!("chunks/{nobody}"))).send().unwrap();
+    let get2 = alice
+        .req(Method::GET, &alice.url(&format!("chunks/{nobody}")))
+        .send()
+        .unwrap();
     assert_eq!(expect_err(get2, 404).code, ErrorCode::NotFound);
     // commit referencing it: refused, naming the chunk.
     let e = alice.commit_err(
@@ -154,11 +211,22 @@ fn another_users_chunk_is_invisible_until_uploaded_with_its_bytes() {
         .send()
         .unwrap();
     assert_eq!(expect_err(put, 400).code, ErrorCode::BadChunk);
-    let get3 = alice.req(Method::GET, &alice.url(&format!("chunks/{id}"))).send().unwrap();
+    let get3 = alice
+        .req(Method::GET, &alice.url(&format!("chunks/{id}")))
+        .send()
+        .unwrap();
     assert_eq!(get3.status(), 404);
     // Uploading the real bytes (deduplicated underneath) makes it alice's too.
     alice.put_chunk(&secret);
-    let get4 = alice.req(Method::GET, &alice.url(&format!("chunks/{id}"))).send().unwrap();
+    let get4 = alice
+        .req(Method::GET, &alice.url(&format!("chunks/{id}")))
+        .send()
+        .unwrap();
     assert_eq!(get4.status(), 200);
-    alice.commit_ok(vec![mkfile(NodeId::random(), NodeId::ROOT, "f", manifest(&[r]))]);
+    alice.commit_ok(vec![mkfile(
+        NodeId::random(),
+        NodeId::ROOT,
+        "f",
+        manifest(&[r]),
+    )]);
 }

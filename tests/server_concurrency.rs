@@ -5,9 +5,7 @@ mod support;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use deltadrive::protocol::{
-    ErrorCode, NodeId, Op, Seq, SetAttrsOp, TxnId, XattrValue, Xattrs,
-};
+use deltadrive::protocol::{ErrorCode, NodeId, Op, Seq, SetAttrsOp, TxnId, XattrValue, Xattrs};
 use support::{Client, add_device, fixture, mkdir, txn};
 
 const CLIENTS: usize = 8;
@@ -30,7 +28,10 @@ fn eight_committers_get_gapless_seqs_no_lost_update_and_retries_apply_once() {
     let f = fixture();
     let counter = NodeId::random();
     let setup = Client::new(&f.server, &f.laptop, "alice-docs");
-    assert_eq!(setup.commit_ok(vec![mkdir(counter, NodeId::ROOT, "counter")]), 1);
+    assert_eq!(
+        setup.commit_ok(vec![mkdir(counter, NodeId::ROOT, "counter")]),
+        1
+    );
     let clients: Vec<Client> = (0..CLIENTS)
         .map(|i| {
             let token = add_device(f.dir.path(), "alice", &format!("dev{i}"));
@@ -44,7 +45,8 @@ fn eight_committers_get_gapless_seqs_no_lost_update_and_retries_apply_once() {
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
-            let (barrier, results, conflicts) = (barrier.clone(), results.clone(), conflicts.clone());
+            let (barrier, results, conflicts) =
+                (barrier.clone(), results.clone(), conflicts.clone());
             std::thread::spawn(move || {
                 barrier.wait();
                 let mut done = 0;
@@ -91,7 +93,11 @@ fn eight_committers_get_gapless_seqs_no_lost_update_and_retries_apply_once() {
     results.sort();
     let total = (CLIENTS * SUCCESSES_EACH) as u64;
     let seqs: Vec<u64> = results.iter().map(|r| r.0).collect();
-    assert_eq!(seqs, (2..=total + 1).collect::<Vec<_>>(), "gapless, each seq once");
+    assert_eq!(
+        seqs,
+        (2..=total + 1).collect::<Vec<_>>(),
+        "gapless, each seq once"
+    );
     // No lost update: commit k (in seq order) wrote count k, and the final count is the total.
     for (k, (_, count)) in results.iter().enumerate() {
         assert_eq!(*count, k as u64 + 1);
@@ -112,7 +118,11 @@ fn eight_committers_get_gapless_seqs_no_lost_update_and_retries_apply_once() {
     }
     assert_eq!(log, (1..=total + 1).collect::<Vec<_>>());
     let snap = setup.snapshot();
-    assert_eq!(snap.nodes.len(), 2 + CLIENTS * SUCCESSES_EACH, "root, counter, one dir per commit");
+    assert_eq!(
+        snap.nodes.len(),
+        2 + CLIENTS * SUCCESSES_EACH,
+        "root, counter, one dir per commit"
+    );
     println!(
         "{CLIENTS} committers: {total} commits applied, {} refused as stale",
         conflicts.lock().unwrap()
@@ -128,7 +138,11 @@ fn a_long_poll_wakes_when_another_device_commits() {
     let t = Instant::now();
     let empty = waiter.changes(0, 1);
     assert!(empty.changes.is_empty());
-    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
 
     let rounds = 20;
     let sent_at = Arc::new(Mutex::new(Vec::<Instant>::new()));
@@ -157,7 +171,11 @@ fn a_long_poll_wakes_when_another_device_commits() {
     }
     let got = poller.join().unwrap();
     let sent = sent_at.lock().unwrap();
-    let mut lat: Vec<Duration> = got.iter().zip(sent.iter()).map(|(g, s)| g.saturating_duration_since(*s)).collect();
+    let mut lat: Vec<Duration> = got
+        .iter()
+        .zip(sent.iter())
+        .map(|(g, s)| g.saturating_duration_since(*s))
+        .collect();
     // Every wake-up came from the commit, far inside the 30 s wait.
     assert!(lat.iter().all(|l| *l < Duration::from_secs(10)));
     lat.sort();

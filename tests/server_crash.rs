@@ -48,7 +48,12 @@ fn every_answered_commit_survives_kill_9() {
                     len: chunk.bytes().len() as u32,
                 };
                 let node = NodeId::random();
-                let req = txn(vec![mkfile(node, NodeId::ROOT, &format!("f{seed}"), manifest(&[r]))]);
+                let req = txn(vec![mkfile(
+                    node,
+                    NodeId::ROOT,
+                    &format!("f{seed}"),
+                    manifest(&[r]),
+                )]);
                 let resp = c.req(Method::POST, &c.url("commit")).json(&req).send();
                 match resp {
                     Ok(resp) if resp.status() == 200 => {
@@ -78,13 +83,20 @@ fn every_answered_commit_survives_kill_9() {
     writer.join().unwrap();
     let answered = std::mem::take(&mut *answered.lock().unwrap());
     let last = answered.last().unwrap().seq;
-    println!("killed after {} answered commits (last seq {last})", answered.len());
+    println!(
+        "killed after {} answered commits (last seq {last})",
+        answered.len()
+    );
 
     f.server = Server::start(f.dir.path());
     let c = Client::new(&f.server, &f.laptop, "alice-docs");
     let snap = c.snapshot();
     // At most one more: a commit can land and the server die before it answers.
-    assert!(snap.seq.0 == last || snap.seq.0 == last + 1, "head {} after last answered {last}", snap.seq.0);
+    assert!(
+        snap.seq.0 == last || snap.seq.0 == last + 1,
+        "head {} after last answered {last}",
+        snap.seq.0
+    );
     let mut log = Vec::new();
     let mut after = 0;
     loop {
@@ -97,11 +109,22 @@ fn every_answered_commit_survives_kill_9() {
             break;
         }
     }
-    assert_eq!(log.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=snap.seq.0).collect::<Vec<_>>());
+    assert_eq!(
+        log.iter().map(|l| l.0).collect::<Vec<_>>(),
+        (1..=snap.seq.0).collect::<Vec<_>>()
+    );
     for a in &answered {
         let (_, ops) = &log[(a.seq - 1) as usize];
-        assert!(matches!(&ops[0], Op::Create(o) if o.node == a.node), "seq {} holds its create", a.seq);
-        let node = snap.nodes.iter().find(|n| n.node == a.node).expect("answered node present");
+        assert!(
+            matches!(&ops[0], Op::Create(o) if o.node == a.node),
+            "seq {} holds its create",
+            a.seq
+        );
+        let node = snap
+            .nodes
+            .iter()
+            .find(|n| n.node == a.node)
+            .expect("answered node present");
         assert_eq!(node.manifest.as_ref().unwrap().chunks, vec![a.chunk]);
         assert_eq!(node.version, Seq(a.seq));
         let got = c
@@ -115,12 +138,20 @@ fn every_answered_commit_survives_kill_9() {
     // Every file in the tree, answered or not, has all its chunks.
     for n in snap.nodes.iter().filter(|n| n.manifest.is_some()) {
         for r in &n.manifest.as_ref().unwrap().chunks {
-            let got = c.req(Method::GET, &c.url(&format!("chunks/{}", r.id))).send().unwrap();
+            let got = c
+                .req(Method::GET, &c.url(&format!("chunks/{}", r.id)))
+                .send()
+                .unwrap();
             assert_eq!(got.status(), 200);
         }
     }
     // And the store takes new work where it left off.
     let r = c.put_chunk(&bytes(999_999, 3000));
-    let next = c.commit_ok(vec![mkfile(NodeId::random(), NodeId::ROOT, "after", manifest(&[r]))]);
+    let next = c.commit_ok(vec![mkfile(
+        NodeId::random(),
+        NodeId::ROOT,
+        "after",
+        manifest(&[r]),
+    )]);
     assert_eq!(next, snap.seq.0 + 1);
 }

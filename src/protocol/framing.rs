@@ -63,7 +63,9 @@ pub fn start_batch(count: u32) -> Vec<u8> {
 }
 
 /// Encodes a whole batch.
-pub fn encode_batch<'a>(entries: impl ExactSizeIterator<Item = (&'a ChunkId, &'a [u8])>) -> Vec<u8> {
+pub fn encode_batch<'a>(
+    entries: impl ExactSizeIterator<Item = (&'a ChunkId, &'a [u8])>,
+) -> Vec<u8> {
     let mut out = start_batch(entries.len() as u32);
     for (id, payload) in entries {
         push_entry(&mut out, id, payload);
@@ -73,7 +75,9 @@ pub fn encode_batch<'a>(entries: impl ExactSizeIterator<Item = (&'a ChunkId, &'a
 
 /// Decodes a batch into (id, payload) pairs borrowing from `body`. Payloads are not verified here.
 pub fn decode_batch(body: &[u8]) -> Result<Vec<(ChunkId, &[u8])>, FrameError> {
-    let rest = body.strip_prefix(&BATCH_MAGIC).ok_or(FrameError::BadMagic)?;
+    let rest = body
+        .strip_prefix(&BATCH_MAGIC)
+        .ok_or(FrameError::BadMagic)?;
     let (count, mut rest) = take_u32(rest)?;
     if count as usize > MAX_BATCH_CHUNKS {
         return Err(FrameError::TooManyChunks {

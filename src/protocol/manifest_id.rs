@@ -45,7 +45,9 @@ mod tests {
         a2.len = 2;
         assert_ne!(
             manifest_id(&ab),
-            manifest_id(&Manifest { chunks: vec![a2, b] })
+            manifest_id(&Manifest {
+                chunks: vec![a2, b]
+            })
         );
         assert_eq!(manifest_id(&ab), manifest_id(&ab.clone()));
         assert_ne!(manifest_id(&Manifest::default()), manifest_id(&ab));

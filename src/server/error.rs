@@ -12,12 +12,12 @@ use crate::protocol::{ErrorBody, ErrorCode};
 
 /// An error answer: status from its code, JSON body.
 #[derive(Debug)]
-pub struct ApiError(pub ErrorBody);
+pub struct ApiError(pub Box<ErrorBody>);
 
 impl ApiError {
     /// An error with a code and a message only.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self(ErrorBody::new(code, message))
+        Self(Box::new(ErrorBody::new(code, message)))
     }
 
     /// The same error, about op number `op` of a commit.
@@ -43,9 +43,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.0)).into_response()
+        let status =
+            StatusCode::from_u16(self.0.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(*self.0)).into_response()
     }
 }
 
@@ -142,7 +142,7 @@ impl From<Refusal> for ApiError {
             RefusalKind::BadOp => ErrorCode::BadOp,
             RefusalKind::BadManifest => ErrorCode::BadManifest,
         };
-        ApiError(body)
+        ApiError(Box::new(body))
     }
 }
 

@@ -34,7 +34,10 @@ const SNAPSHOT_PIECE: usize = 64 << 10;
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(ErrorCode::TooLarge, "request body is over this endpoint's limit")
+            ApiError::new(
+                ErrorCode::TooLarge,
+                "request body is over this endpoint's limit",
+            )
         } else {
             ApiError::new(ErrorCode::BadRequest, r.body_text())
         }
@@ -82,7 +85,10 @@ pub async fn not_found() -> ApiError {
 
 /// A known path with the wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
 }
 
 /// `GET /v1/volumes`.
@@ -128,7 +134,8 @@ async fn store_chunks(
     blocking(move || {
         let mut verified = Vec::with_capacity(entries.len());
         for (id, payload) in entries {
-            let v = VerifiedPayload::verify(id, payload).map_err(|e| ApiError::bad_chunk(id, &e))?;
+            let v =
+                VerifiedPayload::verify(id, payload).map_err(|e| ApiError::bad_chunk(id, &e))?;
             verified.push(v);
         }
         let ids: Vec<ChunkId> = verified.iter().map(VerifiedPayload::id).collect();
@@ -198,7 +205,10 @@ pub async fn get_chunk(
         }
         chunks.get(&id)?.ok_or_else(|| {
             tracing::error!(%id, "volume holds a chunk the store lacks");
-            ApiError::new(ErrorCode::Internal, format!("chunk {id} is missing from the store"))
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("chunk {id} is missing from the store"),
+            )
         })
     })
     .await?;
@@ -232,7 +242,10 @@ pub async fn fetch_chunks(
         for id in &req.ids {
             let payload = chunks.get(id)?.ok_or_else(|| {
                 tracing::error!(%id, "volume holds a chunk the store lacks");
-                ApiError::new(ErrorCode::Internal, format!("chunk {id} is missing from the store"))
+                ApiError::new(
+                    ErrorCode::Internal,
+                    format!("chunk {id} is missing from the store"),
+                )
             })?;
             if count > 0 && out.len() + 36 + payload.len() > MAX_BATCH_BYTES {
                 break;
@@ -386,7 +399,11 @@ pub async fn snapshot(
     let mut rx = rx;
     // poll_fn over the receiver stays Ready(None) once closed, however often it is polled.
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    Ok(([(CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+    Ok((
+        [(CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// `GET /v1/volumes/{vol}/devices`.

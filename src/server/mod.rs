@@ -20,11 +20,13 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use tokio::sync::watch;
-use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::decompression::RequestDecompressionLayer;
 
-use crate::protocol::limits::{MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_JSON_BODY};
+use crate::protocol::limits::{
+    MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_JSON_BODY,
+};
 pub use chunks::{ChunkStore, ChunkStoreError, PackDirStore, VerifiedPayload};
 pub use error::ApiError;
 pub use meta::{MetaError, MetaStore, SqliteMeta};

@@ -11,8 +11,8 @@ use crate::protocol::limits::{
     MODE_MASK,
 };
 use crate::protocol::{
-    CommitRequest, CreateOp, ErrorCode, KNOWN_OPS, Name, NodeId, NodeKind, Op, TxnId,
-    manifest_id, validate_xattrs,
+    CommitRequest, CreateOp, ErrorCode, KNOWN_OPS, Name, NodeId, NodeKind, Op, TxnId, manifest_id,
+    validate_xattrs,
 };
 
 /// Parses a JSON body, refusing malformed ones with `bad_request`.
@@ -43,7 +43,9 @@ pub fn parse_commit(bytes: &[u8]) -> Result<CommitRequest, ApiError> {
         Some(Some(other)) => {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedVersion,
-                format!("commit format {other} is not supported; this server speaks {COMMIT_FORMAT}"),
+                format!(
+                    "commit format {other} is not supported; this server speaks {COMMIT_FORMAT}"
+                ),
             ));
         }
         Some(None) | None => return Err(bad_request("commit needs a numeric \"format\"")),
@@ -70,8 +72,7 @@ pub fn parse_commit(bytes: &[u8]) -> Result<CommitRequest, ApiError> {
             .ok_or_else(|| bad_op(i, format!("op {i} has no \"op\" tag")))?;
         if !KNOWN_OPS.contains(&tag) {
             return Err(
-                ApiError::new(ErrorCode::UnknownOp, format!("op {i}: unknown op {tag:?}"))
-                    .at_op(i),
+                ApiError::new(ErrorCode::UnknownOp, format!("op {i}: unknown op {tag:?}")).at_op(i),
             );
         }
         for field in ["name", "new_name"] {
@@ -81,8 +82,7 @@ pub fn parse_commit(bytes: &[u8]) -> Result<CommitRequest, ApiError> {
                 })?;
             }
         }
-        let op: Op =
-            serde_json::from_value(raw).map_err(|e| bad_op(i, format!("op {i}: {e}")))?;
+        let op: Op = serde_json::from_value(raw).map_err(|e| bad_op(i, format!("op {i}: {e}")))?;
         ops.push(op);
     }
     Ok(CommitRequest {
@@ -92,7 +92,10 @@ pub fn parse_commit(bytes: &[u8]) -> Result<CommitRequest, ApiError> {
     })
 }
 
-fn check_chunk_lens<'a>(i: usize, chunks: impl Iterator<Item = &'a ChunkRef>) -> Result<(), ApiError> {
+fn check_chunk_lens<'a>(
+    i: usize,
+    chunks: impl Iterator<Item = &'a ChunkRef>,
+) -> Result<(), ApiError> {
     for c in chunks {
         if c.len == 0 || c.len as usize > MAX_CHUNK_SIZE {
             return Err(ApiError::new(
@@ -107,7 +110,10 @@ fn check_chunk_lens<'a>(i: usize, chunks: impl Iterator<Item = &'a ChunkRef>) ->
 
 fn check_mode(i: usize, mode: u32) -> Result<(), ApiError> {
     if mode & !MODE_MASK != 0 {
-        return Err(bad_op(i, format!("op {i}: mode {mode:o} has bits outside {MODE_MASK:o}")));
+        return Err(bad_op(
+            i,
+            format!("op {i}: mode {mode:o} has bits outside {MODE_MASK:o}"),
+        ));
     }
     Ok(())
 }
@@ -128,7 +134,9 @@ fn check_create(i: usize, o: &CreateOp) -> Result<(), ApiError> {
             let (Some(m), Some(claimed), None) = (&o.manifest, &o.manifest_id, &o.target) else {
                 return Err(bad_op(
                     i,
-                    format!("op {i}: a file needs \"manifest\" and \"manifest_id\" and no \"target\""),
+                    format!(
+                        "op {i}: a file needs \"manifest\" and \"manifest_id\" and no \"target\""
+                    ),
                 ));
             };
             if m.chunks.len() > MAX_MANIFEST_CHUNKS {
@@ -150,7 +158,10 @@ fn check_create(i: usize, o: &CreateOp) -> Result<(), ApiError> {
         }
         NodeKind::Dir => {
             if o.manifest.is_some() || o.manifest_id.is_some() || o.target.is_some() {
-                return Err(bad_op(i, format!("op {i}: a directory has no manifest or target")));
+                return Err(bad_op(
+                    i,
+                    format!("op {i}: a directory has no manifest or target"),
+                ));
             }
         }
         NodeKind::Symlink => {
@@ -163,7 +174,9 @@ fn check_create(i: usize, o: &CreateOp) -> Result<(), ApiError> {
             if target.is_empty() || target.len() > MAX_SYMLINK_TARGET || target.contains('\0') {
                 return Err(bad_op(
                     i,
-                    format!("op {i}: symlink target must be 1..={MAX_SYMLINK_TARGET} bytes without NUL"),
+                    format!(
+                        "op {i}: symlink target must be 1..={MAX_SYMLINK_TARGET} bytes without NUL"
+                    ),
                 ));
             }
         }
@@ -230,7 +243,9 @@ mod tests {
             ErrorCode::BadRequest
         );
         assert_eq!(
-            code(&format!(r#"{{"format":1,"txn":{TXN},"ops":[{{"op":"chmod"}}]}}"#)),
+            code(&format!(
+                r#"{{"format":1,"txn":{TXN},"ops":[{{"op":"chmod"}}]}}"#
+            )),
             ErrorCode::UnknownOp
         );
         let mv = |name: &str| {

@@ -4,6 +4,8 @@
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
+// Tests match on (status, error body) directly; boxing it would only add noise here.
+#![allow(clippy::result_large_err)]
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -210,6 +212,24 @@ impl Client {
         }
     }
 
+    /// The same client on a new connection pool: for requests the server may answer before
+    /// reading their whole body (oversize), after which it closes that connection.
+    pub fn fresh(&self) -> Client {
+        Client::new_at(&self.base, &self.token, &self.vol)
+    }
+
+    fn new_at(base: &str, token: &str, vol: &str) -> Client {
+        Client {
+            http: Http::builder()
+                .timeout(Duration::from_secs(90))
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            token: token.to_owned(),
+            vol: vol.to_owned(),
+        }
+    }
+
     /// `{base}/v1/volumes/{vol}/{rest}`
     pub fn url(&self, rest: &str) -> String {
         format!("{}/v1/volumes/{}/{rest}", self.base, self.vol)
@@ -256,7 +276,10 @@ impl Client {
     pub fn put_chunk(&self, bytes: &[u8]) -> ChunkRef {
         let chunk = VerifiedChunk::new(bytes.to_vec());
         let resp = self
-            .req(reqwest::Method::PUT, &self.url(&format!("chunks/{}", chunk.id())))
+            .req(
+                reqwest::Method::PUT,
+                &self.url(&format!("chunks/{}", chunk.id())),
+            )
             .body(chunk.encode(payload::DEFAULT_ZSTD_LEVEL))
             .send()
             .unwrap();
@@ -269,7 +292,10 @@ impl Client {
 
     /// GET an endpoint under the volume and decode its JSON.
     pub fn get_json<T: DeserializeOwned>(&self, rest: &str) -> T {
-        let resp = self.req(reqwest::Method::GET, &self.url(rest)).send().unwrap();
+        let resp = self
+            .req(reqwest::Method::GET, &self.url(rest))
+            .send()
+            .unwrap();
         assert_eq!(resp.status(), 200, "{rest}");
         resp.json().unwrap()
     }

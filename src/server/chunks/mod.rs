@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 
-use crate::chunking::payload::{self, PayloadError};
 use crate::chunking::ChunkId;
+use crate::chunking::payload::{self, PayloadError};
 use crate::protocol::limits::MAX_CHUNK_SIZE;
 
 pub use packdir::{PACK_TARGET_SIZE, PackDirStore};
@@ -88,9 +88,9 @@ impl ChunkStoreError {
     /// Whether the same call may succeed later.
     pub fn retryable(&self) -> bool {
         match self {
-            ChunkStoreError::Io { .. } | ChunkStoreError::Index(_) | ChunkStoreError::WriterGone => {
-                true
-            }
+            ChunkStoreError::Io { .. }
+            | ChunkStoreError::Index(_)
+            | ChunkStoreError::WriterGone => true,
             ChunkStoreError::Corrupt { .. } => false,
         }
     }

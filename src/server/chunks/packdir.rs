@@ -132,9 +132,10 @@ impl PackDirStore {
              ) WITHOUT ROWID;
              PRAGMA user_version = 1;",
         )?;
-        let indexed: i64 = conn.query_row("SELECT coalesce(max(pack), 0) FROM chunks", [], |r| {
-            r.get(0)
-        })?;
+        let indexed: i64 =
+            conn.query_row("SELECT coalesce(max(pack), 0) FROM chunks", [], |r| {
+                r.get(0)
+            })?;
         let next_no = highest_pack_on_disk(root)?.max(u64::try_from(indexed).unwrap_or(0)) + 1;
         let (tx, rx) = mpsc::channel::<PutJob>();
         let mut writer = PackWriter {
@@ -201,7 +202,9 @@ impl PackDirStore {
         self.read(|c| {
             let row: Option<(i64, i64, i64)> = c
                 .prepare_cached("SELECT pack, offset, len FROM chunks WHERE id = ?1")?
-                .query_row([&id.as_bytes()[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row([&id.as_bytes()[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()?;
             Ok(row.map(|(p, o, l)| {
                 (
@@ -433,8 +436,15 @@ mod tests {
     use axum::body::Bytes;
 
     fn chunk(seed: u32, len: usize) -> VerifiedPayload {
-        let bytes: Vec<u8> = (0..len as u32)
-            .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(97)) >> 11) as u8)
+        // xorshift: incompressible, so pack sizes follow chunk sizes.
+        let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
             .collect();
         let c = VerifiedChunk::new(bytes);
         VerifiedPayload::verify(c.id(), Bytes::from(c.encode(3))).unwrap()

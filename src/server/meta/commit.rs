@@ -7,9 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::schema::{self, KIND_DIR, KIND_FILE, KIND_SYMLINK};
 use super::sqlite::{missing_in, node_from_blob, to_i64, to_u64, volume_head};
-use super::{
-    CommitError, CommitOutcome, DeviceId, MetaError, Refusal, RefusalKind, VolumeId,
-};
+use super::{CommitError, CommitOutcome, DeviceId, MetaError, Refusal, RefusalKind, VolumeId};
 use crate::chunking::ChunkId;
 use crate::protocol::limits::MAX_MANIFEST_CHUNKS;
 use crate::protocol::{
@@ -38,8 +36,11 @@ struct NodeState {
     deleted_seq: Option<i64>,
 }
 
+/// A node row as read: parent blob, kind, version, deleted seq.
+type NodeRow = (Option<Vec<u8>>, i64, i64, Option<i64>);
+
 fn load(c: &Connection, vol: VolumeId, node: NodeId) -> Result<Option<NodeState>, MetaError> {
-    let row: Option<(Option<Vec<u8>>, i64, i64, Option<i64>)> = c
+    let row: Option<NodeRow> = c
         .prepare_cached(
             "SELECT parent, kind, version, deleted_seq FROM nodes WHERE vol = ?1 AND id = ?2",
         )?
@@ -103,10 +104,9 @@ fn name_holder(
             "SELECT id FROM nodes WHERE vol = ?1 AND parent = ?2 AND name = ?3
              AND deleted_seq IS NULL",
         )?
-        .query_row(
-            params![vol.0, &dir.to_bytes()[..], name.as_str()],
-            |r| r.get(0),
-        )
+        .query_row(params![vol.0, &dir.to_bytes()[..], name.as_str()], |r| {
+            r.get(0)
+        })
         .optional()?;
     id.as_deref().map(node_from_blob).transpose()
 }
@@ -271,7 +271,13 @@ fn check_bases_and_chunks(
     Ok(())
 }
 
-fn create(c: &Connection, vol: VolumeId, seq: i64, i: usize, o: &CreateOp) -> Result<(), CommitError> {
+fn create(
+    c: &Connection,
+    vol: VolumeId,
+    seq: i64,
+    i: usize,
+    o: &CreateOp,
+) -> Result<(), CommitError> {
     if let Some(n) = load(c, vol, o.node)?
         && n.deleted_seq.is_none()
     {
@@ -322,7 +328,13 @@ fn create(c: &Connection, vol: VolumeId, seq: i64, i: usize, o: &CreateOp) -> Re
     Ok(())
 }
 
-fn write(c: &Connection, vol: VolumeId, seq: i64, i: usize, o: &WriteOp) -> Result<(), CommitError> {
+fn write(
+    c: &Connection,
+    vol: VolumeId,
+    seq: i64,
+    i: usize,
+    o: &WriteOp,
+) -> Result<(), CommitError> {
     let state = live(c, vol, o.node, i)?;
     if state.kind != KIND_FILE {
         return Err(refuse(
@@ -428,7 +440,10 @@ fn move_node(
             return Err(refuse(
                 RefusalKind::Cycle(o.node),
                 Some(i),
-                format!("moving {} under {} would make a cycle", o.node, o.new_parent),
+                format!(
+                    "moving {} under {} would make a cycle",
+                    o.node, o.new_parent
+                ),
             ));
         }
         steps += 1;

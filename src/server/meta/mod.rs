@@ -277,8 +277,7 @@ pub trait MetaStore: Send + Sync {
         req: &CommitRequest,
     ) -> Result<CommitOutcome, CommitError>;
     /// Up to `limit` commits after `after`, and the head.
-    fn changes(&self, vol: VolumeId, after: Seq, limit: u32)
-    -> Result<ChangesResponse, MetaError>;
+    fn changes(&self, vol: VolumeId, after: Seq, limit: u32) -> Result<ChangesResponse, MetaError>;
     /// The volume's head.
     fn head(&self, vol: VolumeId) -> Result<Seq, MetaError>;
     /// The whole tree at one seq, handed to `sink` item by item; `sink` returns false to stop.

@@ -121,7 +121,7 @@ pub(super) fn encode_manifest(m: &Manifest) -> Vec<u8> {
 
 /// Decodes [`encode_manifest`]'s output.
 pub(super) fn decode_manifest(bytes: &[u8]) -> Result<Manifest, MetaError> {
-    if bytes.len() % 36 != 0 {
+    if !bytes.len().is_multiple_of(36) {
         return Err(MetaError::Corrupt(format!(
             "stored manifest of {} bytes",
             bytes.len()

@@ -550,7 +550,8 @@ impl MetaStore for SqliteMeta {
 
     fn user_volumes(&self, user: UserId) -> Result<Vec<VolumeInfo>, MetaError> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT name, head FROM volumes WHERE user_id = ?1 ORDER BY name")?;
+            let mut st =
+                c.prepare("SELECT name, head FROM volumes WHERE user_id = ?1 ORDER BY name")?;
             let rows = st.query_map([user.0], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
             })?;
@@ -590,8 +591,9 @@ impl MetaStore for SqliteMeta {
     fn record_chunks(&self, vol: VolumeId, ids: &[ChunkId]) -> Result<(), MetaError> {
         let ids = ids.to_vec();
         self.write(move |c| {
-            let mut st =
-                c.prepare_cached("INSERT OR IGNORE INTO volume_chunks (vol, chunk) VALUES (?1, ?2)")?;
+            let mut st = c.prepare_cached(
+                "INSERT OR IGNORE INTO volume_chunks (vol, chunk) VALUES (?1, ?2)",
+            )?;
             for id in &ids {
                 st.execute(params![vol.0, &id.as_bytes()[..]])?;
             }
@@ -613,12 +615,7 @@ impl MetaStore for SqliteMeta {
         self.write(move |c| commit::apply(c, vol, device, &req, &hash, now_ms()))
     }
 
-    fn changes(
-        &self,
-        vol: VolumeId,
-        after: Seq,
-        limit: u32,
-    ) -> Result<ChangesResponse, MetaError> {
+    fn changes(&self, vol: VolumeId, after: Seq, limit: u32) -> Result<ChangesResponse, MetaError> {
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
             let head = volume_head(&tx, vol)?;
@@ -733,7 +730,9 @@ impl MetaStore for SqliteMeta {
 
 pub(super) fn volume_head(c: &Connection, vol: VolumeId) -> Result<Seq, MetaError> {
     let head: Option<i64> = c
-        .query_row("SELECT head FROM volumes WHERE id = ?1", [vol.0], |r| r.get(0))
+        .query_row("SELECT head FROM volumes WHERE id = ?1", [vol.0], |r| {
+            r.get(0)
+        })
         .optional()?;
     let head = head.ok_or_else(|| MetaError::NotFound(format!("volume #{}", vol.0)))?;
     Ok(Seq(to_u64(head)?))
@@ -785,12 +784,14 @@ fn node_record(r: &rusqlite::Row<'_>) -> Result<NodeRecord, MetaError> {
             .transpose()
             .map_err(|e| MetaError::Corrupt(format!("stored name: {e}")))?,
         kind,
-        mode: u32::try_from(r.get::<_, i64>(4)?)
-            .map_err(|_| MetaError::Corrupt("mode".into()))?,
+        mode: u32::try_from(r.get::<_, i64>(4)?).map_err(|_| MetaError::Corrupt("mode".into()))?,
         mtime: r.get(5)?,
         xattrs,
         size: to_u64(r.get(6)?)?,
-        manifest: manifest.as_deref().map(schema::decode_manifest).transpose()?,
+        manifest: manifest
+            .as_deref()
+            .map(schema::decode_manifest)
+            .transpose()?,
         manifest_id: manifest_id
             .as_deref()
             .map(|b| blob32(b, "manifest id").map(ManifestId::from_bytes))
