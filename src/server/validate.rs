@@ -218,7 +218,36 @@ pub fn check_ops(req: &CommitRequest) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::{any, proptest};
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(req) = parse_commit(&body) {
+                let _ = check_ops(&req);
+            }
+        }
+
+        #[test]
+        fn arbitrary_op_objects_never_panic(tag in 0usize..6, name in ".{0,8}", base in any::<u64>(), mode in any::<u32>()) {
+            let tag = KNOWN_OPS.get(tag).copied().unwrap_or("bogus");
+            let body = serde_json::json!({
+                "format": 1,
+                "txn": "0000000000000000000000000000000a",
+                "ops": [{"op": tag, "node": "00000000000000000000000000000001",
+                         "parent": "00000000000000000000000000000000", "name": name,
+                         "new_parent": "00000000000000000000000000000000", "new_name": name,
+                         "kind": "dir", "mode": mode, "mtime": 0, "base": base,
+                         "edit": {"ops": []}, "size": 0,
+                         "manifest_id": "0000000000000000000000000000000000000000000000000000000000000000"}]
+            });
+            if let Ok(req) = parse_commit(body.to_string().as_bytes()) {
+                let _ = check_ops(&req);
+            }
+        }
+    }
 
     fn code(body: &str) -> ErrorCode {
         parse_commit(body.as_bytes())
