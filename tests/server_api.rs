@@ -649,6 +649,14 @@ fn zstd_bodies_both_ways_and_a_zstd_bomb_is_413() {
         .send()
         .unwrap();
     assert!(resp.headers().get("content-encoding").is_none());
+    // Other encodings are refused with a JSON error.
+    let resp = c
+        .req(Method::POST, &c.url("commit"))
+        .header("Content-Encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0])
+        .send()
+        .unwrap();
+    assert_eq!(expect_err(resp, 415).code, ErrorCode::UnsupportedEncoding);
     // 20 MiB of JSON whitespace compresses to almost nothing: the limit still holds.
     let mut bomb_json = vec![b' '; 20 << 20];
     bomb_json.extend_from_slice(b"{}");

@@ -230,3 +230,45 @@ fn another_users_chunk_is_invisible_until_uploaded_with_its_bytes() {
         manifest(&[r]),
     )]);
 }
+
+#[test]
+fn admin_lists_users_devices_and_volumes_and_refuses_bad_input() {
+    let f = fixture();
+    let data = f.dir.path();
+    let users = admin(data, &["user", "list"]);
+    assert_eq!(
+        users,
+        "alice\tdevices=2\tvolumes=1\nbob\tdevices=1\tvolumes=1\n"
+    );
+    let volumes = admin(data, &["volume", "list"]);
+    assert_eq!(
+        volumes,
+        "alice\talice-docs\thead=0\nbob\tbob-docs\thead=0\n"
+    );
+    assert_eq!(
+        admin(data, &["volume", "list", "bob"]),
+        "bob\tbob-docs\thead=0\n"
+    );
+    let devices = admin(data, &["device", "list"]);
+    let lines: Vec<_> = devices.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].starts_with("alice\tlaptop\tactive\t"), "{devices}");
+    assert!(lines[2].starts_with("bob\tpc\tactive\t"), "{devices}");
+    // Names taken, unknown owners, invalid names, double revokes: refused, nothing changed.
+    for args in [
+        &["user", "add", "alice"][..],
+        &["volume", "create", "bob", "alice-docs"],
+        &["volume", "create", "nobody", "v"],
+        &["device", "add", "alice", "laptop"],
+        &["device", "add", "nobody", "x"],
+        &["user", "add", "bad name"],
+        &["user", "add", ".hidden"],
+    ] {
+        let (ok, stderr) = support::admin_status(data, args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(!stderr.is_empty());
+    }
+    admin(data, &["token", "revoke", "bob", "pc"]);
+    assert!(!support::admin_status(data, &["token", "revoke", "bob", "pc"]).0);
+    assert_eq!(admin(data, &["user", "list"]).lines().count(), 2);
+}

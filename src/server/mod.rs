@@ -121,7 +121,22 @@ pub fn router(state: AppState) -> Router {
                 .no_deflate()
                 .no_gzip(),
         )
+        .layer(axum::middleware::map_response(json_415))
         .with_state(state)
+}
+
+/// The decompression layer refuses unknown encodings with a bare 415: give it the JSON body
+/// every other error has.
+async fn json_415(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if resp.status() == axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return ApiError::new(
+            crate::protocol::ErrorCode::UnsupportedEncoding,
+            "only zstd is accepted as Content-Encoding",
+        )
+        .into_response();
+    }
+    resp
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then lets in-flight
