@@ -5,3 +5,4 @@ pub mod cli;
 pub mod drive;
 pub mod fs;
 pub mod protocol;
+pub mod server;

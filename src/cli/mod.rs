@@ -1,10 +1,14 @@
-//! The command line: `mount`, `umount`, `status` (clap), with anyhow at this edge only.
+//! The command line: clap definitions and dispatch, with anyhow at this edge only.
+//! `main` parses and calls [`run`].
 
+pub mod admin;
 mod mount;
 mod mounts;
+pub mod serve;
 mod status;
 mod umount;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -27,14 +31,33 @@ pub enum Command {
     Umount(umount::UmountArgs),
     /// Show whether a drive is mounted and what its state holds.
     Status(status::StatusArgs),
+    /// Run the storage and management server.
+    Serve(serve::ServeArgs),
+    /// Manage users, devices, tokens and volumes of a server's data directory.
+    Admin(admin::AdminArgs),
 }
 
-/// Runs the parsed command line; the error is printed by `main` as one line.
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests calling run twice) is harmless: keep the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Runs the parsed command; the error is printed by `main` as one line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logging();
     match cli.command {
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => umount::run(args),
         Command::Status(args) => status::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Admin(args) => admin::run(args),
     }
 }
 

@@ -1,0 +1,104 @@
+//! `deltadrive serve`: the embedded server on a data directory.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::server::{self, AppState, Notifier};
+
+/// Arguments of `deltadrive serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Data directory: meta.sqlite and chunks/ (created if missing).
+    #[arg(long, default_value = "deltadrive-data")]
+    pub data: PathBuf,
+    /// Address to listen on; port 0 lets the OS choose (the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    pub listen: SocketAddr,
+    /// Also write the bound address to this file (written whole, then renamed into place).
+    #[arg(long)]
+    pub addr_file: Option<PathBuf>,
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (meta, chunks) = server::open_embedded(&args.data)
+        .with_context(|| format!("opening the data directory {}", args.data.display()))?;
+    let result = runtime.block_on(serve(&args, meta.clone(), chunks.clone()));
+    // Stores flush and stop their writer threads when the last handle goes.
+    drop(runtime);
+    drop((meta, chunks));
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(
+    args: &ServeArgs,
+    meta: Arc<server::SqliteMeta>,
+    chunks: Arc<server::PackDirStore>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    announce(addr, args.addr_file.as_ref())?;
+    tracing::info!(%addr, data = %args.data.display(), "serving");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState {
+        meta,
+        chunks,
+        notifier: Arc::new(Notifier::default()),
+        shutdown: stop_rx.clone(),
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        // Nobody listening any more is fine: the server is already stopping.
+        let _ = stop_tx.send(true);
+    });
+    let mut stop = stop_rx;
+    server::serve(listener, state, async move {
+        // An error means the sender is gone, which also means stop.
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await
+    .context("serving HTTP")
+}
+
+/// Prints `listening on ADDR` on stdout (one line, flushed) and writes the address file.
+fn announce(addr: SocketAddr, addr_file: Option<&PathBuf>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {addr}").context("writing to stdout")?;
+    out.flush().context("flushing stdout")?;
+    if let Some(path) = addr_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{addr}\n"))
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Nodes as the wire carries them: kinds, extended attributes and full node records.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::limits::{MAX_XATTR_NAME, MAX_XATTR_VALUE, MAX_XATTRS_TOTAL};
+use super::{Name, NodeId, Seq};
+use crate::chunking::{Manifest, ManifestId};
+
+/// What a node is. It never changes over a node's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// A regular file with a content manifest.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link with a target.
+    Symlink,
+}
+
+/// An extended attribute's value: arbitrary bytes, base64 (standard alphabet, padded) in JSON.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct XattrValue(pub Vec<u8>);
+
+impl fmt::Debug for XattrValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "XattrValue({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for XattrValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for XattrValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(s.as_bytes())
+            .map(XattrValue)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A node's extended attributes, by name.
+pub type Xattrs = BTreeMap<String, XattrValue>;
+
+/// Why a set of extended attributes was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum XattrError {
+    /// A name is empty, too long or holds NUL.
+    #[error("bad extended attribute name {0:?}")]
+    BadName(String),
+    /// One value is over the limit.
+    #[error("extended attribute {name:?} is {len} bytes, more than {max}")]
+    ValueTooLarge {
+        /// The attribute.
+        name: String,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// All attributes together are over the limit.
+    #[error("extended attributes total {total} bytes, more than {max}")]
+    TotalTooLarge {
+        /// Their total size.
+        total: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Checks extended attributes against the protocol's limits.
+pub fn validate_xattrs(xattrs: &Xattrs) -> Result<(), XattrError> {
+    let mut total = 0usize;
+    for (name, value) in xattrs {
+        if name.is_empty() || name.len() > MAX_XATTR_NAME || name.contains('\0') {
+            return Err(XattrError::BadName(name.clone()));
+        }
+        if value.0.len() > MAX_XATTR_VALUE {
+            return Err(XattrError::ValueTooLarge {
+                name: name.clone(),
+                len: value.0.len(),
+                max: MAX_XATTR_VALUE,
+            });
+        }
+        total += name.len() + value.0.len();
+    }
+    if total > MAX_XATTRS_TOTAL {
+        return Err(XattrError::TotalTooLarge {
+            total,
+            max: MAX_XATTRS_TOTAL,
+        });
+    }
+    Ok(())
+}
+
+/// A device's transaction id: 128 bits, 32 hex digits; unique per device (an outbox row id will do).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxnId(u128);
+
+impl TxnId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(rand::random::<u128>())
+    }
+
+    /// The id from its integer value.
+    pub const fn from_u128(v: u128) -> Self {
+        Self(v)
+    }
+
+    /// The integer value.
+    pub const fn as_u128(&self) -> u128 {
+        self.0
+    }
+
+    /// Big-endian bytes (the order used in storage keys).
+    pub const fn to_bytes(&self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// The id from big-endian bytes.
+    pub const fn from_bytes(b: [u8; 16]) -> Self {
+        Self(u128::from_be_bytes(b))
+    }
+}
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TxnId({:032x})", self.0)
+    }
+}
+
+/// Why a textual transaction id was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid transaction id: expected 32 hex digits")]
+pub struct TxnIdParseError;
+
+impl FromStr for TxnId {
+    type Err = TxnIdParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TxnIdParseError);
+        }
+        u128::from_str_radix(s, 16)
+            .map(Self)
+            .map_err(|_| TxnIdParseError)
+    }
+}
+
+impl Serialize for TxnId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for TxnId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One node as the server holds it at some seq (snapshot entries).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node's id; [`NodeId::ROOT`] for the volume's root directory.
+    pub node: NodeId,
+    /// The parent directory; absent for the root only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<NodeId>,
+    /// The entry name in the parent; absent for the root only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
+    /// File, directory or symlink.
+    pub kind: NodeKind,
+    /// Permission bits (within [`super::limits::MODE_MASK`]).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime: i64,
+    /// Extended attributes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: Xattrs,
+    /// Content size in bytes (files; 0 otherwise).
+    #[serde(default)]
+    pub size: u64,
+    /// Content manifest (files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Manifest>,
+    /// Id of `manifest` (files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_id: Option<ManifestId>,
+    /// Link target (symlinks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Seq of the last commit that changed this node (0 for an untouched root).
+    pub version: Seq,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_values_are_base64_in_json() {
+        let mut x = Xattrs::new();
+        x.insert("user.k".into(), XattrValue(vec![0, 255, 1]));
+        let json = serde_json::to_string(&x).unwrap();
+        assert_eq!(json, r#"{"user.k":"AP8B"}"#);
+        assert_eq!(serde_json::from_str::<Xattrs>(&json).unwrap(), x);
+        assert!(serde_json::from_str::<Xattrs>(r#"{"user.k":"!!"}"#).is_err());
+    }
+
+    #[test]
+    fn xattr_limits_hold() {
+        let mut x = Xattrs::new();
+        x.insert("user.big".into(), XattrValue(vec![0; MAX_XATTR_VALUE + 1]));
+        assert!(matches!(
+            validate_xattrs(&x),
+            Err(XattrError::ValueTooLarge { .. })
+        ));
+        let mut y = Xattrs::new();
+        y.insert(String::new(), XattrValue(vec![]));
+        assert!(matches!(validate_xattrs(&y), Err(XattrError::BadName(_))));
+        let mut z = Xattrs::new();
+        for i in 0..5 {
+            z.insert(format!("user.{i}"), XattrValue(vec![0; MAX_XATTR_VALUE]));
+        }
+        assert!(matches!(
+            validate_xattrs(&z),
+            Err(XattrError::TotalTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn txn_ids_round_trip_as_hex() {
+        let t = TxnId::from_u128(0xabc);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"00000000000000000000000000000abc\"");
+        assert_eq!(serde_json::from_str::<TxnId>(&json).unwrap(), t);
+        assert!("xyz".parse::<TxnId>().is_err());
+    }
+}

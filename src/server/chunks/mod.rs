@@ -1,0 +1,107 @@
+//! The chunk store: verified chunk payloads by id, global underneath (the metadata store
+//! says which volume holds which). [`PackDirStore`] is the embedded implementation; an
+//! S3-compatible one can sit beside it.
+
+mod packdir;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+
+use crate::chunking::ChunkId;
+use crate::chunking::payload::{self, PayloadError};
+use crate::protocol::limits::MAX_CHUNK_SIZE;
+
+pub use packdir::{PACK_TARGET_SIZE, PackDirStore};
+
+/// A chunk payload whose decoded bytes hashed to its id. Only [`VerifiedPayload::verify`]
+/// makes one, so a store can never be handed unchecked bytes.
+#[derive(Clone)]
+pub struct VerifiedPayload {
+    id: ChunkId,
+    payload: Bytes,
+}
+
+impl std::fmt::Debug for VerifiedPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedPayload")
+            .field("id", &self.id)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+impl VerifiedPayload {
+    /// Decodes `payload` (bounded by [`MAX_CHUNK_SIZE`]) and checks its BLAKE3 against `id`.
+    pub fn verify(id: ChunkId, payload: Bytes) -> Result<Self, PayloadError> {
+        payload::decode(&payload, id, MAX_CHUNK_SIZE)?;
+        Ok(Self { id, payload })
+    }
+
+    /// The chunk id.
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// The payload as received (tag byte + body).
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+/// Failures of a chunk store.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkStoreError {
+    /// Reading or writing pack files failed.
+    #[error("chunk store I/O on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The cause (shared: one failed group write answers many callers).
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The index database failed.
+    #[error("chunk index: {0}")]
+    Index(#[source] Arc<rusqlite::Error>),
+    /// The writer thread is gone.
+    #[error("chunk writer is not running")]
+    WriterGone,
+    /// A stored payload no longer matches its id (disk corruption); it is not served.
+    #[error("stored chunk {id} is corrupt: {source}")]
+    Corrupt {
+        /// The chunk.
+        id: ChunkId,
+        /// What the check found.
+        #[source]
+        source: PayloadError,
+    },
+}
+
+impl From<rusqlite::Error> for ChunkStoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        ChunkStoreError::Index(Arc::new(e))
+    }
+}
+
+impl ChunkStoreError {
+    /// Whether the same call may succeed later.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ChunkStoreError::Io { .. }
+            | ChunkStoreError::Index(_)
+            | ChunkStoreError::WriterGone => true,
+            ChunkStoreError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// Where chunk payloads live. Calls block: the API layer runs them off the async threads.
+pub trait ChunkStore: Send + Sync {
+    /// Stores the payloads; returns once they are durable. Ids already stored are skipped.
+    fn put(&self, chunks: Vec<VerifiedPayload>) -> Result<(), ChunkStoreError>;
+    /// The payload stored for `id`, verified again on the way out; `None` if not stored.
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, ChunkStoreError>;
+    /// Whether `id` is stored.
+    fn contains(&self, id: &ChunkId) -> Result<bool, ChunkStoreError>;
+}

@@ -1,0 +1,160 @@
+//! The storage and management server behind `deltadrive serve`: axum app, authorization,
+//! handlers, and the two store traits with their embedded implementations.
+//!
+//! Layering: this module uses `protocol` and `chunking` only, never `fs`, `drive`, `sync` or
+//! `remote`. Handlers see the stores as `dyn MetaStore` and `dyn ChunkStore`.
+
+pub mod auth;
+pub mod chunks;
+mod error;
+mod handlers;
+pub mod meta;
+mod notify;
+mod validate;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use tokio::sync::watch;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::protocol::limits::{
+    MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_JSON_BODY,
+};
+pub use chunks::{ChunkStore, ChunkStoreError, PackDirStore, VerifiedPayload};
+pub use error::ApiError;
+pub use meta::{MetaError, MetaStore, SqliteMeta};
+pub use notify::Notifier;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Users, devices, volumes, trees, change logs.
+    pub meta: Arc<dyn MetaStore>,
+    /// Chunk payloads.
+    pub chunks: Arc<dyn ChunkStore>,
+    /// Long-poll wake-ups.
+    pub notifier: Arc<Notifier>,
+    /// Turns true when the server is shutting down, ending long-polls early.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The metadata database file inside a data directory.
+pub fn meta_path(data: &Path) -> std::path::PathBuf {
+    data.join("meta.sqlite")
+}
+
+/// The chunk store's root inside a data directory.
+pub fn chunks_path(data: &Path) -> std::path::PathBuf {
+    data.join("chunks")
+}
+
+/// Why the embedded stores could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The metadata store.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The chunk store.
+    #[error(transparent)]
+    Chunks(#[from] ChunkStoreError),
+}
+
+/// Opens the embedded stores (SQLite + pack directory) in `data`, creating them if new.
+pub fn open_embedded(data: &Path) -> Result<(Arc<SqliteMeta>, Arc<PackDirStore>), OpenError> {
+    let meta = Arc::new(SqliteMeta::open(&meta_path(data))?);
+    let chunks = Arc::new(PackDirStore::open(&chunks_path(data))?);
+    Ok((meta, chunks))
+}
+
+/// The HTTP app: /healthz, the /v1 API, JSON errors everywhere, zstd both ways.
+pub fn router(state: AppState) -> Router {
+    // A batch body: its header, then per entry a 36-byte header and the payload bytes.
+    let batch_limit = MAX_BATCH_BYTES + 8 + MAX_BATCH_CHUNKS * 36;
+    let v1 = Router::new()
+        .route("/volumes", get(handlers::volumes))
+        .route("/volumes/{vol}/chunks/missing", post(handlers::missing))
+        .route("/volumes/{vol}/chunks/fetch", post(handlers::fetch_chunks))
+        .route(
+            "/volumes/{vol}/chunks",
+            post(handlers::upload_batch).layer(DefaultBodyLimit::max(batch_limit)),
+        )
+        .route(
+            "/volumes/{vol}/chunks/{id}",
+            put(handlers::put_chunk)
+                .get(handlers::get_chunk)
+                .layer(DefaultBodyLimit::max(MAX_CHUNK_PAYLOAD)),
+        )
+        .route("/volumes/{vol}/commit", post(handlers::commit))
+        .route("/volumes/{vol}/changes", get(handlers::changes))
+        .route("/volumes/{vol}/snapshot", get(handlers::snapshot))
+        .route("/volumes/{vol}/devices", get(handlers::devices))
+        .route("/volumes/{vol}/cursor", post(handlers::cursor))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed);
+    // Chunk payloads are zstd already (or incompressible): never compress them again.
+    let compress_when =
+        DefaultPredicate::new().and(NotForContentType::const_new("application/vnd.deltadrive."));
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .nest("/v1", v1)
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        // Limits apply to the decompressed body, so a small zstd bomb is still refused.
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(
+            CompressionLayer::new()
+                .no_br()
+                .no_deflate()
+                .no_gzip()
+                .compress_when(compress_when),
+        )
+        .layer(
+            RequestDecompressionLayer::new()
+                .no_br()
+                .no_deflate()
+                .no_gzip(),
+        )
+        .layer(axum::middleware::map_response(json_415))
+        .with_state(state)
+}
+
+/// The decompression layer refuses unknown encodings with a bare 415: give it the JSON body
+/// every other error has.
+async fn json_415(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if resp.status() == axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return ApiError::new(
+            crate::protocol::ErrorCode::UnsupportedEncoding,
+            "only zstd is accepted as Content-Encoding",
+        )
+        .into_response();
+    }
+    resp
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes, then lets in-flight
+/// requests finish (long-polls end early through `state.shutdown`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
