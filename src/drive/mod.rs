@@ -163,6 +163,18 @@ pub struct Drive {
     /// Write requests served and the largest one, logged at unmount.
     writes: AtomicU64,
     largest_write: AtomicU64,
+    /// Where to tell the kernel that cached entries or attributes went stale.
+    kernel_cache: Mutex<Option<Arc<dyn KernelCache>>>,
+}
+
+/// The kernel's caches of entries, attributes and pages, as the drive sees them: changes
+/// that do not come through the kernel (from other devices) must invalidate them.
+/// Call it outside FUSE request handlers: the kernel may hold locks an invalidation waits for.
+pub trait KernelCache: Send + Sync + std::fmt::Debug {
+    /// The entry `name` in directory `parent` changed (created, removed or renamed).
+    fn invalidate_entry(&self, parent: Ino, name: &[u8]);
+    /// The attributes and cached content of `ino` changed.
+    fn invalidate_inode(&self, ino: Ino);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,6 +216,7 @@ impl Drive {
             unsynced_dirs: Mutex::new(BTreeSet::new()),
             writes: AtomicU64::new(0),
             largest_write: AtomicU64::new(0),
+            kernel_cache: Mutex::new(None),
         };
         if !clean {
             tracing::warn!("previous session did not end cleanly: checking backing files");
@@ -295,6 +308,16 @@ impl Drive {
             }
         }
         result
+    }
+
+    /// Connects the kernel's caches once the mount exists.
+    pub fn set_kernel_cache(&self, cache: Arc<dyn KernelCache>) {
+        *lock(&self.kernel_cache) = Some(cache);
+    }
+
+    /// The kernel's caches, if mounted.
+    pub fn kernel_cache(&self) -> Option<Arc<dyn KernelCache>> {
+        lock(&self.kernel_cache).clone()
     }
 
     /// The state directory.

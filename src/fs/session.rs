@@ -5,10 +5,36 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
 
 use super::DeltaFs;
-use crate::drive::Drive;
+use crate::drive::{Drive, Ino, KernelCache};
+
+/// Tells the kernel through fuser's notifier that its cached entries or inodes went stale.
+#[derive(Debug)]
+struct Invalidator(fuser::Notifier);
+
+impl KernelCache for Invalidator {
+    fn invalidate_entry(&self, parent: Ino, name: &[u8]) {
+        use std::os::unix::ffi::OsStrExt;
+        // ENOENT means the kernel had nothing cached: nothing to invalidate.
+        if let Err(e) = self
+            .0
+            .inval_entry(INodeNo(parent), std::ffi::OsStr::from_bytes(name))
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(parent, "entry invalidation failed: {e}");
+        }
+    }
+
+    fn invalidate_inode(&self, ino: Ino) {
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), 0, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(ino, "inode invalidation failed: {e}");
+        }
+    }
+}
 
 /// Request-serving threads: each reads /dev/fuse through its own cloned descriptor.
 pub const THREADS: usize = 4;
@@ -50,7 +76,8 @@ pub fn serve(
     config.n_threads = Some(THREADS);
     config.clone_fd = true;
 
-    let mut session = Session::new(DeltaFs::new(drive), mountpoint, &config)?;
+    let mut session = Session::new(DeltaFs::new(Arc::clone(&drive)), mountpoint, &config)?;
+    drive.set_kernel_cache(Arc::new(Invalidator(session.notifier())));
     let mut unmounter = session.unmount_callable();
     let (ended_tx, ended_rx) = mpsc::channel();
     let runner = std::thread::Builder::new()
