@@ -194,3 +194,38 @@ fn foreground_mount_stops_cleanly_on_sigterm() {
     m2 = deltadrive(&["umount", mp.to_str().unwrap()]);
     assert!(m2.status.success());
 }
+
+#[test]
+fn default_state_directory_is_under_xdg_data_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mp");
+    let data_home = dir.path().join("data");
+    std::fs::create_dir(&mp).unwrap();
+    let _guard = common::UnmountGuard(mp.clone());
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .env("XDG_DATA_HOME", &data_home)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["mount", mp.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(mp.join("f"), b"x").unwrap();
+    let out = run(&["status", mp.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = std::path::PathBuf::from(v["state_dir"].as_str().unwrap());
+    assert!(
+        state.starts_with(data_home.join("deltadrive/mounts")),
+        "{}",
+        state.display()
+    );
+    assert!(state.join("meta.db").exists());
+    let out = run(&["umount", mp.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Mounting again without --state finds the same tree.
+    let out = run(&["mount", mp.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"x");
+    assert!(run(&["umount", mp.to_str().unwrap()]).status.success());
+}

@@ -140,6 +140,18 @@ impl Drop for Mount {
     }
 }
 
+/// Unmounts a mountpoint on drop if it is still mounted (for tests that mount by hand).
+pub struct UnmountGuard(pub PathBuf);
+
+impl Drop for UnmountGuard {
+    fn drop(&mut self) {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if table.contains(self.0.to_str().unwrap_or("\0")) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
+        }
+    }
+}
+
 /// Polls `cond` until it holds or `timeout` passes (then panics).
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
