@@ -137,18 +137,7 @@ fn foreground_mount_stops_cleanly_on_sigterm() {
     let state = dir.path().join("state");
     std::fs::create_dir(&mp).unwrap();
     // Unmounts even if an assertion below fails.
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            if std::fs::read_to_string("/proc/self/mountinfo")
-                .unwrap_or_default()
-                .contains(self.0.to_str().unwrap_or(""))
-            {
-                let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
-            }
-        }
-    }
-    let _guard = Unmount(mp.clone());
+    let _guard = common::UnmountGuard(mp.clone());
     let mut child = Command::new(bin())
         .args([
             "mount",
