@@ -14,11 +14,11 @@ mod store;
 mod tree;
 mod xattr;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -158,8 +158,8 @@ pub struct Drive {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
-    /// Fan-out directories with backing files created since they were last fsynced.
-    unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
+    /// A backing file was created since the content directory was last fsynced.
+    content_dir_unsynced: AtomicBool,
     /// Write requests served and the largest one, logged at unmount.
     writes: AtomicU64,
     largest_write: AtomicU64,
@@ -213,7 +213,7 @@ impl Drive {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            unsynced_dirs: Mutex::new(BTreeSet::new()),
+            content_dir_unsynced: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             largest_write: AtomicU64::new(0),
             kernel_cache: Mutex::new(None),
@@ -533,7 +533,7 @@ impl Drive {
         };
         // The backing file exists before the node does, so no node lacks one.
         let file = self.backing.create(id)?;
-        self.note_created(id);
+        self.note_created();
         let inserted = self.mutate(|t| {
             let ino = t.insert(parent, name, node, stamp)?;
             t.add_lookup(ino, 1);
@@ -577,10 +577,20 @@ impl Drive {
         Ok(self.create_file(parent, name, mode, caller, false)?.0)
     }
 
-    fn note_created(&self, id: crate::protocol::NodeId) {
-        if let Some(dir) = self.backing.path(id).parent() {
-            lock(&self.unsynced_dirs).insert(dir.to_path_buf());
+    fn note_created(&self) {
+        self.content_dir_unsynced.store(true, Ordering::Relaxed);
+    }
+
+    /// Fsyncs the content directory if backing files were created since it last was.
+    fn sync_content_dir(&self) -> DriveResult<()> {
+        if self.content_dir_unsynced.swap(false, Ordering::AcqRel) {
+            let synced = File::open(self.state.content_dir()).and_then(|d| d.sync_all());
+            if let Err(e) = synced {
+                self.content_dir_unsynced.store(true, Ordering::Release);
+                return Err(e.into());
+            }
         }
+        Ok(())
     }
 
     fn register(&self, ino: Ino, file: File, passthrough: bool, blind_writes: bool) -> u64 {
@@ -838,10 +848,7 @@ impl Drive {
 
     /// Makes every metadata change so far durable (fsyncdir, unmount).
     pub fn sync_metadata(&self) -> DriveResult<()> {
-        let dirs = std::mem::take(&mut *lock(&self.unsynced_dirs));
-        for dir in dirs {
-            File::open(&dir)?.sync_all()?;
-        }
+        self.sync_content_dir()?;
         self.with_store(|s| s.barrier(true))
     }
 
@@ -1062,10 +1069,7 @@ impl Drive {
             self.record_version(h.ino, Some(&h.file))?;
         }
         self.record_all_dirty()?;
-        let dirs = std::mem::take(&mut *lock(&self.unsynced_dirs));
-        for dir in dirs {
-            File::open(&dir)?.sync_all()?;
-        }
+        self.sync_content_dir()?;
         let store = lock(&self.store).take();
         if store.is_some() {
             tracing::info!(

@@ -284,12 +284,12 @@ impl Store {
     /// Queues rows to write (`None` deletes). Later calls for the same inode win.
     pub fn enqueue(&self, rows: impl IntoIterator<Item = (Ino, Option<NodeRow>)>) {
         let mut st = self.shared.lock();
-        let mut any = false;
+        // The writer sleeps on `wake_writer` only while the batch is empty.
+        let was_empty = st.batch.rows.is_empty() && st.batch.meta.is_empty();
         for (ino, row) in rows {
             st.batch.rows.insert(ino, row);
-            any = true;
         }
-        if any {
+        if was_empty && !st.batch.rows.is_empty() {
             self.shared.wake_writer.notify_one();
         }
     }
