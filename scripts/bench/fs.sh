@@ -44,6 +44,7 @@ cargo build --release --quiet
 DD=$PWD/target/release/deltadrive
 
 mkdir -p "$BASE"
+rm -rf "$BASE/runs"
 SRC=/dev/shm/deltadrive-bench-random.bin
 if [ ! -f "$SRC" ] || [ "$(stat -c %s "$SRC")" -ne $((SIZE_MB << 20)) ]; then
     say "generating $SIZE_MB MiB of random data in /dev/shm"
@@ -74,6 +75,7 @@ MNT=$BASE/mnt
 mkdir -p "$MNT"
 cleanup() {
     if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u -z "$MNT" 2>/dev/null || true; fi
+    rm -rf "$BASE/runs"
 }
 trap cleanup EXIT
 
@@ -82,19 +84,22 @@ wait_mounted() {
     say "mount did not appear at $MNT"; return 1
 }
 
-setup() { # system -> directory to work in
-    rm -rf "$BASE/state" "$BASE/native" "$BASE/jfs" "$BASE/rclone"
+# Each system's data stays until the end: on ext4 without a journal, creating inodes right
+# after many were deleted in the same block group is slow (recently_deleted), and one
+# system's cleanup must not slow down the next one's run.
+setup() { # system run -> directory to work in
+    D=$BASE/runs/$1-$2
+    rm -rf "$D"; mkdir -p "$D"
     case $1 in
-        native) mkdir -p "$BASE/native"; WORK=$BASE/native ;;
-        deltadrive) "$DD" mount "$MNT" --state "$BASE/state" >/dev/null; WORK=$MNT ;;
+        native) WORK=$D ;;
+        deltadrive) "$DD" mount "$MNT" --state "$D/state" >/dev/null; WORK=$MNT ;;
         juicefs)
-            mkdir -p "$BASE/jfs"
-            juicefs format --storage file --bucket "$BASE/jfs/data/" "sqlite3://$BASE/jfs/meta.db" bench >/dev/null 2>&1
-            juicefs mount -d --cache-dir "$BASE/jfs/cache" --log "$BASE/jfs/log" "sqlite3://$BASE/jfs/meta.db" "$MNT" >/dev/null 2>&1
+            juicefs format --storage file --bucket "$D/data/" "sqlite3://$D/meta.db" bench >/dev/null 2>&1
+            juicefs mount -d --cache-dir "$D/cache" --log "$D/log" "sqlite3://$D/meta.db" "$MNT" >/dev/null 2>&1
             wait_mounted; WORK=$MNT ;;
         rclone)
-            mkdir -p "$BASE/rclone/data" "$BASE/rclone/cache"
-            rclone mount "$BASE/rclone/data" "$MNT" --vfs-cache-mode full --cache-dir "$BASE/rclone/cache" --daemon
+            mkdir -p "$D/data" "$D/cache"
+            rclone mount "$D/data" "$MNT" --vfs-cache-mode full --cache-dir "$D/cache" --daemon
             wait_mounted; WORK=$MNT ;;
     esac
 }
@@ -106,7 +111,6 @@ teardown() {
         juicefs) juicefs umount "$MNT" >/dev/null 2>&1 || fusermount3 -u -z "$MNT" ;;
         rclone) fusermount3 -u "$MNT" || fusermount3 -u -z "$MNT" ;;
     esac
-    rm -rf "$BASE/state" "$BASE/native" "$BASE/jfs" "$BASE/rclone"
 }
 
 drop_caches() { sync; echo 3 | $SUDO tee /proc/sys/vm/drop_caches >/dev/null; }
@@ -132,7 +136,7 @@ tar_read() { tar cf - -C "$WORK/src" . | cat > /dev/null; }
 for run in $(seq "$RUNS"); do
     for sys in $SYSTEMS; do
         say "run $run/$RUNS: $sys"
-        setup "$sys"
+        setup "$sys" "$run"
         timeit "$sys:seqwrite" seqwrite
         drop_caches
         timeit "$sys:seqread" seqread
