@@ -41,6 +41,9 @@ pub enum DriveError {
     /// An extended attribute value over the size limit.
     #[error("extended attribute value too large")]
     TooBig,
+    /// A program is writing the file; the change must wait until it is closed.
+    #[error("file is busy")]
+    Busy,
     /// The file handle is not open.
     #[error("bad file handle")]
     BadHandle,
@@ -72,6 +75,7 @@ impl DriveError {
             DriveError::Range => libc::ERANGE,
             DriveError::TooBig => libc::E2BIG,
             DriveError::BadHandle => libc::EBADF,
+            DriveError::Busy => libc::EBUSY,
             DriveError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             DriveError::Store(_) => libc::EIO,
         }

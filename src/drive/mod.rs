@@ -4,6 +4,7 @@
 //! mutex; content I/O goes to backing files outside it; metadata is written behind by
 //! the store's writer thread, and fsync waits for it.
 
+mod apply;
 mod backing;
 mod error;
 mod name;
@@ -22,8 +23,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use apply::{NodeView, RemoteAttrs, RemoteContent};
 pub use error::{DriveError, DriveResult};
-pub use node::{Attr, Ino, Kind, Nanos, ROOT_INO, from_nanos, to_nanos};
+pub use node::{Attr, Ino, IoMode, Kind, Nanos, ROOT_INO, from_nanos, to_nanos};
 pub use ranges::RangeSet;
 pub use state::StateDir;
 pub use store::{Store, StoreError, Summary};
@@ -124,10 +126,17 @@ struct OpenFile {
     ino: Ino,
     file: File,
     wrote: AtomicBool,
-    /// The kernel does this handle's I/O on the backing file directly.
-    passthrough: bool,
-    /// Writes through this handle bypass the drive, so its changes are not tracked by range.
-    blind_writes: bool,
+    /// How the kernel does this handle's I/O.
+    mode: IoMode,
+    /// The handle may write.
+    writable: bool,
+}
+
+impl OpenFile {
+    /// Writes through a passthrough handle bypass the drive: not tracked by range.
+    fn blind_writes(&self) -> bool {
+        self.writable && self.mode == IoMode::Passthrough
+    }
 }
 
 /// How a file is to be opened.
@@ -144,8 +153,8 @@ pub struct OpenMode {
 pub struct Opened {
     /// The handle.
     pub fh: u64,
-    /// Whether the kernel should do this handle's I/O on the backing file itself.
-    pub passthrough: bool,
+    /// How the kernel should do this handle's I/O.
+    pub mode: IoMode,
 }
 
 /// The local drive.
@@ -538,7 +547,7 @@ impl Drive {
             let ino = t.insert(parent, name, node, stamp)?;
             t.add_lookup(ino, 1);
             if open {
-                t.open(ino)?;
+                t.open(ino)?.open_by_mode.admit(true, false);
             }
             Ok((ino, t.get(ino)?.attr(ino)))
         });
@@ -551,7 +560,7 @@ impl Drive {
                 return Err(e);
             }
         };
-        let fh = open.then(|| self.register(ino, file, false, false));
+        let fh = open.then(|| self.register(ino, file, IoMode::Cached, true));
         Ok((attr, fh))
     }
 
@@ -593,14 +602,14 @@ impl Drive {
         Ok(())
     }
 
-    fn register(&self, ino: Ino, file: File, passthrough: bool, blind_writes: bool) -> u64 {
+    fn register(&self, ino: Ino, file: File, mode: IoMode, writable: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(OpenFile {
             ino,
             file,
             wrote: AtomicBool::new(false),
-            passthrough,
-            blind_writes,
+            mode,
+            writable,
         });
         lock(&self.files).insert(fh, handle);
         fh
@@ -658,50 +667,40 @@ impl Drive {
             }
         };
         let file = self.backing.open_file(id)?;
-        let passthrough = self.mutate(|t| {
+        let io = self.mutate(|t| {
             let n = t.open(ino)?;
-            let cached_open = n.open - 1 - n.open_passthrough;
-            let passthrough = mode.passthrough_available
-                && if mode.writable {
-                    n.open_passthrough > 0
-                } else {
-                    cached_open == 0
-                };
-            if passthrough {
-                n.open_passthrough += 1;
-            }
-            Ok(passthrough)
+            Ok(n.open_by_mode
+                .admit(mode.writable, mode.passthrough_available))
         })?;
-        let fh = self.register(ino, file, passthrough, passthrough && mode.writable);
-        Ok(Opened { fh, passthrough })
+        let fh = self.register(ino, file, io, mode.writable);
+        Ok(Opened { fh, mode: io })
     }
 
     /// Turns a passthrough handle back into one whose I/O the drive serves (when the
     /// kernel refused the backing file).
-    pub fn demote_passthrough(&self, fh: u64) -> DriveResult<()> {
+    pub fn demote_passthrough(&self, fh: u64) -> DriveResult<IoMode> {
         let mut files = lock(&self.files);
         let h = files.get(&fh).ok_or(DriveError::BadHandle)?;
-        if !h.passthrough {
-            return Ok(());
+        if h.mode != IoMode::Passthrough {
+            return Ok(h.mode);
         }
-        let file = h.file.try_clone()?;
-        let ino = h.ino;
+        let (file, ino, writable, old) = (h.file.try_clone()?, h.ino, h.writable, h.mode);
+        let mode = self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            n.open_by_mode.release(old, writable);
+            Ok(n.open_by_mode.admit(writable, false))
+        })?;
         files.insert(
             fh,
             Arc::new(OpenFile {
                 ino,
                 file,
                 wrote: AtomicBool::new(false),
-                passthrough: false,
-                blind_writes: false,
+                mode,
+                writable,
             }),
         );
-        drop(files);
-        self.mutate(|t| {
-            let n = t.get_mut(ino)?;
-            n.open_passthrough = n.open_passthrough.saturating_sub(1);
-            Ok(())
-        })
+        Ok(mode)
     }
 
     /// Runs `f` with the backing file of handle `fh` (to register it for passthrough).
@@ -802,12 +801,12 @@ impl Drive {
     /// Closes a handle, recording a new version if the file changed.
     pub fn release(&self, fh: u64) -> DriveResult<()> {
         let h = lock(&self.files).remove(&fh).ok_or(DriveError::BadHandle)?;
-        if h.blind_writes {
+        if h.blind_writes() {
             self.mark_wholly_dirty(h.ino, &h.file)?;
         }
         let recorded = self.record_version(h.ino, Some(&h.file));
         self.mutate(|t| {
-            t.close(h.ino, h.passthrough);
+            t.close(h.ino, h.mode, h.writable);
             Ok(())
         })?;
         recorded
@@ -834,7 +833,7 @@ impl Drive {
     /// Makes the file's content and metadata durable and records a version.
     pub fn fsync(&self, fh: u64, datasync: bool) -> DriveResult<()> {
         let h = self.file(fh)?;
-        if h.blind_writes {
+        if h.blind_writes() {
             self.mark_wholly_dirty(h.ino, &h.file)?;
         }
         if datasync {
@@ -1063,7 +1062,7 @@ impl Drive {
     pub fn shutdown(&self) -> DriveResult<()> {
         let handles: Vec<Arc<OpenFile>> = lock(&self.files).values().cloned().collect();
         for h in handles {
-            if h.blind_writes {
+            if h.blind_writes() {
                 self.mark_wholly_dirty(h.ino, &h.file)?;
             }
             self.record_version(h.ino, Some(&h.file))?;

@@ -135,8 +135,8 @@ pub struct Node {
     pub lookups: u64,
     /// Open file handles (runtime only).
     pub open: u32,
-    /// Of those, handles whose I/O the kernel passes straight to the backing file.
-    pub open_passthrough: u32,
+    /// Open handles by how the kernel does their I/O (runtime only).
+    pub open_by_mode: OpenCounts,
     /// Removed from its directory but still referenced (runtime only).
     pub unlinked: bool,
 }
@@ -177,7 +177,7 @@ impl Node {
             blocks: Some(0),
             lookups: 0,
             open: 0,
-            open_passthrough: 0,
+            open_by_mode: OpenCounts::default(),
             unlinked: false,
         }
     }
@@ -207,6 +207,65 @@ impl Node {
             nlink,
             uid: self.uid,
             gid: self.gid,
+        }
+    }
+}
+
+/// How the kernel does a handle's I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoMode {
+    /// Through the kernel's page cache and our read/write handlers.
+    Cached,
+    /// Straight on the backing file (FUSE passthrough).
+    Passthrough,
+}
+
+/// Open handles of a node by I/O mode. The kernel refuses to mix the two on one inode:
+/// while passthrough handles are open, every open must be passthrough (with the same
+/// backing file), and while cached handles are open, none may be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenCounts {
+    /// Cached handles.
+    pub cached: u32,
+    /// Passthrough handles.
+    pub passthrough: u32,
+    /// Handles that may write (either mode).
+    pub writers: u32,
+}
+
+impl OpenCounts {
+    /// Chooses the I/O mode of a new handle and counts it: readers get passthrough unless
+    /// cached handles are open; writers are cached unless passthrough handles are open.
+    pub fn admit(&mut self, writable: bool, passthrough_available: bool) -> IoMode {
+        let passthrough = passthrough_available
+            && if writable {
+                self.passthrough > 0
+            } else {
+                self.cached == 0
+            };
+        let mode = if passthrough {
+            IoMode::Passthrough
+        } else {
+            IoMode::Cached
+        };
+        match mode {
+            IoMode::Cached => self.cached += 1,
+            IoMode::Passthrough => self.passthrough += 1,
+        }
+        if writable {
+            self.writers += 1;
+        }
+        mode
+    }
+
+    /// Uncounts a handle.
+    pub fn release(&mut self, mode: IoMode, writable: bool) {
+        match mode {
+            IoMode::Cached => self.cached = self.cached.saturating_sub(1),
+            IoMode::Passthrough => self.passthrough = self.passthrough.saturating_sub(1),
+        }
+        if writable {
+            self.writers = self.writers.saturating_sub(1);
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::protocol::NodeId;
 
 use super::error::{DriveError, DriveResult};
 use super::name;
-use super::node::{Ino, Kind, Nanos, Node, ROOT_INO};
+use super::node::{Ino, IoMode, Kind, Nanos, Node, ROOT_INO};
 
 /// What a rename should do when the target name exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub enum RenameMode {
 #[derive(Debug, Default)]
 pub struct Tree {
     nodes: HashMap<Ino, Node>,
+    /// Node id to inode, for every node still in memory.
+    by_id: HashMap<NodeId, Ino>,
     next_ino: Ino,
     changed: BTreeSet<Ino>,
     deleted: BTreeSet<Ino>,
@@ -45,8 +47,10 @@ impl Tree {
     /// A tree holding the given nodes; the root must be among them.
     pub fn from_nodes(nodes: HashMap<Ino, Node>) -> Tree {
         let next_ino = nodes.keys().copied().max().unwrap_or(ROOT_INO) + 1;
+        let by_id = nodes.iter().map(|(&ino, n)| (n.id, ino)).collect();
         let mut tree = Tree {
             nodes,
+            by_id,
             next_ino,
             ..Tree::default()
         };
@@ -167,6 +171,7 @@ impl Tree {
         node.parent = parent;
         node.name = name.to_vec();
         let is_dir = node.kind == Kind::Dir;
+        self.by_id.insert(node.id, ino);
         self.nodes.insert(ino, node);
         self.link(parent, name, ino, is_dir, now);
         self.changed.insert(ino);
@@ -247,6 +252,7 @@ impl Tree {
             .get(&ino)
             .is_some_and(|n| n.unlinked && n.open == 0 && n.lookups == 0);
         if unused && let Some(node) = self.nodes.remove(&ino) {
+            self.by_id.remove(&node.id);
             self.reaped.push((ino, node));
         }
     }
@@ -360,14 +366,31 @@ impl Tree {
     }
 
     /// Drops an open handle; an unlinked node with none left is reaped.
-    pub fn close(&mut self, ino: Ino, passthrough: bool) {
+    pub fn close(&mut self, ino: Ino, mode: IoMode, writable: bool) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.open = node.open.saturating_sub(1);
-            if passthrough {
-                node.open_passthrough = node.open_passthrough.saturating_sub(1);
-            }
+            node.open_by_mode.release(mode, writable);
             self.reap_if_unused(ino);
         }
+    }
+
+    /// The inode of node `id`, if it is in the namespace.
+    pub fn ino_of(&self, id: NodeId) -> Option<Ino> {
+        let ino = *self.by_id.get(&id)?;
+        self.nodes.get(&ino).filter(|n| !n.unlinked).map(|_| ino)
+    }
+
+    /// Removes `ino` from the namespace (whatever its kind; a directory must be empty).
+    pub fn remove(&mut self, ino: Ino, now: Nanos) -> DriveResult<()> {
+        let node = self.get(ino)?;
+        if ino == ROOT_INO {
+            return Err(DriveError::Invalid("the root cannot be removed"));
+        }
+        if !node.children.is_empty() {
+            return Err(DriveError::NotEmpty);
+        }
+        self.detach(ino, now);
+        Ok(())
     }
 
     /// Allocates a node id not used by any node.
@@ -508,7 +531,7 @@ mod tests {
         t.open(f).unwrap();
         t.remove_file(ROOT_INO, b"f", 2).unwrap();
         assert!(t.get(f).is_ok());
-        t.close(f, false);
+        t.close(f, IoMode::Cached, false);
         assert!(t.get(f).is_ok(), "kernel still holds a reference");
         t.forget(f, 1);
         assert!(t.get(f).is_err());

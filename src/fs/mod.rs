@@ -22,7 +22,7 @@ use fuser::{
 };
 
 use crate::drive::{
-    Caller, Drive, DriveError, Ino, OpenMode, RenameMode, SetAttr, TimeSet, XattrFlags,
+    Caller, Drive, DriveError, Ino, IoMode, OpenMode, RenameMode, SetAttr, TimeSet, XattrFlags,
 };
 use backing_ids::BackingIds;
 
@@ -328,7 +328,8 @@ impl Filesystem for DeltaFs {
             Ok(o) => o,
             Err(e) => return reply.error(errno(&e)),
         };
-        if opened.passthrough {
+        let io = opened.mode;
+        if io == IoMode::Passthrough {
             let id = self.drive.with_backing_file(opened.fh, |file| {
                 self.backing_ids
                     .get_or_open(ino(i), opened.fh, || reply.open_backing(file))
@@ -353,8 +354,8 @@ impl Filesystem for DeltaFs {
                 return reply.error(errno(&e));
             }
         }
-        // Keep the page cache across opens: only this daemon changes content, and
-        // remote changes will invalidate it explicitly.
+        // Keep the page cache across opens: only this daemon changes content, and remote
+        // changes invalidate it explicitly.
         reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE)
     }
 

@@ -1,0 +1,286 @@
+//! Changes that arrive from other devices: applied to the tree without counting as local
+//! changes, with the kernel's caches invalidated so `ls`, `stat` and `cat` see them at once.
+//!
+//! Content arrives as a staged file (written and fsynced by the sync engine in the staging
+//! directory) that is renamed over the backing file: a program that has the file open keeps
+//! reading the old content until it reopens it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::protocol::NodeId;
+
+use super::backing;
+use super::error::{DriveError, DriveResult};
+use super::node::{Ino, Kind, Nanos, Node, now};
+use super::{Drive, lock};
+
+/// A node as the sync engine sees it: identity, place, attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    /// Mount-local inode.
+    pub ino: Ino,
+    /// Stable id.
+    pub id: NodeId,
+    /// Parent's id.
+    pub parent: NodeId,
+    /// Entry name.
+    pub name: Vec<u8>,
+    /// Kind.
+    pub kind: Kind,
+    /// Permission bits.
+    pub perm: u32,
+    /// Modification time.
+    pub mtime: Nanos,
+    /// Extended attributes.
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Size (files).
+    pub size: u64,
+    /// Symlink target.
+    pub target: Vec<u8>,
+    /// Last recorded local version number (files).
+    pub version: u64,
+    /// Whether new content cannot replace the file now: writes not yet recorded, a writer
+    /// open, or readers the kernel serves from the current backing file.
+    pub busy: bool,
+}
+
+/// Attributes set by another device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteAttrs {
+    /// Permission bits.
+    pub perm: u32,
+    /// Modification time.
+    pub mtime: Nanos,
+    /// Extended attributes (the whole set).
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// What a node created by another device holds.
+#[derive(Debug)]
+pub enum RemoteContent<'a> {
+    /// A directory.
+    Dir,
+    /// A file whose content is staged at this path.
+    File(&'a Path),
+    /// A symlink.
+    Symlink(&'a [u8]),
+}
+
+impl Drive {
+    /// Every node in the namespace but the root, for the sync engine's local tree.
+    pub fn view(&self) -> Vec<NodeView> {
+        let t = lock(&self.tree);
+        let mut out: Vec<NodeView> = t
+            .iter()
+            .filter(|&(&ino, n)| ino != super::ROOT_INO && !n.unlinked)
+            .filter_map(|(&ino, n)| {
+                let parent = t.get(n.parent).ok()?.id;
+                Some(NodeView {
+                    ino,
+                    id: n.id,
+                    parent,
+                    name: n.name.clone(),
+                    kind: n.kind,
+                    perm: n.perm,
+                    mtime: n.mtime,
+                    xattrs: n.xattrs.clone(),
+                    size: n.size,
+                    target: n.target.clone(),
+                    version: n.version,
+                    busy: !n.dirty.is_empty()
+                        || n.open_by_mode.writers > 0
+                        || n.open_by_mode.passthrough > 0,
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v.ino);
+        out
+    }
+
+    /// The inode of node `id`, if it is in the namespace.
+    pub fn ino_of(&self, id: NodeId) -> Option<Ino> {
+        lock(&self.tree).ino_of(id)
+    }
+
+    /// Where the sync engine stages content before [`Drive::apply_content`] renames it in
+    /// (on the same filesystem as the backing files, so the rename is atomic).
+    pub fn staging_dir(&self) -> DriveResult<PathBuf> {
+        let dir = self.state.root().join("staging");
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    fn resolve(&self, id: NodeId) -> DriveResult<Ino> {
+        lock(&self.tree).ino_of(id).ok_or(DriveError::NotFound)
+    }
+
+    /// Creates node `id` as another device did.
+    pub fn apply_create(
+        &self,
+        id: NodeId,
+        parent: NodeId,
+        name: &[u8],
+        attrs: &RemoteAttrs,
+        content: RemoteContent<'_>,
+    ) -> DriveResult<Ino> {
+        let parent_ino = self.resolve(parent)?;
+        let (kind, owner) = {
+            let t = lock(&self.tree);
+            let p = t.get(parent_ino)?;
+            let kind = match content {
+                RemoteContent::Dir => Kind::Dir,
+                RemoteContent::File(_) => Kind::File,
+                RemoteContent::Symlink(_) => Kind::Symlink,
+            };
+            // Files from elsewhere belong to whoever owns the directory they land in.
+            (kind, (p.uid, p.gid))
+        };
+        let stamp = now();
+        let mut node = Node::new(
+            id,
+            parent_ino,
+            Vec::new(),
+            kind,
+            attrs.perm,
+            owner.0,
+            owner.1,
+            stamp,
+        );
+        node.mtime = attrs.mtime;
+        node.xattrs = attrs.xattrs.clone();
+        match content {
+            RemoteContent::Dir => {}
+            RemoteContent::Symlink(target) => {
+                node.target = target.to_vec();
+                node.size = target.len() as u64;
+            }
+            RemoteContent::File(staged) => {
+                let path = self.backing.path(id);
+                std::fs::rename(staged, &path)?;
+                self.note_created();
+                let (len, mtime, blocks) = backing::stamp_of(&std::fs::metadata(&path)?);
+                node.size = len;
+                node.blocks = Some(blocks);
+                node.recorded_stamp = Some((len, mtime));
+            }
+        }
+        let inserted = self.mutate(|t| t.insert(parent_ino, name, node, stamp));
+        if inserted.is_err() && kind == Kind::File {
+            // Keep nothing behind for a node that does not exist.
+            let _ = self.backing.remove(id);
+        }
+        let ino = inserted?;
+        if let Some(kc) = self.kernel_cache() {
+            kc.invalidate_entry(parent_ino, name);
+            kc.invalidate_inode(parent_ino);
+        }
+        Ok(ino)
+    }
+
+    /// Replaces the content of file `id` with the staged file (already fsynced by the caller).
+    pub fn apply_content(&self, id: NodeId, staged: &Path, mtime: Nanos) -> DriveResult<()> {
+        let ino = self.resolve(id)?;
+        {
+            let t = lock(&self.tree);
+            let n = t.get(ino)?;
+            if n.kind != Kind::File {
+                return Err(DriveError::Invalid("content for a node that is not a file"));
+            }
+            if !n.dirty.is_empty() || n.open_by_mode.writers > 0 {
+                // A program is writing it: the local version keeps the name until closed.
+                return Err(DriveError::Busy);
+            }
+            if n.open_by_mode.passthrough > 0 {
+                // The kernel reads it through the old backing file and would give every new
+                // open that file too: the new content waits until the readers close.
+                return Err(DriveError::Busy);
+            }
+        }
+        let path = self.backing.path(id);
+        std::fs::rename(staged, &path)?;
+        File::open(self.state.content_dir())?.sync_all()?;
+        let (len, stamp_mtime, blocks) = backing::stamp_of(&std::fs::metadata(&path)?);
+        let stamp = now();
+        self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            n.size = len;
+            n.blocks = Some(blocks);
+            n.mtime = mtime;
+            n.ctime = stamp;
+            n.recorded_stamp = Some((len, stamp_mtime));
+            t.touch(ino);
+            Ok(())
+        })?;
+        if let Some(kc) = self.kernel_cache() {
+            kc.invalidate_inode(ino);
+        }
+        Ok(())
+    }
+
+    /// Sets attributes of node `id` as another device did.
+    pub fn apply_attrs(&self, id: NodeId, attrs: &RemoteAttrs) -> DriveResult<()> {
+        let ino = self.resolve(id)?;
+        let stamp = now();
+        self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            n.perm = attrs.perm & 0o7777;
+            n.mtime = attrs.mtime;
+            n.xattrs = attrs.xattrs.clone();
+            n.ctime = stamp;
+            t.touch(ino);
+            Ok(())
+        })?;
+        if let Some(kc) = self.kernel_cache() {
+            kc.invalidate_inode(ino);
+        }
+        Ok(())
+    }
+
+    /// Moves or renames node `id` as another device did.
+    pub fn apply_move(&self, id: NodeId, new_parent: NodeId, new_name: &[u8]) -> DriveResult<()> {
+        let ino = self.resolve(id)?;
+        let new_parent_ino = self.resolve(new_parent)?;
+        let (old_parent, old_name) = {
+            let t = lock(&self.tree);
+            let n = t.get(ino)?;
+            (n.parent, n.name.clone())
+        };
+        let stamp = now();
+        self.mutate(|t| {
+            t.rename(
+                old_parent,
+                &old_name,
+                new_parent_ino,
+                new_name,
+                super::RenameMode::NoReplace,
+                stamp,
+            )
+        })?;
+        if let Some(kc) = self.kernel_cache() {
+            kc.invalidate_entry(old_parent, &old_name);
+            kc.invalidate_entry(new_parent_ino, new_name);
+            kc.invalidate_inode(old_parent);
+            kc.invalidate_inode(new_parent_ino);
+        }
+        Ok(())
+    }
+
+    /// Removes node `id` (a directory must be empty) as another device did.
+    pub fn apply_delete(&self, id: NodeId) -> DriveResult<()> {
+        let ino = self.resolve(id)?;
+        let (parent, name) = {
+            let t = lock(&self.tree);
+            let n = t.get(ino)?;
+            (n.parent, n.name.clone())
+        };
+        let stamp = now();
+        self.mutate(|t| t.remove(ino, stamp))?;
+        if let Some(kc) = self.kernel_cache() {
+            kc.invalidate_entry(parent, &name);
+            kc.invalidate_inode(parent);
+        }
+        Ok(())
+    }
+}
