@@ -92,7 +92,13 @@ pub fn chunk_reader<R: Read>(params: ChunkerParams, reader: R) -> Result<Manifes
 
 /// Chunks a whole file from offset 0 (positional reads: the file's cursor is not used).
 pub fn chunk_file(params: ChunkerParams, file: &File) -> Result<Manifest, ChunkError> {
-    chunk_reader(params, PositionalReader { source: file, pos: 0 })
+    chunk_reader(
+        params,
+        PositionalReader {
+            source: file,
+            pos: 0,
+        },
+    )
 }
 
 /// Adapts positional reads to [`Read`], starting at offset 0.

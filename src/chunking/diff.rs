@@ -198,7 +198,10 @@ mod tests {
         let d = diff(&base, &new);
         assert_eq!(
             d.edit.ops,
-            vec![EditOp::Keep { start: 0, end: 6 }, EditOp::Keep { start: 0, end: 1 }]
+            vec![
+                EditOp::Keep { start: 0, end: 6 },
+                EditOp::Keep { start: 0, end: 1 }
+            ]
         );
         assert!(d.new_chunks.is_empty());
         assert_eq!(d.apply(&base), Ok(new));

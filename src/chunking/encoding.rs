@@ -315,22 +315,40 @@ mod tests {
     #[test]
     fn manifest_decoder_refuses_bad_input() {
         let good = sample().encode();
-        assert_eq!(Manifest::decode(&good[..good.len() - 1]), Err(DecodeError::Truncated));
+        assert_eq!(
+            Manifest::decode(&good[..good.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
         assert_eq!(Manifest::decode(&good[..3]), Err(DecodeError::Truncated));
         let mut extra = good.clone();
         extra.push(0);
         assert_eq!(Manifest::decode(&extra), Err(DecodeError::TrailingBytes(1)));
         let mut magic = good.clone();
         magic[0] = b'X';
-        assert!(matches!(Manifest::decode(&magic), Err(DecodeError::BadMagic { .. })));
+        assert!(matches!(
+            Manifest::decode(&magic),
+            Err(DecodeError::BadMagic { .. })
+        ));
         let mut version = good.clone();
         version[4] = 2;
-        assert_eq!(Manifest::decode(&version), Err(DecodeError::UnsupportedVersion(2)));
+        assert_eq!(
+            Manifest::decode(&version),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
         let mut size = good.clone();
         size[9] ^= 1;
-        assert!(matches!(Manifest::decode(&size), Err(DecodeError::SizeMismatch { .. })));
-        let mut zero = Manifest { chunks: vec![chunk(1, 0)] }.encode();
-        assert_eq!(Manifest::decode(&zero), Err(DecodeError::BadChunkLength { len: 0 }));
+        assert!(matches!(
+            Manifest::decode(&size),
+            Err(DecodeError::SizeMismatch { .. })
+        ));
+        let mut zero = Manifest {
+            chunks: vec![chunk(1, 0)],
+        }
+        .encode();
+        assert_eq!(
+            Manifest::decode(&zero),
+            Err(DecodeError::BadChunkLength { len: 0 })
+        );
         zero.truncate(9);
         zero.extend_from_slice(&0u64.to_le_bytes());
         assert_eq!(Manifest::decode(&zero), Err(DecodeError::Truncated));
@@ -341,7 +359,10 @@ mod tests {
         let mut bytes = b"DDMF\x01".to_vec();
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
         bytes.extend_from_slice(&0u64.to_le_bytes());
-        assert!(matches!(Manifest::decode(&bytes), Err(DecodeError::TooMany { .. })));
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(DecodeError::TooMany { .. })
+        ));
         let mut bytes = b"DDMF\x01".to_vec();
         bytes.extend_from_slice(&MAX_MANIFEST_CHUNKS.to_le_bytes());
         bytes.extend_from_slice(&0u64.to_le_bytes());
@@ -375,7 +396,10 @@ mod tests {
             ops: vec![EditOp::Keep { start: 1, end: 2 }],
         }
         .encode();
-        assert_eq!(ManifestEdit::decode(&good[..good.len() - 1]), Err(DecodeError::Truncated));
+        assert_eq!(
+            ManifestEdit::decode(&good[..good.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
         let mut tag = good.clone();
         tag[6] = 7;
         assert_eq!(ManifestEdit::decode(&tag), Err(DecodeError::UnknownOp(7)));

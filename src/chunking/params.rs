@@ -92,7 +92,7 @@ fn check(which: &'static str, value: u32, lo: usize, hi: usize) -> Result<(), Pa
             hi,
         });
     }
-    if value % 2 != 0 {
+    if !value.is_multiple_of(2) {
         return Err(ParamsError::Odd { which, value });
     }
     Ok(())
@@ -216,7 +216,9 @@ mod tests {
     fn serde_validates() {
         let ok: ChunkerParams = serde_json::from_str(r#"{"min":64,"avg":256,"max":1024}"#).unwrap();
         assert_eq!(ok, ChunkerParams::new(64, 256, 1024).unwrap());
-        assert!(serde_json::from_str::<ChunkerParams>(r#"{"min":65,"avg":256,"max":1024}"#).is_err());
+        assert!(
+            serde_json::from_str::<ChunkerParams>(r#"{"min":65,"avg":256,"max":1024}"#).is_err()
+        );
     }
 
     #[test]

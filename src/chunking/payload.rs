@@ -119,8 +119,21 @@ pub fn decode(
             body.to_vec()
         }
         TAG_ZSTD => {
+            // A first frame that says it holds more than `limit` is refused before any work.
+            if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(body)
+                && declared > limit as u64
+            {
+                return Err(PayloadError::TooLarge { limit });
+            }
             // Stream through a bounded reader: the frame header's claimed size is not trusted.
-            let decoder = zstd::stream::read::Decoder::new(body).map_err(PayloadError::Zstd)?;
+            let mut decoder = zstd::stream::read::Decoder::new(body).map_err(PayloadError::Zstd)?;
+            // Nor its window size: a frame of a few bytes could otherwise make the decoder
+            // allocate a 128 MiB window. A frame for at most `limit` bytes never needs more
+            // than the next power of two (one more bit as margin).
+            let window_log = (usize::BITS - limit.saturating_sub(1).leading_zeros()).clamp(10, 30);
+            decoder
+                .window_log_max(window_log + 1)
+                .map_err(PayloadError::Zstd)?;
             let mut out = Vec::new();
             decoder
                 .take(limit as u64 + 1)

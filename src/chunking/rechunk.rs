@@ -89,7 +89,9 @@ pub fn rechunk<S: ReadAt + ?Sized>(
                 off += u64::from(old[k].len);
                 k += 1;
             }
-            if pos >= dirty_end && off == pos && k < old.len() {
+            // Back in step with the old cuts past the edit (and not at the end of the file,
+            // where the old chunks that follow no longer exist).
+            if pos >= dirty_end && pos < file_len && off == pos && k < old.len() {
                 break;
             }
         }
@@ -165,15 +167,27 @@ impl<'a, S: ReadAt + ?Sized> Window<'a, S> {
         let buffered_end = self.start + self.filled as u64;
         if pos < self.start || pos + n as u64 > buffered_end {
             let want = (self.file_len - pos).min(self.read_ahead.max(n) as u64) as usize;
+            // Keep what is already buffered from `pos` on; read only the rest.
+            let kept = if (self.start..buffered_end).contains(&pos) {
+                let at = (pos - self.start) as usize;
+                self.buf.copy_within(at..self.filled, 0);
+                self.filled - at
+            } else {
+                0
+            };
             self.buf.resize(want, 0);
+            let from = pos + kept as u64;
             self.source
-                .read_exact_at(&mut self.buf, pos)
+                .read_exact_at(&mut self.buf[kept..], from)
                 .map_err(|source| match source.kind() {
                     io::ErrorKind::UnexpectedEof => ChunkError::Truncated {
-                        offset: pos,
+                        offset: from,
                         expected: self.file_len,
                     },
-                    _ => ChunkError::Read { offset: pos, source },
+                    _ => ChunkError::Read {
+                        offset: from,
+                        source,
+                    },
                 })?;
             self.start = pos;
             self.filled = want;
@@ -211,7 +225,7 @@ mod tests {
             vec![(0, 2), (5, 12), (30, 45)]
         );
         assert_eq!(
-            changed_intervals(&[3..3], 30, 20).unwrap(),
+            changed_intervals(&[3..3, 4..4], 30, 20).unwrap(),
             vec![(19, 20)]
         );
         assert!(matches!(
@@ -227,7 +241,15 @@ mod tests {
         let prev = chunk_bytes(p, &old);
         let mut new = old.clone();
         new[50_000..50_010].copy_from_slice(&[0xAA; 10]);
-        let got = rechunk(p, &prev, &new, new.len() as u64, &[50_000..50_010]).unwrap();
+        let edit = 50_000..50_010;
+        let got = rechunk(
+            p,
+            &prev,
+            &new,
+            new.len() as u64,
+            std::slice::from_ref(&edit),
+        )
+        .unwrap();
         assert_eq!(got, chunk_bytes(p, &new));
     }
 
@@ -248,12 +270,29 @@ mod tests {
     }
 
     #[test]
+    fn regression_truncation_onto_an_old_boundary_drops_the_tail() {
+        // A new cut landing on the new end of file also lands on an old boundary; that is
+        // not a resync, since the old chunks after it are gone.
+        let p = small();
+        let old = data(12_000, 21);
+        let prev = chunk_bytes(p, &old);
+        for (offset, _) in prev.offsets().skip(1).step_by(5) {
+            let new = &old[..offset as usize];
+            let got = rechunk(p, &prev, new, offset, &[]).unwrap();
+            assert_eq!(got, chunk_bytes(p, new), "truncate to {offset}");
+        }
+    }
+
+    #[test]
     fn no_change_copies_the_manifest() {
         let p = small();
         let old = data(20_000, 5);
         let prev = chunk_bytes(p, &old);
         assert_eq!(rechunk(p, &prev, &old, 20_000, &[]).unwrap(), prev);
-        assert_eq!(rechunk(p, &prev, &old, 0, &[]).unwrap(), Manifest::default());
+        assert_eq!(
+            rechunk(p, &prev, &old, 0, &[]).unwrap(),
+            Manifest::default()
+        );
     }
 
     #[test]

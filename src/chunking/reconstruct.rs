@@ -144,7 +144,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunking::{chunk_bytes, ChunkerParams};
+    use crate::chunking::{ChunkerParams, chunk_bytes};
 
     fn data(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
@@ -227,8 +227,14 @@ mod tests {
             }
         }
         let target = chunk_bytes(ChunkerParams::default(), b"hello");
-        let err =
-            reconstruct(&Manifest::default(), &[0u8; 0][..], Liar, &target, Vec::new()).unwrap_err();
+        let err = reconstruct(
+            &Manifest::default(),
+            &[0u8; 0][..],
+            Liar,
+            &target,
+            Vec::new(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ReconstructError::WrongChunk { index: 0, .. }));
     }
 }
