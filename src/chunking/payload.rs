@@ -184,6 +184,26 @@ mod tests {
     }
 
     #[test]
+    fn largest_chunk_decodes_at_every_level_within_the_window_limit() {
+        // Half repetitive, half noise: zstd uses its window and still compresses.
+        let bytes: Vec<u8> = (0..65_536u32)
+            .map(|i| {
+                if i % 2048 < 1024 {
+                    (i % 7) as u8
+                } else {
+                    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+                }
+            })
+            .collect();
+        for level in [1, 3, 9, 19, 22] {
+            let payload = encode(&bytes, level);
+            assert_eq!(payload[0], TAG_ZSTD);
+            let back = decode(&payload, ChunkId::of(&bytes), 65_536).expect("decodes");
+            assert_eq!(back.bytes(), &bytes[..]);
+        }
+    }
+
+    #[test]
     fn wrong_id_is_refused() {
         let payload = encode(b"hello", 3);
         let err = decode(&payload, ChunkId::of(b"other"), 100).unwrap_err();
