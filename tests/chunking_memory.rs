@@ -1,15 +1,20 @@
-//! Decoders fed arbitrary bytes use memory bounded by their input (and their limit).
+//! Memory bounds: decoders fed arbitrary bytes hold memory bounded by their input (and their
+//! limit); streaming chunking holds memory bounded by the maximum chunk, not the file.
 //!
-//! This test binary counts every Rust allocation, so it holds a single test: no other test
-//! thread allocates while a decode is being measured. zstd allocates in C, unseen by the
-//! counter; its window (the memory a frame header can ask for) is checked by refusal below.
+//! This test binary counts every Rust allocation; its tests take a lock so that no other test
+//! thread allocates while one is measuring. zstd allocates in C, unseen by the counter; its
+//! window (the memory a frame header can ask for) is checked by refusal below.
 //! Measured with glibc's mallinfo2 on such a frame (two 100-byte raw blocks): 134,846,480 bytes of C heap without
 //! the window limit, 227,088 with it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{self, Read};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use deltadrive::chunking::{ChunkId, Manifest, ManifestEdit, payload};
+use deltadrive::chunking::{
+    ChunkId, ChunkerParams, Manifest, ManifestEdit, chunk_bytes, chunk_reader, payload,
+};
 use proptest::collection::vec;
 use proptest::prelude::any;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -41,6 +46,9 @@ unsafe impl GlobalAlloc for CountingAlloc {
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Held by each test while it measures.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Runs `f` and returns the most memory it held at once beyond what was held before.
 fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
@@ -74,6 +82,7 @@ fn check(input: &[u8]) -> Result<(), TestCaseError> {
 
 #[test]
 fn decoders_hold_memory_bounded_by_their_input() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // A zstd frame of a few bytes that declares a 128 MiB window and no content size:
     // magic, frame header (no flags; window exponent 27 - 10), one last raw block of 100 bytes.
     let mut hostile = vec![1u8, 0x28, 0xb5, 0x2f, 0xfd, 0x00, 17 << 3];
@@ -112,4 +121,60 @@ fn decoders_hold_memory_bounded_by_their_input() {
             check(&input)
         })
         .unwrap();
+}
+
+/// Pseudo-random bytes made as they are read (byte i is a function of i alone, whatever the
+/// read sizes): never all in memory.
+struct Generated {
+    pos: usize,
+    left: usize,
+}
+
+fn word(index: usize) -> [u8; 8] {
+    let mut z = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).to_le_bytes()
+}
+
+impl Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.left);
+        let mut j = 0;
+        while j < n {
+            let i = self.pos + j;
+            let w = word(i / 8);
+            let take = (8 - i % 8).min(n - j);
+            buf[j..j + take].copy_from_slice(&w[i % 8..i % 8 + take]);
+            j += take;
+        }
+        self.pos += n;
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn streaming_chunking_holds_a_few_max_chunks_not_the_file() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const LEN: usize = 64 << 20;
+    let p = ChunkerParams::default();
+    let (manifest, peak) =
+        peak_during(|| chunk_reader(p, Generated { pos: 0, left: LEN }).unwrap());
+    assert_eq!(manifest.size(), LEN as u64);
+    // The 1 MiB read buffer, plus the manifest (36 bytes per ~20 KiB chunk, doubling growth).
+    let manifest_bytes = manifest.chunks.len() * 36 * 2;
+    assert!(
+        peak <= (1 << 20) + manifest_bytes + 64 * 1024,
+        "held {peak} bytes"
+    );
+
+    let mut all = Vec::with_capacity(LEN);
+    Generated { pos: 0, left: LEN }
+        .read_to_end(&mut all)
+        .unwrap();
+    assert!(
+        manifest == chunk_bytes(p, &all),
+        "streamed manifest differs"
+    );
 }
