@@ -78,6 +78,9 @@ fn main() {
     let mut group = c.benchmark_group("throughput");
     group.throughput(Throughput::Bytes(data.len() as u64));
     group.bench_function("blake3_only", |b| b.iter(|| blake3::hash(black_box(&data))));
+    group.bench_function("fastcdc_cut_only", |b| {
+        b.iter(|| cut_only(black_box(&data)))
+    });
     group.bench_function("chunk_and_hash", |b| {
         b.iter(|| chunk_bytes(p, black_box(&data)))
     });
