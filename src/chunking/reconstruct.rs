@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
+use super::params::MAX_CHUNK_LEN;
 use super::source::ReadAt;
 use super::{ChunkId, ChunkRef, Manifest, VerifiedChunk};
 
@@ -65,17 +66,31 @@ pub enum ReconstructError {
         /// The length received.
         len: usize,
     },
+    /// The target names a chunk no chunker can cut (empty, or over [`MAX_CHUNK_LEN`]).
+    #[error("chunk {index} has impossible length {len}")]
+    BadChunkLength {
+        /// Position of the chunk in the target manifest.
+        index: usize,
+        /// The length it claims.
+        len: u32,
+    },
     /// Writing the output failed.
     #[error("writing reconstructed content: {0}")]
     Write(#[source] io::Error),
 }
 
 /// Reads `chunk` from `source` at `offset`; `None` if the bytes there are not that chunk.
+///
+/// A length over [`MAX_CHUNK_LEN`] is `None` without reading: a manifest from elsewhere
+/// cannot make this allocate more than one maximum chunk.
 pub fn read_verified<S: ReadAt + ?Sized>(
     source: &S,
     offset: u64,
     chunk: &ChunkRef,
 ) -> io::Result<Option<VerifiedChunk>> {
+    if chunk.len > MAX_CHUNK_LEN {
+        return Ok(None);
+    }
     let mut buf = vec![0u8; chunk.len as usize];
     match source.read_exact_at(&mut buf, offset) {
         Ok(()) => {}
@@ -110,6 +125,9 @@ where
     }
     let mut written = 0u64;
     for (index, c) in target.chunks.iter().enumerate() {
+        if c.len == 0 || c.len > MAX_CHUNK_LEN {
+            return Err(ReconstructError::BadChunkLength { index, len: c.len });
+        }
         let mut chunk = None;
         if let Some(&offset) = in_base.get(c) {
             chunk = read_verified(base_file, offset, c)
@@ -184,6 +202,27 @@ mod tests {
         let n = reconstruct(&base, &old, &mut supplied, &target, &mut out).unwrap();
         assert_eq!(n, new.len() as u64);
         assert_eq!(out, new);
+    }
+
+    #[test]
+    fn impossible_chunk_length_is_refused_before_reading() {
+        let target = Manifest {
+            chunks: vec![ChunkRef {
+                id: ChunkId::of(b"x"),
+                len: u32::MAX,
+            }],
+        };
+        let err =
+            reconstruct(&target, &[0u8; 4][..], HashMap::new(), &target, Vec::new()).unwrap_err();
+        assert!(matches!(
+            err,
+            ReconstructError::BadChunkLength { index: 0, .. }
+        ));
+        assert!(
+            read_verified(&[0u8; 4][..], 0, &target.chunks[0])
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
