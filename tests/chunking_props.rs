@@ -240,7 +240,7 @@ proptest! {
     // chunking, not a bound: normalized FastCDC sometimes needs a few chunks to fall back in
     // step. Measured over 40,000 random insertions of 1..=1024 bytes into 1 MiB files:
     // 99.7% change at most 3 chunks, 0.28% change 4 to 7. A random seed would fail CI about
-    // once in twelve runs, so these cases are fixed.
+    // one run in ten, so these cases are fixed.
     #![proptest_config(fixed(40, 0x001A_5E27))]
 
     /// An insertion of up to 1 KiB into a large random file changes at most 3 chunks.
