@@ -25,6 +25,15 @@ impl Manifest {
     pub fn size(&self) -> u64 {
         self.chunks.iter().map(|c| u64::from(c.len)).sum()
     }
+
+    /// Each chunk with the offset of its first byte in the file, in file order.
+    pub fn offsets(&self) -> impl Iterator<Item = (u64, ChunkRef)> + '_ {
+        self.chunks.iter().scan(0u64, |offset, &c| {
+            let at = *offset;
+            *offset += u64::from(c.len);
+            Some((at, c))
+        })
+    }
 }
 
 /// One step of an edit script.

@@ -1,11 +1,33 @@
 //! The difference engine: content-defined chunking, manifests and difference transactions.
 //!
 //! Pure library code: no FUSE, no network, no database (see DESIGN.md).
+//!
+//! - Cut a file: [`chunk_file`], [`chunk_reader`] (streaming, bounded memory), [`chunk_bytes`],
+//!   or [`StreamChunker`] to see each chunk's bytes as it is cut.
+//! - Re-cut after writes: [`rechunk`] (same result as cutting the whole file).
+//! - Compare and apply: [`diff`] gives a [`Diff`]; [`Diff::apply`] checks both manifest ids.
+//! - Rebuild content: [`reconstruct`] from a base file plus supplied chunks, verifying each.
+//! - Persist: [`Manifest::encode`]/[`Manifest::decode`] (canonical; [`Manifest::id`] hashes
+//!   it) and [`ManifestEdit::encode`]/[`ManifestEdit::decode`]; chunk payloads in [`payload`].
 
+mod chunker;
+mod diff;
+mod encoding;
 mod id;
 mod manifest;
+mod params;
 pub mod payload;
+mod rechunk;
+mod reconstruct;
+mod source;
 
+pub use chunker::{Chunk, ChunkError, StreamChunker, chunk_bytes, chunk_file, chunk_reader};
+pub use diff::{Diff, DiffError, diff};
+pub use encoding::{DecodeError, MAX_MANIFEST_CHUNKS};
 pub use id::{ChunkId, IdParseError, ManifestId};
 pub use manifest::{ApplyError, ChunkRef, EditOp, Manifest, ManifestEdit};
+pub use params::{ChunkerParams, MAX_CHUNK_LEN, ParamsError};
 pub use payload::{PayloadError, VerifiedChunk};
+pub use rechunk::rechunk;
+pub use reconstruct::{ChunkSource, ReconstructError, read_verified, reconstruct};
+pub use source::ReadAt;

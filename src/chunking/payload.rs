@@ -119,8 +119,21 @@ pub fn decode(
             body.to_vec()
         }
         TAG_ZSTD => {
+            // A first frame that says it holds more than `limit` is refused before any work.
+            if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(body)
+                && declared > limit as u64
+            {
+                return Err(PayloadError::TooLarge { limit });
+            }
             // Stream through a bounded reader: the frame header's claimed size is not trusted.
-            let decoder = zstd::stream::read::Decoder::new(body).map_err(PayloadError::Zstd)?;
+            let mut decoder = zstd::stream::read::Decoder::new(body).map_err(PayloadError::Zstd)?;
+            // Nor its window size: a frame of a few bytes could otherwise make the decoder
+            // allocate a 128 MiB window. A frame for at most `limit` bytes never needs more
+            // than the next power of two (one more bit as margin).
+            let window_log = (usize::BITS - limit.saturating_sub(1).leading_zeros()).clamp(10, 30);
+            decoder
+                .window_log_max(window_log + 1)
+                .map_err(PayloadError::Zstd)?;
             let mut out = Vec::new();
             decoder
                 .take(limit as u64 + 1)
@@ -168,6 +181,26 @@ mod tests {
                 .bytes(),
             &bytes[..]
         );
+    }
+
+    #[test]
+    fn largest_chunk_decodes_at_every_level_within_the_window_limit() {
+        // Half repetitive, half noise: zstd uses its window and still compresses.
+        let bytes: Vec<u8> = (0..65_536u32)
+            .map(|i| {
+                if i % 2048 < 1024 {
+                    (i % 7) as u8
+                } else {
+                    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+                }
+            })
+            .collect();
+        for level in [1, 3, 9, 19, 22] {
+            let payload = encode(&bytes, level);
+            assert_eq!(payload[0], TAG_ZSTD);
+            let back = decode(&payload, ChunkId::of(&bytes), 65_536).expect("decodes");
+            assert_eq!(back.bytes(), &bytes[..]);
+        }
     }
 
     #[test]

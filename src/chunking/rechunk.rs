@@ -1,0 +1,314 @@
+//! Incremental re-chunking: re-cut only around the bytes written since the previous version.
+//!
+//! FastCDC decides each cut from the bytes after the chunk's start (up to one byte past the
+//! cut, at most `max` bytes) and from where the file ends. So an old chunk is still valid when
+//! it starts where the new chunking starts a chunk, none of the bytes it looked at changed,
+//! and the end of the file did not move into its view. We copy old chunks up to the one
+//! holding the byte before the first dirty byte, cut anew from there, and go back to copying
+//! as soon as a new cut lands on an old boundary past the last dirty byte. A change of length
+//! counts as a dirty range at the end of the file. The result is exactly [`chunk_bytes`] of
+//! the new content; the work is proportional to the edit plus a few chunks, and a copy of the
+//! chunk list.
+//!
+//! [`chunk_bytes`]: super::chunk_bytes
+
+use std::io;
+use std::ops::Range;
+
+use super::chunker::ChunkError;
+use super::params::ChunkerParams;
+use super::source::ReadAt;
+use super::{ChunkId, ChunkRef, Manifest};
+
+/// Re-chunks `file` (now `file_len` bytes) after writes to `dirty` since `prev` was cut.
+///
+/// Contract: every byte of the file below `file_len` outside the dirty ranges is the byte
+/// `prev` describes at the same offset (bytes past the old length need not be listed). Ranges
+/// may overlap, be unsorted or reach past `file_len`. With no previous version pass an empty
+/// manifest. `prev` must have been cut with the same `params`.
+pub fn rechunk<S: ReadAt + ?Sized>(
+    params: ChunkerParams,
+    prev: &Manifest,
+    file: &S,
+    file_len: u64,
+    dirty: &[Range<u64>],
+) -> Result<Manifest, ChunkError> {
+    for (index, c) in prev.chunks.iter().enumerate() {
+        if c.len == 0 || c.len > params.max() {
+            return Err(ChunkError::ForeignManifest {
+                index,
+                len: c.len,
+                max: params.max(),
+            });
+        }
+    }
+    if file_len == 0 {
+        return Ok(Manifest::default());
+    }
+    let old_len = prev.size();
+    let intervals = changed_intervals(dirty, old_len, file_len)?;
+    let cutter = params.cutter();
+    let max = cutter.max();
+    let mut window = Window::new(file, file_len, 4 * max);
+    let old = &prev.chunks;
+    let mut out = Vec::with_capacity(old.len() + 8);
+    // Old chunk `k` starts at `off`; between ranges the output covers exactly [0, off).
+    let (mut k, mut off) = (0usize, 0u64);
+    let mut next = 0;
+    while next < intervals.len() {
+        let (first_dirty, mut dirty_end) = intervals[next];
+        next += 1;
+        // Keep old chunks that end before the byte just before the dirty range: FastCDC read
+        // one byte past each cut, which must be clean too.
+        while k < old.len() && off + u64::from(old[k].len) < first_dirty {
+            out.push(old[k]);
+            off += u64::from(old[k].len);
+            k += 1;
+        }
+        // The output covers [0, pos) while cutting anew.
+        let mut pos = off;
+        loop {
+            if pos == file_len {
+                return Ok(Manifest { chunks: out });
+            }
+            // `pos < file_len` here, so the window is 1..=max bytes.
+            let want = (file_len - pos).min(max as u64) as usize;
+            let bytes = window.get(pos, want)?;
+            let len = cutter.cut(bytes);
+            out.push(ChunkRef {
+                id: ChunkId::of(&bytes[..len]),
+                len: len as u32,
+            });
+            pos += len as u64;
+            // A later range whose first byte we already cut over joins this one.
+            while next < intervals.len() && intervals[next].0 <= pos {
+                dirty_end = dirty_end.max(intervals[next].1);
+                next += 1;
+            }
+            while k < old.len() && off < pos {
+                off += u64::from(old[k].len);
+                k += 1;
+            }
+            // Back in step with the old cuts past the edit (and not at the end of the file,
+            // where the old chunks that follow no longer exist).
+            if pos >= dirty_end && pos < file_len && off == pos && k < old.len() {
+                break;
+            }
+        }
+    }
+    out.extend_from_slice(&old[k..]);
+    Ok(Manifest { chunks: out })
+}
+
+/// The dirty ranges clipped to the file, with a length change added, sorted and merged.
+fn changed_intervals(
+    dirty: &[Range<u64>],
+    old_len: u64,
+    file_len: u64,
+) -> Result<Vec<(u64, u64)>, ChunkError> {
+    let mut intervals = Vec::with_capacity(dirty.len() + 1);
+    for r in dirty {
+        if r.end < r.start {
+            return Err(ChunkError::ReversedRange {
+                start: r.start,
+                end: r.end,
+            });
+        }
+        let (a, b) = (r.start.min(file_len), r.end.min(file_len));
+        if a < b {
+            intervals.push((a, b));
+        }
+    }
+    if file_len > old_len {
+        // Growth: the old last chunk was cut by the end of the file, and everything past
+        // the old end is new.
+        intervals.push((old_len, file_len));
+    } else if file_len < old_len {
+        // Shrink: the new end changes the cut of the chunks that now reach it.
+        intervals.push((file_len.saturating_sub(1), file_len));
+    }
+    intervals.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(intervals.len());
+    for (a, b) in intervals {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    Ok(merged)
+}
+
+/// A read-ahead buffer over positional reads.
+struct Window<'a, S: ?Sized> {
+    source: &'a S,
+    file_len: u64,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    start: u64,
+    /// Valid bytes in `buf`.
+    filled: usize,
+    read_ahead: usize,
+}
+
+impl<'a, S: ReadAt + ?Sized> Window<'a, S> {
+    fn new(source: &'a S, file_len: u64, read_ahead: usize) -> Self {
+        Self {
+            source,
+            file_len,
+            buf: Vec::new(),
+            start: 0,
+            filled: 0,
+            read_ahead,
+        }
+    }
+
+    /// The `n` bytes at `pos`; the caller keeps `pos + n <= file_len`.
+    fn get(&mut self, pos: u64, n: usize) -> Result<&[u8], ChunkError> {
+        let buffered_end = self.start + self.filled as u64;
+        if pos < self.start || pos + n as u64 > buffered_end {
+            let want = (self.file_len - pos).min(self.read_ahead.max(n) as u64) as usize;
+            // Keep what is already buffered from `pos` on; read only the rest.
+            let kept = if (self.start..buffered_end).contains(&pos) {
+                let at = (pos - self.start) as usize;
+                self.buf.copy_within(at..self.filled, 0);
+                self.filled - at
+            } else {
+                0
+            };
+            self.buf.resize(want, 0);
+            let from = pos + kept as u64;
+            self.source
+                .read_exact_at(&mut self.buf[kept..], from)
+                .map_err(|source| match source.kind() {
+                    io::ErrorKind::UnexpectedEof => ChunkError::Truncated {
+                        offset: from,
+                        expected: self.file_len,
+                    },
+                    _ => ChunkError::Read {
+                        offset: from,
+                        source,
+                    },
+                })?;
+            self.start = pos;
+            self.filled = want;
+        }
+        let at = (pos - self.start) as usize;
+        Ok(&self.buf[at..at + n])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::chunk_bytes;
+
+    fn data(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn small() -> ChunkerParams {
+        ChunkerParams::new(64, 256, 1024).unwrap()
+    }
+
+    #[test]
+    fn intervals_merge_and_include_length_changes() {
+        assert_eq!(
+            changed_intervals(&[5..9, 0..2, 8..12, 40..50], 30, 45).unwrap(),
+            vec![(0, 2), (5, 12), (30, 45)]
+        );
+        assert_eq!(
+            changed_intervals(&[3..3, 4..4], 30, 20).unwrap(),
+            vec![(19, 20)]
+        );
+        assert!(matches!(
+            changed_intervals(&[Range { start: 9, end: 3 }], 30, 30),
+            Err(ChunkError::ReversedRange { start: 9, end: 3 })
+        ));
+    }
+
+    #[test]
+    fn overwrite_in_the_middle_matches_whole_file() {
+        let p = small();
+        let old = data(100_000, 7);
+        let prev = chunk_bytes(p, &old);
+        let mut new = old.clone();
+        new[50_000..50_010].copy_from_slice(&[0xAA; 10]);
+        let edit = 50_000..50_010;
+        let got = rechunk(
+            p,
+            &prev,
+            &new,
+            new.len() as u64,
+            std::slice::from_ref(&edit),
+        )
+        .unwrap();
+        assert_eq!(got, chunk_bytes(p, &new));
+    }
+
+    #[test]
+    fn edges_at_odd_lengths_match_whole_file() {
+        // Truncate and extend by one byte at every small length, where FastCDC's pairwise
+        // scan treats the last byte of an odd-length tail specially.
+        let p = small();
+        let base = data(5_000, 3);
+        for old_len in [1999usize, 2000, 2001, 2048, 2049] {
+            let prev = chunk_bytes(p, &base[..old_len]);
+            for new_len in old_len.saturating_sub(70)..old_len + 70 {
+                let new = &base[..new_len];
+                let got = rechunk(p, &prev, new, new_len as u64, &[]).unwrap();
+                assert_eq!(got, chunk_bytes(p, new), "{old_len} -> {new_len}");
+            }
+        }
+    }
+
+    #[test]
+    fn regression_truncation_onto_an_old_boundary_drops_the_tail() {
+        // A new cut landing on the new end of file also lands on an old boundary; that is
+        // not a resync, since the old chunks after it are gone.
+        let p = small();
+        let old = data(12_000, 21);
+        let prev = chunk_bytes(p, &old);
+        for (offset, _) in prev.offsets().skip(1).step_by(5) {
+            let new = &old[..offset as usize];
+            let got = rechunk(p, &prev, new, offset, &[]).unwrap();
+            assert_eq!(got, chunk_bytes(p, new), "truncate to {offset}");
+        }
+    }
+
+    #[test]
+    fn no_change_copies_the_manifest() {
+        let p = small();
+        let old = data(20_000, 5);
+        let prev = chunk_bytes(p, &old);
+        assert_eq!(rechunk(p, &prev, &old, 20_000, &[]).unwrap(), prev);
+        assert_eq!(
+            rechunk(p, &prev, &old, 0, &[]).unwrap(),
+            Manifest::default()
+        );
+    }
+
+    #[test]
+    fn foreign_manifest_and_short_file_are_typed_errors() {
+        let p = small();
+        let prev = Manifest {
+            chunks: vec![ChunkRef {
+                id: ChunkId::of(b"x"),
+                len: 5000,
+            }],
+        };
+        assert!(matches!(
+            rechunk(p, &prev, &[0u8; 10][..], 10, &[]),
+            Err(ChunkError::ForeignManifest { index: 0, .. })
+        ));
+        let err = rechunk(p, &Manifest::default(), &[0u8; 10][..], 20, &[]).unwrap_err();
+        assert!(matches!(err, ChunkError::Truncated { expected: 20, .. }));
+    }
+}
