@@ -5,4 +5,5 @@ pub mod cli;
 pub mod drive;
 pub mod fs;
 pub mod protocol;
+pub mod remote;
 pub mod server;

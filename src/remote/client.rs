@@ -1,0 +1,634 @@
+//! [`Remote`]: one volume on one server, reached with one device token.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use reqwest::blocking::Client;
+use reqwest::header::{
+    ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::RemoteError;
+use super::wire::{LimitedSink, Outgoing, WireCounters, decode_body};
+use crate::chunking::{ChunkId, VerifiedChunk, payload};
+use crate::protocol::framing::{self, BATCH_MEDIA_TYPE};
+use crate::protocol::limits::{
+    MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHANGES_LIMIT, MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE,
+    MAX_IDS_PER_REQUEST, MAX_JSON_BODY, MAX_OPS_PER_COMMIT, MAX_WAIT_SECS,
+};
+use crate::protocol::{
+    API_PREFIX, AccountName, ChangesResponse, ChunkIdsRequest, CommitRequest, CommitResponse,
+    CursorRequest, DeviceInfo, DevicesResponse, ErrorBody, ErrorCode, MissingResponse, Seq,
+    SnapshotResponse, UploadResponse, VolumeInfo, VolumesResponse,
+};
+
+/// Time to open a TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole-request time limit of ordinary requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A long-poll may take its wait plus this much before it counts as lost.
+const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
+/// Slowest link a full chunk batch is given time for (bytes per second).
+const MIN_TRANSFER_RATE: usize = 128 << 10;
+/// Whole-request time limit of a snapshot (one answer with the whole tree).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Largest JSON answer accepted (decompressed): a changes page is about 8 MiB of ops; a
+/// `missing_chunks` refusal may list many ids.
+const JSON_ANSWER_LIMIT: usize = 256 << 20;
+/// Largest snapshot answer accepted (decompressed).
+const SNAPSHOT_ANSWER_LIMIT: usize = 1 << 31;
+/// Largest batched-download answer: the server stops before passing MAX_BATCH_BYTES, and one
+/// entry always comes, so this can never be reached by a well-behaved server.
+const FETCH_ANSWER_LIMIT: usize = MAX_BATCH_BYTES + MAX_CHUNK_PAYLOAD + 36 + 8;
+/// Bytes of batch framing per entry: chunk id (32) and length (4).
+const ENTRY_HEADER: usize = 36;
+/// Bytes of batch framing before the first entry: magic (4) and count (4).
+const BATCH_HEADER: usize = 8;
+
+/// A client of one volume on a `deltadrive serve`, authenticated as one device.
+#[derive(Clone)]
+pub struct Remote {
+    http: Client,
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8080`.
+    server: String,
+    volume: AccountName,
+    /// `Bearer TOKEN`, marked sensitive so it never shows in logs.
+    auth: HeaderValue,
+    wire: Arc<WireCounters>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Remote")
+            .field("server", &self.server)
+            .field("volume", &self.volume.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks and normalizes the server's base URL.
+fn parse_server(server: &str) -> Result<String, RemoteError> {
+    let url = reqwest::Url::parse(server.trim()).map_err(|e| {
+        RemoteError::Config(format!(
+            "server URL {server:?} is not valid ({e}): give it as http://HOST:PORT"
+        ))
+    })?;
+    match url.scheme() {
+        "http" => {}
+        // TLS plugs in here (see the module doc): this build has no TLS backend.
+        "https" => {
+            return Err(RemoteError::Config(format!(
+                "server URL {server:?} uses https, but this build of deltadrive has no TLS \
+                 support yet: use http:// (on a trusted network or through a tunnel)"
+            )));
+        }
+        other => {
+            return Err(RemoteError::Config(format!(
+                "server URL {server:?} has scheme {other:?}: give it as http://HOST:PORT"
+            )));
+        }
+    }
+    if url.host_str().is_none()
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(RemoteError::Config(format!(
+            "server URL {server:?} must be http://HOST:PORT (optionally with a path prefix), \
+             without user, query or fragment"
+        )));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `ids` without repeats, first occurrence kept.
+fn unique(ids: &[ChunkId]) -> Vec<ChunkId> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+/// Time for a request carrying `bytes` on a slow link.
+fn transfer_timeout(bytes: usize) -> Duration {
+    REQUEST_TIMEOUT + Duration::from_secs((bytes / MIN_TRANSFER_RATE) as u64)
+}
+
+/// An error for a request refused before sending because it is over a protocol limit.
+fn too_large(message: String) -> RemoteError {
+    RemoteError::TooLarge(Box::new(ErrorBody::new(ErrorCode::TooLarge, message)))
+}
+
+/// A batch upload body under construction.
+struct Batch {
+    body: Vec<u8>,
+    count: u32,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            body: framing::start_batch(0),
+            count: 0,
+        }
+    }
+}
+
+impl Remote {
+    /// A client of `volume` on the server at `server` (`http://HOST:PORT`), with this device
+    /// token. Nothing is sent yet; a bad URL, volume name or token is refused here.
+    pub fn new(server: &str, volume: &str, token: &str) -> Result<Remote, RemoteError> {
+        let server = parse_server(server)?;
+        let volume = AccountName::new(volume).map_err(|e| {
+            RemoteError::Config(format!("volume name {volume:?} is not valid: {e}"))
+        })?;
+        if token.is_empty() {
+            return Err(RemoteError::Config(
+                "the device token is empty: give the token printed by `deltadrive admin device \
+                 add`"
+                    .to_owned(),
+            ));
+        }
+        let mut auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            RemoteError::Config(
+                "the device token holds characters a token never has: check --token-file"
+                    .to_owned(),
+            )
+        })?;
+        auth.set_sensitive(true);
+        let http = Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            // We ask for zstd and decompress ourselves, so the counters see the raw bytes.
+            .no_zstd()
+            // The protocol never redirects; following one could carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("deltadrive/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(RemoteError::Setup)?;
+        Ok(Remote {
+            http,
+            server,
+            volume,
+            auth,
+            wire: Arc::new(WireCounters::default()),
+        })
+    }
+
+    /// Reads a device token from a file, trimming surrounding whitespace.
+    pub fn token_from_file(path: impl AsRef<Path>) -> Result<String, RemoteError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| RemoteError::TokenFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(RemoteError::Config(format!(
+                "token file {} is empty: put this device's token (printed by `deltadrive admin \
+                 device add`) in it",
+                path.display()
+            )));
+        }
+        if token.split_whitespace().nth(1).is_some() {
+            return Err(RemoteError::Config(format!(
+                "token file {} holds more than one word: it must hold only this device's token",
+                path.display()
+            )));
+        }
+        Ok(token.to_owned())
+    }
+
+    /// The server's base URL as used (no trailing slash).
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The volume this client works on.
+    pub fn volume(&self) -> &AccountName {
+        &self.volume
+    }
+
+    /// Body bytes (sent, received) on the wire so far, by this client and its clones.
+    pub fn wire_stats(&self) -> (u64, u64) {
+        self.wire.get()
+    }
+
+    /// The caller's user's volumes, with their heads.
+    pub fn volumes(&self) -> Result<Vec<VolumeInfo>, RemoteError> {
+        let path = format!("{API_PREFIX}/volumes");
+        let answer: VolumesResponse = self.get_json(&path, REQUEST_TIMEOUT, JSON_ANSWER_LIMIT)?;
+        Ok(answer.volumes)
+    }
+
+    /// Which of `ids` the volume does not hold, in the order asked, without repeats.
+    /// Long lists are asked in several requests.
+    pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, RemoteError> {
+        let path = self.vol_path("chunks/missing");
+        let mut out = Vec::new();
+        for batch in unique(ids).chunks(MAX_IDS_PER_REQUEST) {
+            let req = ChunkIdsRequest {
+                ids: batch.to_vec(),
+            };
+            let answer: MissingResponse = self.post_json(&path, &req, REQUEST_TIMEOUT)?;
+            // Each answered id must be one asked, once.
+            let mut asked: HashSet<&ChunkId> = batch.iter().collect();
+            if let Some(bad) = answer.missing.iter().find(|id| !asked.remove(id)) {
+                return Err(RemoteError::Protocol(format!(
+                    "server at {} answered chunks/missing with chunk {bad}, which was not asked \
+                     (or named twice)",
+                    self.server
+                )));
+            }
+            out.extend(answer.missing);
+        }
+        Ok(out)
+    }
+
+    /// Uploads chunk payloads (in `chunking::payload` format, e.g. from
+    /// [`VerifiedChunk::encode`]) in as few batched requests as the limits allow.
+    /// Repeated ids are sent once. Returns how many chunks were sent. The payloads may be
+    /// owned or borrowed: from a slice of pairs, `pairs.iter().map(|(id, p)| (*id, p))`.
+    /// Batches are built as the iterator goes, so at most one batch (32 MiB) is held at once.
+    ///
+    /// Payloads are not verified here (the server verifies each against its id and refuses the
+    /// whole batch, as [`RemoteError::BadRequest`] with code `bad_chunk`, if one is wrong).
+    pub fn upload<I, P>(&self, chunks: I) -> Result<usize, RemoteError>
+    where
+        I: IntoIterator<Item = (ChunkId, P)>,
+        P: AsRef<[u8]>,
+    {
+        let mut seen = HashSet::new();
+        let mut batch = Batch::new();
+        let mut sent = 0;
+        for (id, payload) in chunks {
+            let payload = payload.as_ref();
+            if !seen.insert(id) {
+                continue;
+            }
+            if payload.len() > MAX_CHUNK_PAYLOAD {
+                let mut body = ErrorBody::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "chunk {id}: payload of {} bytes is over the limit of {MAX_CHUNK_PAYLOAD}",
+                        payload.len()
+                    ),
+                );
+                body.chunks.push(id);
+                return Err(RemoteError::TooLarge(Box::new(body)));
+            }
+            let full = batch.count as usize == MAX_BATCH_CHUNKS
+                || (batch.count > 0
+                    && batch.body.len() + ENTRY_HEADER + payload.len() > MAX_BATCH_BYTES);
+            if full {
+                sent += self.send_batch(std::mem::replace(&mut batch, Batch::new()))?;
+            }
+            framing::push_entry(&mut batch.body, &id, payload);
+            batch.count += 1;
+        }
+        if batch.count > 0 {
+            sent += self.send_batch(batch)?;
+        }
+        Ok(sent)
+    }
+
+    fn send_batch(&self, mut batch: Batch) -> Result<usize, RemoteError> {
+        batch.body[4..BATCH_HEADER].copy_from_slice(&batch.count.to_be_bytes());
+        let timeout = transfer_timeout(batch.body.len());
+        let path = self.vol_path("chunks");
+        let body = Outgoing::raw(batch.body, BATCH_MEDIA_TYPE);
+        let answer = self.call(Method::POST, &path, Some(body), timeout, JSON_ANSWER_LIMIT)?;
+        let answer: UploadResponse = self.parse(&path, &answer)?;
+        if answer.stored != batch.count {
+            return Err(RemoteError::Protocol(format!(
+                "server at {} acknowledged {} of {} uploaded chunks",
+                self.server, answer.stored, batch.count
+            )));
+        }
+        Ok(batch.count as usize)
+    }
+
+    /// Downloads these chunks, verified, in the order asked (repeated ids once).
+    ///
+    /// Everything is held in memory: ask for bounded lists, or use [`Remote::fetch_each`].
+    /// If the volume lacks some of them: [`RemoteError::NotFound`] naming them in
+    /// `body.chunks`.
+    pub fn fetch(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, VerifiedChunk)>, RemoteError> {
+        let mut out = Vec::with_capacity(ids.len());
+        self.fetch_each(ids, |chunk| out.push((chunk.id(), chunk)))?;
+        Ok(out)
+    }
+
+    /// Downloads these chunks in the order asked (repeated ids once), handing each to `each`
+    /// as soon as it is verified; returns how many were handed over. On an error, the chunks
+    /// handed over before it are good and the rest did not come.
+    pub fn fetch_each<F>(&self, ids: &[ChunkId], mut each: F) -> Result<usize, RemoteError>
+    where
+        F: FnMut(VerifiedChunk),
+    {
+        let ids = unique(ids);
+        let path = self.vol_path("chunks/fetch");
+        let mut rest: &[ChunkId] = &ids;
+        let mut done = 0;
+        while !rest.is_empty() {
+            let ask = &rest[..rest.len().min(MAX_BATCH_CHUNKS)];
+            let req = ChunkIdsRequest { ids: ask.to_vec() };
+            let (body, _) = self.json_body(&req)?;
+            let answer = self.call(
+                Method::POST,
+                &path,
+                Some(body),
+                transfer_timeout(MAX_BATCH_BYTES),
+                FETCH_ANSWER_LIMIT,
+            )?;
+            let entries = framing::decode_batch(&answer).map_err(|e| {
+                RemoteError::Protocol(format!(
+                    "server at {} sent a malformed chunk batch: {e}",
+                    self.server
+                ))
+            })?;
+            // The answer is a non-empty prefix of what was asked (it stops early when large).
+            if entries.is_empty() || entries.len() > ask.len() {
+                return Err(RemoteError::Protocol(format!(
+                    "server at {} answered a fetch of {} chunks with {}",
+                    self.server,
+                    ask.len(),
+                    entries.len()
+                )));
+            }
+            for ((id, payload), wanted) in entries.iter().zip(ask) {
+                if id != wanted {
+                    return Err(RemoteError::Protocol(format!(
+                        "server at {} sent chunk {id} where {wanted} was asked",
+                        self.server
+                    )));
+                }
+                let chunk = payload::decode(payload, *wanted, MAX_CHUNK_SIZE).map_err(|e| {
+                    RemoteError::Protocol(format!(
+                        "server at {} sent chunk {wanted} that fails verification: {e}",
+                        self.server
+                    ))
+                })?;
+                each(chunk);
+                done += 1;
+            }
+            rest = &rest[entries.len()..];
+        }
+        Ok(done)
+    }
+
+    /// Sends a difference transaction. A refusal as it stands (stale bases, name taken,
+    /// missing chunks, ...) is [`RemoteError::Conflict`] with the server's error body.
+    pub fn commit(&self, req: &CommitRequest) -> Result<CommitResponse, RemoteError> {
+        if req.ops.len() > MAX_OPS_PER_COMMIT {
+            return Err(too_large(format!(
+                "commit of {} ops, more than {MAX_OPS_PER_COMMIT}: split it",
+                req.ops.len()
+            )));
+        }
+        let path = self.vol_path("commit");
+        self.post_json(&path, req, REQUEST_TIMEOUT)
+    }
+
+    /// The commits after `after`, oldest first, at most `limit` (clamped to 1..=1000). When
+    /// there are none and `wait_secs` > 0, the server holds the request up to `wait_secs`
+    /// (at most 60) for one to land. Also records `after` as this device's cursor.
+    pub fn changes(
+        &self,
+        after: Seq,
+        wait_secs: u64,
+        limit: u32,
+    ) -> Result<ChangesResponse, RemoteError> {
+        let wait = wait_secs.min(MAX_WAIT_SECS);
+        let limit = limit.clamp(1, MAX_CHANGES_LIMIT);
+        let path = self.vol_path(&format!(
+            "changes?after={}&wait={wait}&limit={limit}",
+            after.0
+        ));
+        // Long-polls get their wait plus a grace; never less than an ordinary request.
+        let timeout = REQUEST_TIMEOUT.max(Duration::from_secs(wait) + LONG_POLL_GRACE);
+        let page: ChangesResponse = self.get_json(&path, timeout, JSON_ANSWER_LIMIT)?;
+        // The engine applies pages in order: a gap or a repeat would corrupt its tree.
+        for (i, change) in page.changes.iter().enumerate() {
+            if change.seq.0 != after.0 + 1 + i as u64 {
+                return Err(RemoteError::Protocol(format!(
+                    "server at {} sent change {} at position {i} of a page after {}: the log \
+                     must be gapless",
+                    self.server, change.seq.0, after.0
+                )));
+            }
+        }
+        Ok(page)
+    }
+
+    /// The whole tree as of one seq (for a new device); then pull changes after it.
+    pub fn snapshot(&self) -> Result<SnapshotResponse, RemoteError> {
+        let path = self.vol_path("snapshot");
+        self.get_json(&path, SNAPSHOT_TIMEOUT, SNAPSHOT_ANSWER_LIMIT)
+    }
+
+    /// The user's devices, with their cursors in this volume (`current` marks this one).
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>, RemoteError> {
+        let path = self.vol_path("devices");
+        let answer: DevicesResponse = self.get_json(&path, REQUEST_TIMEOUT, JSON_ANSWER_LIMIT)?;
+        Ok(answer.devices)
+    }
+
+    /// Reports how far this device has applied the change log.
+    pub fn set_cursor(&self, cursor: Seq) -> Result<(), RemoteError> {
+        let path = self.vol_path("cursor");
+        let (body, _) = self.json_body(&CursorRequest { cursor })?;
+        self.call(
+            Method::POST,
+            &path,
+            Some(body),
+            REQUEST_TIMEOUT,
+            JSON_ANSWER_LIMIT,
+        )?;
+        Ok(())
+    }
+
+    /// `/v1/volumes/{vol}/{rest}`
+    fn vol_path(&self, rest: &str) -> String {
+        // Account names are A-Z a-z 0-9 . _ - only: nothing to escape.
+        format!("{API_PREFIX}/volumes/{}/{rest}", self.volume.as_str())
+    }
+
+    /// A JSON request body, refused locally when over the server's limit.
+    fn json_body<T: Serialize>(&self, value: &T) -> Result<(Outgoing, usize), RemoteError> {
+        let (body, plain_len) = Outgoing::json(value)
+            .map_err(|e| RemoteError::Protocol(format!("cannot encode the request: {e}")))?;
+        if plain_len > MAX_JSON_BODY {
+            return Err(too_large(format!(
+                "request body of {plain_len} bytes is over the protocol's limit of \
+                 {MAX_JSON_BODY}: split it"
+            )));
+        }
+        Ok((body, plain_len))
+    }
+
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<T, RemoteError> {
+        let answer = self.call(Method::GET, path, None, timeout, limit)?;
+        self.parse(path, &answer)
+    }
+
+    fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, RemoteError> {
+        let (body, _) = self.json_body(body)?;
+        let answer = self.call(Method::POST, path, Some(body), timeout, JSON_ANSWER_LIMIT)?;
+        self.parse(path, &answer)
+    }
+
+    fn parse<T: DeserializeOwned>(&self, path: &str, answer: &[u8]) -> Result<T, RemoteError> {
+        serde_json::from_slice(answer).map_err(|e| {
+            RemoteError::Protocol(format!(
+                "server at {} sent a malformed answer to {path}: {e}",
+                self.server
+            ))
+        })
+    }
+
+    /// One request: sends `body` as it is, reads the raw answer (at most `limit` bytes),
+    /// counts both, decompresses, and turns a non-2xx answer into its error.
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Outgoing>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let url = format!("{}{path}", self.server);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(ACCEPT_ENCODING, "zstd")
+            .timeout(timeout);
+        let mut sent = 0;
+        if let Some(body) = body {
+            req = req.header(CONTENT_TYPE, body.content_type);
+            if body.zstd {
+                req = req.header(CONTENT_ENCODING, "zstd");
+            }
+            sent = body.bytes.len();
+            req = req.body(body.bytes);
+        }
+        // Counted when handed over: a request that fails midway may still have used the link.
+        self.wire.sent(sent);
+        let network = |source| RemoteError::Network {
+            server: self.server.clone(),
+            source,
+        };
+        let mut resp = req.send().map_err(network)?;
+        let status = resp.status().as_u16();
+        let encoding = match resp.headers().get(CONTENT_ENCODING) {
+            None => None,
+            Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
+                RemoteError::Protocol(format!(
+                    "server at {} sent an unreadable Content-Encoding",
+                    self.server
+                ))
+            })?),
+        };
+        let mut sink = LimitedSink::new(limit);
+        let copied = resp.copy_to(&mut sink);
+        self.wire.received(sink.seen);
+        tracing::debug!(%method, path, status, sent, received = sink.seen, "remote call");
+        if sink.overflowed {
+            return Err(RemoteError::Protocol(format!(
+                "server at {} sent an answer to {path} over {limit} bytes",
+                self.server
+            )));
+        }
+        copied.map_err(network)?;
+        let answer = decode_body(sink.buf, encoding.as_deref(), limit).map_err(|e| {
+            RemoteError::Protocol(format!(
+                "server at {} sent an unreadable answer to {path}: {e}",
+                self.server
+            ))
+        })?;
+        if !(200..300).contains(&status) {
+            return Err(RemoteError::from_answer(
+                &self.server,
+                self.volume.as_str(),
+                status,
+                &answer,
+            ));
+        }
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_are_checked_and_normalized() {
+        assert_eq!(
+            parse_server("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            parse_server("http://host:1/prefix/").unwrap(),
+            "http://host:1/prefix"
+        );
+        for bad in [
+            "127.0.0.1:8080",
+            "ftp://host",
+            "http://u:p@host",
+            "http://host/?q=1",
+            "",
+        ] {
+            assert!(
+                matches!(parse_server(bad), Err(RemoteError::Config(_))),
+                "{bad}"
+            );
+        }
+        let tls = parse_server("https://host").unwrap_err().to_string();
+        assert!(tls.contains("no TLS support"), "{tls}");
+    }
+
+    #[test]
+    fn construction_refuses_bad_volume_and_token() {
+        let ok = Remote::new("http://127.0.0.1:1", "docs", "ddt_abc").unwrap();
+        assert_eq!(ok.volume().as_str(), "docs");
+        assert!(
+            !format!("{ok:?}").contains("ddt_abc"),
+            "the token never shows"
+        );
+        assert!(matches!(
+            Remote::new("http://127.0.0.1:1", "a/b", "t"),
+            Err(RemoteError::Config(_))
+        ));
+        assert!(matches!(
+            Remote::new("http://127.0.0.1:1", "docs", ""),
+            Err(RemoteError::Config(_))
+        ));
+        assert!(matches!(
+            Remote::new("http://127.0.0.1:1", "docs", "a\nb"),
+            Err(RemoteError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn unique_keeps_first_occurrences_in_order() {
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        assert_eq!(unique(&[a, b, a, b, a]), vec![a, b]);
+    }
+}
