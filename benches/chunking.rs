@@ -12,24 +12,12 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use deltadrive::chunking::seeded::extend_seeded as fill;
 use deltadrive::chunking::{
     ChunkerParams, Manifest, StreamChunker, chunk_bytes, chunk_file, rechunk,
 };
 
 const MIB: usize = 1 << 20;
-
-/// splitmix64 bytes, appended to `out`.
-fn fill(out: &mut Vec<u8>, len: usize, mut state: u64) {
-    let target = out.len() + len;
-    while out.len() < target {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(target);
-}
 
 /// Best of `n` timed runs: the least disturbed by the other work on this shared machine.
 fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> Duration {

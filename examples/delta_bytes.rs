@@ -13,19 +13,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 
 use anyhow::{Context, Result, bail};
+use deltadrive::chunking::seeded::extend_seeded as splitmix;
 use deltadrive::chunking::{ChunkerParams, chunk_file, diff, payload, read_verified};
-
-fn splitmix(out: &mut Vec<u8>, len: usize, mut state: u64) {
-    let target = out.len() + len;
-    while out.len() < target {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(target);
-}
 
 fn gen_file(len: usize, seed: u64, out: &str) -> Result<()> {
     let mut w = BufWriter::new(File::create(out).with_context(|| format!("create {out}"))?);

@@ -4,21 +4,8 @@
 //! fails after a dependency upgrade, the upgrade changed the chunking: do not update the
 //! expected values, pin the old behaviour instead (or version the volume's chunker).
 
+use deltadrive::chunking::seeded::seeded_bytes;
 use deltadrive::chunking::{ChunkerParams, Manifest, chunk_bytes};
-
-/// splitmix64: fixed forever, unlike a library RNG whose streams may change.
-fn seeded_bytes(len: usize, mut state: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn lengths(m: &Manifest) -> Vec<u32> {
     m.chunks.iter().map(|c| c.len).collect()

@@ -1,5 +1,6 @@
 //! Property tests of the difference engine on random contents and random edits.
 
+use deltadrive::chunking::seeded::seeded_bytes;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
@@ -12,20 +13,6 @@ use proptest::prelude::any;
 use proptest::strategy::{Just, Strategy};
 use proptest::test_runner::{Config, RngSeed};
 use proptest::{prop_assert, prop_assert_eq, prop_oneof, proptest};
-
-/// splitmix64 bytes: cheap to make in bulk, and reproducible from the seed proptest shrinks.
-fn seeded_bytes(len: usize, mut state: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// One change a program makes to a file. Positions are taken modulo the current length.
 #[derive(Clone, Debug)]

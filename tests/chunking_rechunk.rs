@@ -1,26 +1,13 @@
 //! Incremental re-chunking of a real file: same result as whole-file chunking, and its cost
 //! (bytes read) follows the size of the edit, not of the file.
 
+use deltadrive::chunking::seeded::seeded_bytes;
 use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
 use deltadrive::chunking::{ChunkerParams, ReadAt, chunk_file, rechunk};
-
-/// splitmix64 bytes.
-fn seeded_bytes(len: usize, mut state: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// A file that counts the bytes read through it.
 struct Counting<'a> {

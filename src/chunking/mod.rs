@@ -19,6 +19,7 @@ mod params;
 pub mod payload;
 mod rechunk;
 mod reconstruct;
+pub mod seeded;
 mod source;
 
 pub use chunker::{Chunk, ChunkError, StreamChunker, chunk_bytes, chunk_file, chunk_reader};

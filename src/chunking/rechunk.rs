@@ -201,18 +201,7 @@ impl<'a, S: ReadAt + ?Sized> Window<'a, S> {
 mod tests {
     use super::*;
     use crate::chunking::chunk_bytes;
-
-    fn data(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::chunking::seeded::seeded_bytes as data;
 
     fn small() -> ChunkerParams {
         ChunkerParams::new(64, 256, 1024).unwrap()

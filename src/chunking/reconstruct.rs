@@ -162,19 +162,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunking::seeded::seeded_bytes as data;
     use crate::chunking::{ChunkerParams, chunk_bytes};
-
-    fn data(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     fn supplied_for(new: &[u8], m: &Manifest, base: &Manifest) -> HashMap<ChunkId, VerifiedChunk> {
         let mut map = HashMap::new();

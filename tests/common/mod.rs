@@ -287,20 +287,6 @@ pub fn sh(cmd: &str, cwd: &Path) -> String {
 }
 
 /// A deterministic pseudo-random byte stream (splitmix64), so tests never measure zeros.
-pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn rc(r: libc::c_int) -> Result<(), i32> {
     if r == 0 { Ok(()) } else { Err(last_errno()) }
 }
@@ -344,4 +330,9 @@ pub fn statvfs(path: &Path) -> libc::statvfs {
     assert_eq!(r, 0, "statvfs: errno {}", last_errno());
     // SAFETY: statvfs succeeded and filled it.
     unsafe { st.assume_init() }
+}
+
+/// Deterministic pseudo-random bytes, so tests never measure zeros.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    deltadrive::chunking::seeded::seeded_bytes(len, seed)
 }
