@@ -11,7 +11,7 @@ mod node;
 mod ops;
 
 pub use error::{ErrorBody, ErrorCode, StaleNode};
-pub use ids::{NodeId, NodeIdParseError, Seq};
+pub use ids::{NodeId, NodeIdParseError, Seq, TxnId, TxnIdParseError};
 pub use manifest_id::manifest_id;
 pub use messages::{
     Change, ChangesQuery, ChangesResponse, ChunkIdsRequest, CommitRequest, CommitResponse,
@@ -19,9 +19,7 @@ pub use messages::{
     VolumeInfo, VolumesResponse,
 };
 pub use name::{AccountName, Name, NameError};
-pub use node::{
-    NodeKind, NodeRecord, TxnId, TxnIdParseError, XattrError, XattrValue, Xattrs, validate_xattrs,
-};
+pub use node::{NodeKind, NodeRecord, XattrError, XattrValue, Xattrs, validate_xattrs};
 pub use ops::{CreateOp, DeleteOp, KNOWN_OPS, MoveOp, Op, SetAttrsOp, WriteOp};
 
 /// Path prefix of this protocol version's endpoints.

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -104,80 +103,6 @@ pub fn validate_xattrs(xattrs: &Xattrs) -> Result<(), XattrError> {
     Ok(())
 }
 
-/// A device's transaction id: 128 bits, 32 hex digits; unique per device (an outbox row id will do).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TxnId(u128);
-
-impl TxnId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        Self(rand::random::<u128>())
-    }
-
-    /// The id from its integer value.
-    pub const fn from_u128(v: u128) -> Self {
-        Self(v)
-    }
-
-    /// The integer value.
-    pub const fn as_u128(&self) -> u128 {
-        self.0
-    }
-
-    /// Big-endian bytes (the order used in storage keys).
-    pub const fn to_bytes(&self) -> [u8; 16] {
-        self.0.to_be_bytes()
-    }
-
-    /// The id from big-endian bytes.
-    pub const fn from_bytes(b: [u8; 16]) -> Self {
-        Self(u128::from_be_bytes(b))
-    }
-}
-
-impl fmt::Display for TxnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
-}
-
-impl fmt::Debug for TxnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TxnId({:032x})", self.0)
-    }
-}
-
-/// Why a textual transaction id was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid transaction id: expected 32 hex digits")]
-pub struct TxnIdParseError;
-
-impl FromStr for TxnId {
-    type Err = TxnIdParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(TxnIdParseError);
-        }
-        u128::from_str_radix(s, 16)
-            .map(Self)
-            .map_err(|_| TxnIdParseError)
-    }
-}
-
-impl Serialize for TxnId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for TxnId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// One node as the server holds it at some seq (snapshot entries).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -217,6 +142,7 @@ pub struct NodeRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::TxnId;
 
     #[test]
     fn xattr_values_are_base64_in_json() {
