@@ -1,26 +1,11 @@
-//! The manifest id both sides compute and compare.
-//!
-//! STOPGAP until issue 3 lands `chunking`'s canonical, versioned manifest encoding: this is
-//! the only place that computes a manifest id, so the merge replaces this one body with a call
-//! to chunking's function (server and clients both call [`manifest_id`]).
+//! The manifest id both sides compute and compare: BLAKE3 of the difference engine's
+//! canonical, versioned manifest encoding ([`Manifest::id`]).
 
 use crate::chunking::{Manifest, ManifestId};
 
-/// Encoding version byte of the provisional canonical form.
-const ENCODING_VERSION: u8 = 1;
-
-/// BLAKE3 of the manifest's canonical encoding:
-/// `"DDMF" | version u8 | count u64 LE | (chunk id 32 bytes | len u32 LE) * count`.
+/// The id of `manifest`, as the server checks it on every create and write.
 pub fn manifest_id(manifest: &Manifest) -> ManifestId {
-    let mut h = blake3::Hasher::new();
-    h.update(b"DDMF");
-    h.update(&[ENCODING_VERSION]);
-    h.update(&(manifest.chunks.len() as u64).to_le_bytes());
-    for c in &manifest.chunks {
-        h.update(c.id.as_bytes());
-        h.update(&c.len.to_le_bytes());
-    }
-    ManifestId::from_bytes(*h.finalize().as_bytes())
+    manifest.id()
 }
 
 #[cfg(test)]
