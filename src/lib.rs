@@ -7,3 +7,4 @@ pub mod fs;
 pub mod protocol;
 pub mod remote;
 pub mod server;
+pub mod sync;

@@ -108,7 +108,7 @@ fn remote_changes_are_visible_at_once() {
     let staged = m.stage(b"second version, longer");
     let busy = m
         .drive
-        .apply_content(id, &staged, 1_800_000_000_000_000_000);
+        .apply_content(id, &staged, Some(1_800_000_000_000_000_000));
     assert!(matches!(busy, Err(DriveError::Busy)), "{busy:?}");
     let mut old = String::new();
     reader.read_to_string(&mut old).unwrap();
@@ -118,7 +118,7 @@ fn remote_changes_are_visible_at_once() {
         m.drive.view().iter().any(|v| v.id == id && !v.busy)
     });
     m.drive
-        .apply_content(id, &staged, 1_800_000_000_000_000_000)
+        .apply_content(id, &staged, Some(1_800_000_000_000_000_000))
         .unwrap();
     assert_eq!(fs::read(&path).unwrap(), b"second version, longer");
     assert_eq!(fs::metadata(&path).unwrap().len(), 22);
@@ -182,7 +182,7 @@ fn content_is_not_replaced_under_a_writer() {
     let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
     let staged = m.stage(b"remote");
     assert!(matches!(
-        m.drive.apply_content(id, &staged, 0),
+        m.drive.apply_content(id, &staged, None),
         Err(DriveError::Busy)
     ));
     assert_eq!(fs::read(&path).unwrap(), b"local");
@@ -190,6 +190,6 @@ fn content_is_not_replaced_under_a_writer() {
     common::wait_until(std::time::Duration::from_secs(5), || {
         !m.drive.view().iter().any(|v| v.busy)
     });
-    m.drive.apply_content(id, &staged, 0).unwrap();
+    m.drive.apply_content(id, &staged, None).unwrap();
     assert_eq!(fs::read(&path).unwrap(), b"remote");
 }

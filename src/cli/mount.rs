@@ -27,6 +27,45 @@ pub struct MountArgs {
     /// Internal: the daemon started by a background mount reports readiness on stdout.
     #[arg(long, hide = true)]
     pub report_ready: bool,
+    /// Server to sync with (e.g. http://host:8470); without it the drive is local only.
+    #[arg(long, value_name = "URL", requires_all = ["volume", "token_file"])]
+    pub server: Option<String>,
+    /// Volume on the server.
+    #[arg(long, value_name = "NAME", requires = "server")]
+    pub volume: Option<String>,
+    /// File holding this device's token (from `deltadrive admin device add`).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The server side of a mount, checked before anything is mounted.
+struct Sync {
+    remote: crate::remote::Remote,
+    state: crate::sync::SyncState,
+}
+
+/// Connects to the server, checks the token and the volume, and binds the state directory.
+fn connect(args: &MountArgs, state: &StateDir) -> anyhow::Result<Option<Sync>> {
+    let (Some(server), Some(volume), Some(token_file)) =
+        (&args.server, &args.volume, &args.token_file)
+    else {
+        return Ok(None);
+    };
+    let token = crate::remote::Remote::token_from_file(token_file)?;
+    let remote = crate::remote::Remote::new(server, volume, &token)?;
+    let volumes = remote.volumes()?;
+    if !volumes.iter().any(|v| v.name.as_str() == volume) {
+        bail!("volume {volume} not found on {server} (the token's user has no such volume)");
+    }
+    let sync_state = crate::sync::SyncState::open(&state.root().join("sync.db"))?;
+    sync_state.bind(&crate::sync::Binding {
+        server: server.clone(),
+        volume: volume.clone(),
+    })?;
+    Ok(Some(Sync {
+        remote,
+        state: sync_state,
+    }))
 }
 
 /// Refuses a mountpoint that cannot take a mount, with the reason in one line.
@@ -70,25 +109,38 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let state = StateDir::new(&state_root)
         .with_context(|| format!("cannot create state directory {}", state_root.display()))?;
     if args.foreground || args.report_ready {
-        return daemon(&mountpoint, state, args.report_ready);
+        return daemon(&mountpoint, state, &args);
     }
-    spawn_daemon(&mountpoint, &state)
+    spawn_daemon(&mountpoint, &state, &args)
 }
 
 /// Starts this program again as a detached daemon and waits until it says the mount works.
-fn spawn_daemon(mountpoint: &Path, state: &StateDir) -> anyhow::Result<()> {
+fn spawn_daemon(mountpoint: &Path, state: &StateDir, args: &MountArgs) -> anyhow::Result<()> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(state.log_path())
         .with_context(|| format!("cannot open log {}", state.log_path().display()))?;
     let exe = std::env::current_exe().context("cannot find the deltadrive executable")?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("mount")
         .arg(mountpoint)
         .arg("--state")
         .arg(state.root())
-        .arg("--report-ready")
+        .arg("--report-ready");
+    if let (Some(server), Some(volume), Some(token_file)) =
+        (&args.server, &args.volume, &args.token_file)
+    {
+        command
+            .arg("--server")
+            .arg(server)
+            .arg("--volume")
+            .arg(volume)
+            .arg("--token-file")
+            .arg(std::path::absolute(token_file)?);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -138,7 +190,8 @@ fn block_stop_signals() -> libc::sigset_t {
 }
 
 /// The daemon proper: lock the state, open the drive, serve until unmounted or signalled.
-fn daemon(mountpoint: &Path, state: StateDir, report_ready: bool) -> anyhow::Result<()> {
+fn daemon(mountpoint: &Path, state: StateDir, args: &MountArgs) -> anyhow::Result<()> {
+    let report_ready = args.report_ready;
     let report = |line: &str| {
         if report_ready {
             let mut out = std::io::stdout();
@@ -146,7 +199,7 @@ fn daemon(mountpoint: &Path, state: StateDir, report_ready: bool) -> anyhow::Res
             let _ = out.flush();
         }
     };
-    let result = serve_until_stopped(mountpoint, state, report_ready, &report);
+    let result = serve_until_stopped(mountpoint, state, args, &report);
     if let Err(e) = &result {
         report(&format!("error: {e:#}"));
     }
@@ -156,9 +209,10 @@ fn daemon(mountpoint: &Path, state: StateDir, report_ready: bool) -> anyhow::Res
 fn serve_until_stopped(
     mountpoint: &Path,
     state: StateDir,
-    report_ready: bool,
+    args: &MountArgs,
     report: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
+    let report_ready = args.report_ready;
     if report_ready {
         // Leave the caller's session so its Ctrl-C does not reach the daemon.
         // SAFETY: setsid has no memory preconditions; failure (already a leader) is harmless.
@@ -173,6 +227,7 @@ fn serve_until_stopped(
             gid: libc::getgid(),
         }
     };
+    let sync = connect(args, &state)?;
     let drive = Arc::new(Drive::open(state.clone(), owner).context("cannot open the drive state")?);
     mounts::register(mountpoint, state.root())?;
 
@@ -190,13 +245,25 @@ fn serve_until_stopped(
             }
         })?;
 
+    let mut engine = None;
     let result = crate::fs::serve(Arc::clone(&drive), mountpoint, stop_rx, || {
         tracing::info!(mountpoint = %mountpoint.display(), state = %state.root().display(), "mounted");
+        // The engine starts once the mount exists, so its changes can invalidate the
+        // kernel's caches.
+        if let Some(sync) = sync {
+            match crate::sync::Engine::start(Arc::clone(&drive), sync.remote, sync.state) {
+                Ok(e) => engine = Some(e),
+                Err(e) => tracing::error!("cannot start the sync engine: {e}"),
+            }
+        }
         report("ready");
         if report_ready {
             redirect_stdout_to_null();
         }
     });
+    if let Some(mut e) = engine {
+        e.stop();
+    }
     mounts::unregister(mountpoint);
     // Normally done when the session ends; again here for a mount that never started.
     drive.shutdown().context("cannot flush the drive state")?;

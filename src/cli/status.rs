@@ -43,6 +43,24 @@ pub struct DriveStatus {
     pub unrecorded_files: u64,
     /// Recorded versions waiting for the sync engine.
     pub pending_versions: u64,
+    /// The server this drive syncs with (none: local only).
+    pub server: Option<String>,
+    /// The volume it follows.
+    pub volume: Option<String>,
+    /// Whether the server answered the engine's last request.
+    pub online: bool,
+    /// Seq of the last change applied here.
+    pub cursor: u64,
+    /// The server's head as last seen.
+    pub server_head: u64,
+    /// When the drive last caught up with the server (ms since the epoch).
+    pub last_sync_ms: Option<i64>,
+    /// Bytes sent to the server this session.
+    pub bytes_uploaded: u64,
+    /// Bytes received from the server this session.
+    pub bytes_downloaded: u64,
+    /// The engine's last error, if its last attempt failed.
+    pub last_error: Option<String>,
 }
 
 fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Result<DriveStatus> {
@@ -65,6 +83,15 @@ fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Re
         bytes_stored: 0,
         unrecorded_files: 0,
         pending_versions: 0,
+        server: None,
+        volume: None,
+        online: false,
+        cursor: 0,
+        server_head: 0,
+        last_sync_ms: None,
+        bytes_uploaded: 0,
+        bytes_downloaded: 0,
+        last_error: None,
     };
     if state_root.join("meta.db").exists() {
         let state = StateDir::new(&state_root)?;
@@ -76,6 +103,26 @@ fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Re
         status.bytes_stored = summary.bytes;
         status.unrecorded_files = summary.dirty_files;
         status.pending_versions = summary.pending_versions;
+        let sync_db = state.root().join("sync.db");
+        if sync_db.exists() {
+            let sync = crate::sync::SyncState::open(&sync_db)?;
+            if let Some(b) = sync.binding()? {
+                status.server = Some(b.server);
+                status.volume = Some(b.volume);
+            }
+            status.cursor = sync.cursor()?.0;
+        }
+        if let Some(e) =
+            crate::sync::Engine::read_status(state.root()).filter(|_| status.daemon_running)
+        {
+            status.online = e.online;
+            status.cursor = status.cursor.max(e.cursor);
+            status.server_head = e.server_head;
+            status.last_sync_ms = e.last_sync_ms;
+            status.bytes_uploaded = e.bytes_uploaded;
+            status.bytes_downloaded = e.bytes_downloaded;
+            status.last_error = e.last_error;
+        }
     }
     Ok(status)
 }
@@ -117,6 +164,18 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("  bytes stored:      {}", s.bytes_stored);
         println!("  unrecorded files:  {}", s.unrecorded_files);
         println!("  pending versions:  {}", s.pending_versions);
+        if let (Some(server), Some(volume)) = (&s.server, &s.volume) {
+            let online = if s.online { "online" } else { "offline" };
+            println!("  syncs with:        volume {volume} on {server} ({online})");
+            println!("  cursor / head:     {} / {}", s.cursor, s.server_head);
+            println!(
+                "  bytes up / down:   {} / {}",
+                s.bytes_uploaded, s.bytes_downloaded
+            );
+            if let Some(e) = &s.last_error {
+                println!("  last error:        {e}");
+            }
+        }
     }
     Ok(())
 }

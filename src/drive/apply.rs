@@ -112,6 +112,12 @@ impl Drive {
         Ok(dir)
     }
 
+    /// Opens the backing file of file `id` for reading (the base of a remote change).
+    pub fn open_content(&self, id: NodeId) -> DriveResult<File> {
+        self.resolve(id)?;
+        Ok(File::open(self.backing.path(id))?)
+    }
+
     fn resolve(&self, id: NodeId) -> DriveResult<Ino> {
         lock(&self.tree).ino_of(id).ok_or(DriveError::NotFound)
     }
@@ -180,7 +186,12 @@ impl Drive {
     }
 
     /// Replaces the content of file `id` with the staged file (already fsynced by the caller).
-    pub fn apply_content(&self, id: NodeId, staged: &Path, mtime: Nanos) -> DriveResult<()> {
+    pub fn apply_content(
+        &self,
+        id: NodeId,
+        staged: &Path,
+        mtime: Option<Nanos>,
+    ) -> DriveResult<()> {
         let ino = self.resolve(id)?;
         {
             let t = lock(&self.tree);
@@ -207,7 +218,9 @@ impl Drive {
             let n = t.get_mut(ino)?;
             n.size = len;
             n.blocks = Some(blocks);
-            n.mtime = mtime;
+            if let Some(mtime) = mtime {
+                n.mtime = mtime;
+            }
             n.ctime = stamp;
             n.recorded_stamp = Some((len, stamp_mtime));
             t.touch(ino);

@@ -28,11 +28,17 @@ pub struct Mount {
     pub mountpoint: PathBuf,
     pub state: PathBuf,
     mounted: bool,
+    extra: Vec<String>,
 }
 
 impl Mount {
     /// Mounts a new, empty drive.
     pub fn new() -> Mount {
+        Mount::with_args(&[])
+    }
+
+    /// Mounts a new drive with extra `mount` arguments (e.g. `--server`).
+    pub fn with_args(extra: &[&str]) -> Mount {
         let dir = tempfile::Builder::new()
             .prefix("dd-test")
             .tempdir()
@@ -47,6 +53,7 @@ impl Mount {
             mountpoint,
             state,
             mounted: false,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         m.mount();
         m
@@ -59,6 +66,7 @@ impl Mount {
             .arg(&self.mountpoint)
             .arg("--state")
             .arg(&self.state)
+            .args(&self.extra)
             .output()
             .expect("run deltadrive mount");
         assert!(

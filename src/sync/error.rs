@@ -1,0 +1,60 @@
+//! What can go wrong while syncing, and whether trying again can help.
+
+use crate::chunking::{ApplyError, DecodeError, ReconstructError};
+use crate::drive::DriveError;
+use crate::remote::RemoteError;
+
+/// Why a sync step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Talking to the server failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The local drive refused a change.
+    #[error("local drive: {0}")]
+    Drive(#[from] DriveError),
+    /// The sync state database failed.
+    #[error("sync state: {0}")]
+    State(#[from] rusqlite::Error),
+    /// A stored manifest does not decode.
+    #[error("stored manifest: {0}")]
+    Manifest(#[from] DecodeError),
+    /// A write's edit does not apply to the version this device holds.
+    #[error("edit does not apply to the stored base: {0}")]
+    Edit(#[from] ApplyError),
+    /// Content could not be rebuilt from chunks.
+    #[error("rebuilding content: {0}")]
+    Reconstruct(#[from] ReconstructError),
+    /// The server sent something that contradicts what this device holds.
+    #[error("inconsistent change from the server: {0}")]
+    Inconsistent(String),
+    /// Local I/O on the staging area failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// This state directory belongs to another server or volume.
+    #[error("state directory is bound to volume {volume} on {server}")]
+    WrongBinding {
+        /// The server it is bound to.
+        server: String,
+        /// The volume it is bound to.
+        volume: String,
+    },
+}
+
+impl SyncError {
+    /// Whether waiting and trying again may succeed (the network, a busy file).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SyncError::Remote(e) => e.is_retryable(),
+            SyncError::Drive(DriveError::Busy) => true,
+            SyncError::Drive(_)
+            | SyncError::State(_)
+            | SyncError::Manifest(_)
+            | SyncError::Edit(_)
+            | SyncError::Reconstruct(_)
+            | SyncError::Inconsistent(_)
+            | SyncError::Io(_)
+            | SyncError::WrongBinding { .. } => false,
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The read path on real parts: another device commits through the wire protocol, and a
+//! mounted drive (`mount --server`) shows the change moments later.
+
+mod common;
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use deltadrive::chunking::{ChunkerParams, Manifest, chunk_bytes, diff, payload};
+use deltadrive::protocol::{
+    CommitRequest, CreateOp, DeleteOp, MoveOp, NodeId, NodeKind, Op, SetAttrsOp, TxnId, WriteOp,
+    Xattrs, limits::COMMIT_FORMAT,
+};
+use deltadrive::remote::Remote;
+
+/// Another device: uploads chunks and commits through the real client.
+struct Device {
+    remote: Remote,
+}
+
+impl Device {
+    fn upload(&self, data: &[u8]) -> Manifest {
+        let manifest = chunk_bytes(ChunkerParams::default(), data);
+        let chunks: Vec<_> = manifest
+            .offsets()
+            .map(|(off, c)| {
+                let bytes = &data[off as usize..off as usize + c.len as usize];
+                (c.id, payload::encode(bytes, 3))
+            })
+            .collect();
+        self.remote.upload(chunks).unwrap();
+        manifest
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> u64 {
+        let req = CommitRequest {
+            format: COMMIT_FORMAT,
+            txn: TxnId::random(),
+            ops,
+        };
+        self.remote.commit(&req).unwrap().seq.0
+    }
+}
+
+fn create(
+    node: NodeId,
+    parent: NodeId,
+    name: &str,
+    kind: NodeKind,
+    manifest: Option<Manifest>,
+    target: Option<&str>,
+) -> Op {
+    Op::Create(CreateOp {
+        node,
+        parent,
+        name: support::name(name),
+        kind,
+        mode: if kind == NodeKind::Dir { 0o755 } else { 0o644 },
+        mtime: 1_600_000_000_000_000_000,
+        xattrs: Xattrs::new(),
+        manifest_id: manifest.as_ref().map(Manifest::id),
+        manifest,
+        target: target.map(str::to_string),
+    })
+}
+
+fn token_file(dir: &std::path::Path, token: &str) -> String {
+    let path = dir.join("token");
+    fs::write(&path, format!("{token}\n")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_mounted_drive_follows_another_devices_commits() {
+    let fx = support::fixture();
+    let laptop = Device {
+        remote: Remote::new(&fx.server.base, "alice-docs", &fx.laptop).unwrap(),
+    };
+    let (docs, file, link, empty) = (
+        NodeId::random(),
+        NodeId::random(),
+        NodeId::random(),
+        NodeId::random(),
+    );
+    let content = common::random_bytes(1, 2 << 20);
+    let manifest = laptop.upload(&content);
+    let first = laptop.commit(vec![
+        create(docs, NodeId::ROOT, "docs", NodeKind::Dir, None, None),
+        create(
+            file,
+            docs,
+            "a.bin",
+            NodeKind::File,
+            Some(manifest.clone()),
+            None,
+        ),
+        create(
+            link,
+            NodeId::ROOT,
+            "link",
+            NodeKind::Symlink,
+            None,
+            Some("docs/a.bin"),
+        ),
+        create(
+            empty,
+            NodeId::ROOT,
+            "empty",
+            NodeKind::File,
+            Some(Manifest::default()),
+            None,
+        ),
+    ]);
+
+    // A new device joins: the snapshot gives it the whole tree, content included.
+    let tokens = tempfile::tempdir().unwrap();
+    let token = token_file(tokens.path(), &fx.phone);
+    let m = common::Mount::with_args(&[
+        "--server",
+        &fx.server.base,
+        "--volume",
+        "alice-docs",
+        "--token-file",
+        &token,
+    ]);
+    common::wait_until(Duration::from_secs(20), || {
+        m.status()["cursor"].as_u64() == Some(first)
+    });
+    assert_eq!(fs::read(m.path("docs/a.bin")).unwrap(), content);
+    assert_eq!(
+        fs::read(m.path("link")).unwrap(),
+        content,
+        "the symlink resolves in the mount"
+    );
+    assert_eq!(fs::metadata(m.path("empty")).unwrap().len(), 0);
+    assert_eq!(
+        fs::metadata(m.path("docs/a.bin")).unwrap().mtime(),
+        1_600_000_000
+    );
+    let joined = m.status();
+    assert_eq!(joined["server"], fx.server.base.as_str());
+    assert_eq!(joined["volume"], "alice-docs");
+
+    // The laptop inserts one byte in the middle: the phone fetches about one chunk.
+    let before = m.status()["bytes_downloaded"].as_u64().unwrap();
+    let mut edited = content.clone();
+    edited.insert(1 << 20, b'!');
+    let new_manifest = laptop.upload(&edited);
+    let d = diff(&manifest, &new_manifest);
+    let seq = laptop.commit(vec![Op::Write(WriteOp {
+        node: file,
+        base: deltadrive::protocol::Seq(1),
+        edit: d.edit,
+        size: edited.len() as u64,
+        manifest_id: new_manifest.id(),
+    })]);
+    common::wait_until(Duration::from_secs(20), || {
+        m.status()["cursor"].as_u64() == Some(seq)
+    });
+    assert_eq!(fs::read(m.path("docs/a.bin")).unwrap(), edited);
+    let fetched = m.status()["bytes_downloaded"].as_u64().unwrap() - before;
+    assert!(
+        fetched < 256 * 1024,
+        "a 1-byte insert into 2 MiB fetched {fetched} bytes"
+    );
+
+    // Attributes, a move, a new directory and a delete in one transaction.
+    let new_dir = NodeId::random();
+    let seq = laptop.commit(vec![
+        Op::SetAttrs(SetAttrsOp {
+            node: file,
+            base: deltadrive::protocol::Seq(seq),
+            mode: Some(0o600),
+            mtime: None,
+            xattrs: None,
+        }),
+        Op::Move(MoveOp {
+            node: file,
+            base: deltadrive::protocol::Seq(seq),
+            new_parent: NodeId::ROOT,
+            new_name: support::name("moved.bin"),
+        }),
+        create(new_dir, NodeId::ROOT, "new", NodeKind::Dir, None, None),
+        Op::Delete(DeleteOp {
+            node: empty,
+            base: deltadrive::protocol::Seq(1),
+        }),
+    ]);
+    common::wait_until(Duration::from_secs(20), || {
+        m.status()["cursor"].as_u64() == Some(seq)
+    });
+    assert!(!m.path("docs/a.bin").exists());
+    assert_eq!(fs::read(m.path("moved.bin")).unwrap(), edited);
+    assert_eq!(
+        fs::metadata(m.path("moved.bin"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(m.path("new").is_dir());
+    assert!(!m.path("empty").exists());
+    let status = m.status();
+    assert_eq!(status["online"], true);
+    assert_eq!(status["server_head"].as_u64(), Some(seq));
+}
+
+#[test]
+fn a_wrong_token_or_an_unknown_volume_fails_the_mount_clearly() {
+    let fx = support::fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mp");
+    fs::create_dir(&mp).unwrap();
+    let _guard = common::UnmountGuard(mp.clone());
+    let bad = token_file(dir.path(), "not-a-real-token");
+    let out = common::deltadrive(&[
+        "mount",
+        mp.to_str().unwrap(),
+        "--state",
+        dir.path().join("s1").to_str().unwrap(),
+        "--server",
+        &fx.server.base,
+        "--volume",
+        "alice-docs",
+        "--token-file",
+        &bad,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("token"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let good = token_file(dir.path(), &fx.phone);
+    let out = common::deltadrive(&[
+        "mount",
+        mp.to_str().unwrap(),
+        "--state",
+        dir.path().join("s2").to_str().unwrap(),
+        "--server",
+        &fx.server.base,
+        "--volume",
+        "nope",
+        "--token-file",
+        &good,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope"), "{err}");
+
+    let out = common::deltadrive(&["mount", mp.to_str().unwrap(), "--server", &fx.server.base]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--server needs --volume and --token-file"
+    );
+}
