@@ -6,3 +6,4 @@ pub mod drive;
 pub mod fs;
 pub mod protocol;
 pub mod server;
+pub mod sync;

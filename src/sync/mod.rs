@@ -1,0 +1,3 @@
+//! The sync engine: deciding (the pure planner) and, later, pushing, pulling and applying.
+
+pub mod plan;
