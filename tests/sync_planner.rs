@@ -649,15 +649,24 @@ fn check_rules(l: &Model, s: &Model, r: &Model, f: &Model) -> Result<(), String>
                     }
                 }
             }
-            // Rule 3 / 4: deleted on one side.
+            // Rule 3 / 4: deleted on one side. It stays if the other side changed it (a
+            // directory: moved or renamed it), moved a deleted ancestor out from under the
+            // delete, or (a directory) if anything stays inside it.
             (one, Some(b), other) if one.is_none() != other.is_none() => {
-                let kept = one.or(other).ok_or("unreachable")?;
-                let has_children = f.nodes.values().any(|e| e.parent == id);
-                let should_stay = if b.content == Content::Dir {
-                    has_children
+                let (kept, holder, deleter) = match (one, other) {
+                    (Some(x), _) => (x, l, r),
+                    (None, Some(y)) => (y, r, l),
+                    (None, None) => return Err("unreachable".into()),
+                };
+                let is_dir = b.content == Content::Dir;
+                let changed = if is_dir {
+                    kept.parent != b.parent || kept.name != b.name
                 } else {
                     kept != b
                 };
+                let moved_out = moved_out_from_delete(kept, holder, deleter, s);
+                let has_children = f.nodes.values().any(|e| e.parent == id);
+                let should_stay = changed || moved_out || (is_dir && has_children);
                 if should_stay != fe.is_some() {
                     return Err(format!(
                         "{id:?} deleted on one side: stays={} want {should_stay}",
@@ -682,6 +691,24 @@ fn check_rules(l: &Model, s: &Model, r: &Model, f: &Model) -> Result<(), String>
     Ok(())
 }
 
+/// Walking up from `kept` in `holder`: meets a directory `deleter` deleted and `holder`
+/// moved or renamed, before one `deleter` still has.
+fn moved_out_from_delete(kept: &Entry, holder: &Model, deleter: &Model, s: &Model) -> bool {
+    let mut at = kept.parent;
+    while at != NodeId::ROOT && !deleter.nodes.contains_key(&at) {
+        match (holder.nodes.get(&at), s.nodes.get(&at)) {
+            (Some(now), Some(before)) => {
+                if now.parent != before.parent || now.name != before.name {
+                    return true;
+                }
+                at = now.parent;
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn ensure(ok: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
     if ok { Ok(()) } else { Err(msg()) }
 }
@@ -703,8 +730,17 @@ fn build(editor: &mut Editor, base: &Model, ops: &[RawOp], creates_only: bool) -
     m
 }
 
+/// Cases of the main property: 3000 by default (a few seconds in a debug build); set
+/// PLANNER_CASES for a longer run.
+fn cases() -> u32 {
+    std::env::var("PLANNER_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn random_edits_on_both_sides_converge(
@@ -721,6 +757,10 @@ proptest! {
         let checked = check_case(&l, &s, &r);
         prop_assert!(checked.is_ok(), "{}", checked.unwrap_err());
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn one_sided_changes_are_pushed_or_applied_as_they_are(
@@ -970,18 +1010,72 @@ fn dir_deleted_while_other_side_moved_a_file_in() {
 }
 
 #[test]
-fn dir_deleted_with_only_untouched_content_goes() {
+fn dir_deleted_against_an_attribute_change_only_goes_with_its_contents() {
+    // A directory's mtime changes with its entries: that alone does not undo an rm -rf.
     let s = model(&[(1, dir(0, "D")), (2, file(1, "y", 1))]);
     let l = Model::default();
     let mut r = s.clone();
-    // A remote rename of the directory alone does not bring it back.
-    r.nodes.get_mut(&id(1)).unwrap().name = name("E");
+    r.nodes.get_mut(&id(1)).unwrap().mtime = 99;
     let (p, f) = run(&l, &s, &r);
     assert!(f.nodes.is_empty());
     assert_eq!(
         p.to_remote,
         vec![
             PushStep::Delete { node: id(2) },
+            PushStep::Delete { node: id(1) }
+        ]
+    );
+    assert!(p.conflicts.is_empty());
+}
+
+#[test]
+fn dir_renamed_on_one_side_survives_a_delete_on_the_other_with_its_contents() {
+    // Remote: mv /Photos "/Photos 2020". Local: rm -rf /Photos. The renamed tree stays,
+    // as it would under Dropbox or Syncthing (the delete was of what sat at /Photos).
+    let s = model(&[
+        (1, dir(0, "Photos")),
+        (2, dir(1, "trip")),
+        (3, file(2, "a.jpg", 1)),
+    ]);
+    let l = Model::default();
+    let mut r = s.clone();
+    r.nodes.get_mut(&id(1)).unwrap().name = name("Photos 2020");
+    let (p, f) = run(&l, &s, &r);
+    assert_eq!(f, r);
+    assert!(p.to_remote.is_empty());
+    assert!(p.conflicts.contains(&Conflict::EditBeatDelete {
+        node: id(1),
+        deleted_on: Side::Local
+    }));
+    // The other way round: a local rename survives a remote rm -rf, and is pushed back.
+    let (p, f) = run(&r, &s, &l);
+    assert_eq!(f, r);
+    assert_eq!(p.to_remote.len(), 3);
+    assert!(p.to_local.is_empty());
+}
+
+#[test]
+fn subdir_moved_out_of_a_tree_deleted_on_the_other_side_survives() {
+    // Remote: mv /A/D /D. Local: rm -rf /A. D and its file stay; A and its file go.
+    let s = model(&[
+        (1, dir(0, "A")),
+        (2, dir(1, "D")),
+        (3, file(2, "f", 1)),
+        (4, file(1, "g", 1)),
+    ]);
+    let l = Model::default();
+    let r = model(&[
+        (1, dir(0, "A")),
+        (2, dir(0, "D")),
+        (3, file(2, "f", 1)),
+        (4, file(1, "g", 1)),
+    ]);
+    let (p, f) = run(&l, &s, &r);
+    assert_eq!(f, model(&[(2, dir(0, "D")), (3, file(2, "f", 1))]));
+    assert_eq!(
+        p.to_remote,
+        vec![
+            PushStep::Delete { node: id(4) },
             PushStep::Delete { node: id(1) }
         ]
     );

@@ -58,11 +58,13 @@ pub(super) fn merge<'a>(
         )?;
         decisions.insert(id, d);
     }
+    keep_moved_trees(local, synced, remote, &mut decisions);
     drop_cyclic_local_moves(local, &mut decisions, &mut conflicts);
     keep_ancestors(&mut decisions, &mut conflicts);
-    let (over, copies) = name_and_copy(local, synced, remote, ctx, decisions, &mut conflicts)?;
+    let (over, copies, places) =
+        name_and_copy(local, synced, remote, ctx, decisions, &mut conflicts)?;
     Ok(Merged {
-        target: Target::new(local, remote, over, copies),
+        target: Target::new(local, remote, over, copies, places),
         conflicts,
     })
 }
@@ -87,52 +89,100 @@ fn decide<'a>(
     }
     let d = match (l, r) {
         (Some(l), Some(r)) => merge_entries(id, l, s, r, conflicts),
-        (Some(l), None) => {
-            // Remote deleted it (or it is new here). A changed file or symlink comes back;
-            // a directory only if something in it stays (see keep_ancestors).
-            let exists = match s {
-                None => true,
-                Some(s) => l.kind() != NodeKind::Dir && l != s,
-            };
-            if exists && s.is_some() {
-                conflicts.push(Conflict::EditBeatDelete {
-                    node: id,
-                    deleted_on: Side::Remote,
-                });
-            }
-            Decision {
-                local: Some(l),
-                remote: None,
-                exists,
-                entry: l.clone(),
-                copy_local: false,
-            }
-        }
-        (None, Some(r)) => {
-            let exists = match s {
-                None => true,
-                Some(s) => r.kind() != NodeKind::Dir && r != s,
-            };
-            if exists && s.is_some() {
-                conflicts.push(Conflict::EditBeatDelete {
-                    node: id,
-                    deleted_on: Side::Local,
-                });
-            }
-            Decision {
-                local: None,
-                remote: Some(r),
-                exists,
-                entry: r.clone(),
-                copy_local: false,
-            }
-        }
+        (Some(l), None) => one_sided(id, l, s, Side::Remote, conflicts),
+        (None, Some(r)) => one_sided(id, r, s, Side::Local, conflicts),
         (None, None) => {
             // `diverged` never yields a node absent from both sides.
             return Err(PlanError::Unschedulable { node: id });
         }
     };
     Ok(d)
+}
+
+/// A node one side holds as `kept` and the other side (`deleted_on`) does not: new on the
+/// holding side, or deleted on the other. A deleted node comes back if the holding side
+/// changed it (rule 3); for a directory only a move or rename counts (its mtime follows its
+/// entries). More may come back later: what a moved directory holds, and the ancestors of
+/// whatever stays.
+fn one_sided<'a>(
+    id: NodeId,
+    kept: &'a Entry,
+    s: Option<&'a Entry>,
+    deleted_on: Side,
+    conflicts: &mut Vec<Conflict>,
+) -> Decision<'a> {
+    let exists = match s {
+        None => true,
+        Some(s) if kept.kind() == NodeKind::Dir => !kept.same_place(s),
+        Some(s) => kept != s,
+    };
+    if exists && s.is_some() {
+        conflicts.push(Conflict::EditBeatDelete {
+            node: id,
+            deleted_on,
+        });
+    }
+    let (local, remote) = match deleted_on {
+        Side::Remote => (Some(kept), None),
+        Side::Local => (None, Some(kept)),
+    };
+    Decision {
+        local,
+        remote,
+        exists,
+        entry: kept.clone(),
+        copy_local: false,
+    }
+}
+
+/// Rule 3 for what a directory holds: a node deleted on one side stays when the other side
+/// moved one of its ancestors out from under that delete (an ancestor the deleting side
+/// deleted too, so the delete was of a whole tree). The deleting side removed the tree at
+/// the place it saw; what the other side had moved elsewhere by then is not part of it.
+fn keep_moved_trees(
+    local: &Tree,
+    synced: &Tree,
+    remote: &Tree,
+    decisions: &mut BTreeMap<NodeId, Decision<'_>>,
+) {
+    let mut kept = Vec::new();
+    for (id, d) in decisions.iter() {
+        if d.exists || synced.get(*id).is_none() {
+            continue;
+        }
+        let (holder, deleter) = match (d.local, d.remote) {
+            (Some(_), None) => (local, remote),
+            (None, Some(_)) => (remote, local),
+            _ => continue,
+        };
+        if moved_ancestor(*id, holder, deleter, synced) {
+            kept.push(*id);
+        }
+    }
+    for id in kept {
+        if let Some(d) = decisions.get_mut(&id) {
+            d.exists = true;
+        }
+    }
+}
+
+/// True if, walking up from `id` in `holder`, a directory the `deleter` side deleted as
+/// well was moved or renamed in `holder` (before reaching one the deleter still has).
+fn moved_ancestor(id: NodeId, holder: &Tree, deleter: &Tree, synced: &Tree) -> bool {
+    let mut at = match holder.get(id) {
+        Some(e) => e.parent,
+        None => return false,
+    };
+    while at != NodeId::ROOT && !deleter.exists(at) {
+        let (Some(now), Some(before)) = (holder.get(at), synced.get(at)) else {
+            return false;
+        };
+        if !now.same_place(before) {
+            return true;
+        }
+        at = now.parent;
+    }
+    false
 }
 
 /// Three-way merge of a node both sides hold: per field, a change on one side only is
@@ -309,8 +359,13 @@ fn keep_ancestors(decisions: &mut BTreeMap<NodeId, Decision<'_>>, conflicts: &mu
     }
 }
 
-/// The decided part of the target (`None`: not in it) and the copies (copy -> source).
-type Decided = (BTreeMap<NodeId, Option<Entry>>, BTreeMap<NodeId, NodeId>);
+/// The decided part of the target (`None`: not in it), the copies (copy -> source) and the
+/// places the decided nodes take.
+type Decided = (
+    BTreeMap<NodeId, Option<Entry>>,
+    BTreeMap<NodeId, NodeId>,
+    HashSet<(NodeId, Name)>,
+);
 
 /// Rules 7 and 2: rename the nodes that lost a name to the remote side, and add conflicted
 /// copies of local versions; then the decided part of the target.
@@ -361,7 +416,7 @@ fn name_and_copy(
         let Some(d) = decisions.get(&id) else {
             continue;
         };
-        if !d.exists {
+        if !d.exists || (!d.copy_local && !losers.contains_key(&id)) {
             continue;
         }
         let (parent, wanted, kind) = (d.entry.parent, d.entry.name.clone(), d.entry.kind());
@@ -405,7 +460,7 @@ fn name_and_copy(
         .map(|(id, d)| (id, d.exists.then_some(d.entry)))
         .collect();
     over.extend(copy_entries.into_iter().map(|(id, e)| (id, Some(e))));
-    Ok((over, copies))
+    Ok((over, copies, places))
 }
 
 /// The first conflicted-copy name of `wanted` that `taken` says is free.

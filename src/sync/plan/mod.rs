@@ -37,9 +37,14 @@
 //!
 //! Choices where the rules leave room (for what a Dropbox or Syncthing user expects, and
 //! never losing a byte first):
-//! - A directory's own changes (rename, mode, mtime, xattrs) do not bring it back from a
-//!   delete: its mtime changes whenever its entries do, so counting that would undo every
-//!   folder delete that raced with any change inside. It stays only for what stays inside.
+//! - For a directory, "edited" (rule 3) means moved or renamed: its attributes (mode, mtime,
+//!   xattrs) do not bring it back from a delete, since its mtime changes whenever its
+//!   entries do and would undo every folder delete that raced with any change inside.
+//! - A directory moved or renamed on one side while the other side deleted the tree it was
+//!   in stays WITH what it holds (`mv Photos "Photos 2020"` against `rm -rf Photos` keeps
+//!   "Photos 2020" whole): the delete removed what was at the old place, as it would under
+//!   Dropbox (paths) or Syncthing (a move is new files there). Rule 3 for the directory
+//!   alone would keep it empty, deleting the files the other side had just moved away.
 //! - Conflicted copies and renamed losers are named after THIS device (the local version is
 //!   the one that lost); the copy's name derives from the name the node wanted.
 //! - A symlink's new target is pushed as delete + create of the same id: the protocol's

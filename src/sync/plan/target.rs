@@ -22,18 +22,15 @@ pub(super) struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    /// The target from the decided nodes and the copies.
+    /// The target from the decided nodes, the copies and the places the decided nodes take
+    /// (the (parent, name) of each of them in the target, copies included).
     pub(super) fn new(
         local: &'a Tree,
         remote: &'a Tree,
         over: BTreeMap<NodeId, Option<Entry>>,
         copies: BTreeMap<NodeId, NodeId>,
+        places: HashSet<(NodeId, Name)>,
     ) -> Self {
-        let places = over
-            .values()
-            .flatten()
-            .map(|e| (e.parent, e.name.clone()))
-            .collect();
         Self {
             base: local,
             remote,
