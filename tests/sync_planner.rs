@@ -607,6 +607,11 @@ fn check_rules(l: &Model, s: &Model, r: &Model, f: &Model) -> Result<(), String>
             (None, None, Some(y)) => ensure(fe == Some(y), || {
                 format!("remote-new {id:?} not taken as is")
             })?,
+            // Created on both sides under one id (rule 8): remote content and place win.
+            (Some(_), None, Some(y)) => match fe {
+                Some(f) if f.content == y.content && f.parent == y.parent && f.name == y.name => {}
+                _ => return Err(format!("{id:?} created on both sides: remote lost")),
+            },
             // New local node: kept with its content and directory (the name may lose).
             (Some(x), None, None) => match fe {
                 Some(f) if f.content == x.content && f.parent == x.parent => {}
@@ -722,6 +727,38 @@ fn field_merged<T: PartialEq>(local: &T, base: &T, remote: &T, merged: &T) -> bo
     }
 }
 
+/// Rule 8's only real source: a crash after a push committed but before the synced tree was
+/// updated, so the remote side holds local creates under the same ids. Copies some local
+/// creates into `r` (an odd pick with other content), where their parent and name allow.
+fn mirror_local_creates(l: &Model, s: &Model, r: &mut Model, picks: &[u8]) {
+    let created: Vec<NodeId> = l
+        .nodes
+        .keys()
+        .filter(|id| !s.nodes.contains_key(id))
+        .copied()
+        .collect();
+    for &v in picks {
+        if created.is_empty() {
+            return;
+        }
+        let id = created[usize::from(v) % created.len()];
+        let mut e = l.nodes[&id].clone();
+        if r.nodes.contains_key(&id) || !r.is_dir(e.parent) || r.holder(e.parent, &e.name).is_some()
+        {
+            continue;
+        }
+        if v % 2 == 1
+            && let Content::File { size, .. } = e.content
+        {
+            e.content = Content::File {
+                manifest_id: manifest(250, u64::from(v), 0),
+                size,
+            };
+        }
+        r.nodes.insert(id, e);
+    }
+}
+
 fn build(editor: &mut Editor, base: &Model, ops: &[RawOp], creates_only: bool) -> Model {
     let mut m = base.clone();
     for op in ops {
@@ -748,12 +785,14 @@ proptest! {
         s_edits in raw_ops(8),
         l_ops in raw_ops(14),
         r_ops in raw_ops(14),
+        mirrors in vec(any::<u8>(), 0..3),
     ) {
         let s = build(&mut Editor { side: 1, counter: 0 }, &Model::default(), &s_ops, true);
         // A few edits after the creates make the synced tree less regular.
         let s = build(&mut Editor { side: 4, counter: 0 }, &s, &s_edits, false);
         let l = build(&mut Editor { side: 2, counter: 0 }, &s, &l_ops, false);
-        let r = build(&mut Editor { side: 3, counter: 0 }, &s, &r_ops, false);
+        let mut r = build(&mut Editor { side: 3, counter: 0 }, &s, &r_ops, false);
+        mirror_local_creates(&l, &s, &mut r, &mirrors);
         let checked = check_case(&l, &s, &r);
         prop_assert!(checked.is_ok(), "{}", checked.unwrap_err());
     }
