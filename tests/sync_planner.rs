@@ -588,7 +588,7 @@ fn check_case(l: &Model, s: &Model, r: &Model) -> Result<(), String> {
     Ok(())
 }
 
-/// Per-node rules 1-7 against the merged result `f`.
+/// Per-node rules 1-8 against the merged result `f`.
 fn check_rules(l: &Model, s: &Model, r: &Model, f: &Model) -> Result<(), String> {
     let ids: BTreeSet<NodeId> = l.nodes.keys().chain(r.nodes.keys()).copied().collect();
     for id in ids {

@@ -6,8 +6,15 @@
 //! How it works: only nodes whose local and remote entries differ need a decision (one
 //! ordered pass finds them). Each is merged three ways against the synced tree into one
 //! *target* tree; then, for each side, the steps that take that side to the target are
-//! ordered so that every step is valid where it runs ([`order`]). Both sides reach the same
+//! ordered so that every step is valid where it runs (order.rs). Both sides reach the same
 //! target, so applying `to_local` locally and `to_remote` on the server converges.
+//!
+//! For the engine: every content a push step names is local content (the bytes are here to
+//! upload) and every file content a local step names is remote content (fetch it by
+//! manifest), except [`LocalStep::CopyAside`], which copies local bytes. Each list is valid
+//! step by step, so any prefix of `to_remote` is a valid commit on its own (a plan over the
+//! server's op limit can go in several commits, in order). Logging the conflicts is the
+//! caller's: the planner does not even log.
 //!
 //! The rules (DESIGN.md, "Conflicts: never lose a byte"; the remote side is the one
 //! committed first):
@@ -85,12 +92,6 @@ pub fn plan(local: &Tree, synced: &Tree, remote: &Tree, ctx: &Context) -> Result
     let target = &merged.target;
     let to_local = local_steps(local, target, order::schedule(local, target)?)?;
     let to_remote = push_steps(remote, target, order::schedule(remote, target)?)?;
-    if !merged.conflicts.is_empty() {
-        tracing::debug!(
-            conflicts = merged.conflicts.len(),
-            "sync plan resolved conflicts"
-        );
-    }
     Ok(Plan {
         to_local,
         to_remote,
