@@ -1,13 +1,14 @@
 //! The sync engine: follows a volume's change log and applies other devices' difference
-//! transactions to the local drive (the read path of DESIGN.md).
+//! transactions to the local drive (the read path of DESIGN.md), and decides with the pure
+//! three-tree planner ([`plan`]).
 //!
 //! A new state directory starts from the server's snapshot; a known one resumes from its
-//! cursor. Pushing local changes (the write path) and the conflict rules come with the
-//! planner (`plan`), which decides from the three trees.
+//! cursor. Pushing local changes (the write path) through the planner comes next.
 
 mod content;
 mod engine;
 mod error;
+pub mod plan;
 mod state;
 
 pub use engine::{Engine, EngineStatus};
