@@ -51,6 +51,14 @@ fn healthz_answers_without_a_token() {
     assert_eq!(resp.text().unwrap(), r#"{"status":"ok"}"#);
 }
 
+/// The token with its last character changed (to something it is not already).
+fn wrong_token(token: &str) -> String {
+    let (head, last) = token.split_at(token.len() - 1);
+    format!("{head}{}", if last == "0" { "1" } else { "0" })
+}
+
+// Regression: the wrong token was made by setting the last character to '0', which is the
+// right token one time in sixteen: the test failed at random.
 #[test]
 fn no_token_wrong_token_and_malformed_header_are_401_everywhere() {
     let f = fixture();
@@ -69,7 +77,7 @@ fn no_token_wrong_token_and_malformed_header_are_401_everywhere() {
         );
         let wrong = http
             .request(method.clone(), &url)
-            .bearer_auth(format!("{}0", &f.laptop[..f.laptop.len() - 1]))
+            .bearer_auth(wrong_token(&f.laptop))
             .body(body.clone())
             .send()
             .unwrap();
