@@ -260,3 +260,69 @@ fn a_wrong_token_or_an_unknown_volume_fails_the_mount_clearly() {
         "--server needs --volume and --token-file"
     );
 }
+
+#[test]
+fn local_edits_are_never_overwritten_or_deleted_by_another_devices_change() {
+    let fx = support::fixture();
+    let laptop = Device {
+        remote: Remote::new(&fx.server.base, "alice-docs", &fx.laptop).unwrap(),
+    };
+    let (a, b) = (NodeId::random(), NodeId::random());
+    let ma = laptop.upload(b"laptop's first version of a");
+    let mb = laptop.upload(b"laptop's first version of b");
+    let first = laptop.commit(vec![
+        create(
+            a,
+            NodeId::ROOT,
+            "a.txt",
+            NodeKind::File,
+            Some(ma.clone()),
+            None,
+        ),
+        create(b, NodeId::ROOT, "b.txt", NodeKind::File, Some(mb), None),
+    ]);
+    let tokens = tempfile::tempdir().unwrap();
+    let token = token_file(tokens.path(), &fx.phone);
+    let m = common::Mount::with_args(&[
+        "--server",
+        &fx.server.base,
+        "--volume",
+        "alice-docs",
+        "--token-file",
+        &token,
+    ]);
+    common::wait_until(Duration::from_secs(20), || {
+        m.status()["cursor"].as_u64() == Some(first)
+    });
+
+    // The phone edits both files locally (not pushed yet); the laptop rewrites a and deletes b.
+    fs::write(m.path("a.txt"), b"phone's edit of a").unwrap();
+    fs::write(m.path("b.txt"), b"phone's edit of b").unwrap();
+    let new_a = laptop.upload(b"laptop's second version of a");
+    let seq = laptop.commit(vec![
+        Op::Write(WriteOp {
+            node: a,
+            base: deltadrive::protocol::Seq(first),
+            edit: diff(&ma, &new_a).edit,
+            size: new_a.size(),
+            manifest_id: new_a.id(),
+        }),
+        Op::Delete(DeleteOp {
+            node: b,
+            base: deltadrive::protocol::Seq(first),
+        }),
+    ]);
+    common::wait_until(Duration::from_secs(20), || {
+        m.status()["cursor"].as_u64() == Some(seq)
+    });
+    assert_eq!(
+        fs::read(m.path("a.txt")).unwrap(),
+        b"phone's edit of a",
+        "the local edit was not overwritten"
+    );
+    assert_eq!(
+        fs::read(m.path("b.txt")).unwrap(),
+        b"phone's edit of b",
+        "the edit wins against the delete"
+    );
+}

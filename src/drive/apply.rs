@@ -104,6 +104,19 @@ impl Drive {
         lock(&self.tree).ino_of(id)
     }
 
+    /// Whether file `id` holds local content the server has not taken yet: a recorded
+    /// version not yet pushed, writes not yet recorded, or a writer open. Replacing or
+    /// deleting such a file for another device's change would lose bytes.
+    pub fn has_local_changes(&self, id: NodeId) -> bool {
+        let t = lock(&self.tree);
+        t.ino_of(id)
+            .and_then(|ino| t.get(ino).ok())
+            .is_some_and(|n| {
+                n.kind == Kind::File
+                    && (n.pending.is_some() || !n.dirty.is_empty() || n.open_by_mode.writers > 0)
+            })
+    }
+
     /// Where the sync engine stages content before [`Drive::apply_content`] renames it in
     /// (on the same filesystem as the backing files, so the rename is atomic).
     pub fn staging_dir(&self) -> DriveResult<PathBuf> {

@@ -352,7 +352,12 @@ impl Ctx {
                         w.node
                     )));
                 }
-                if self.drive.ino_of(w.node).is_some() {
+                if self.drive.has_local_changes(w.node) {
+                    // Both sides changed the file. Until this device pushes (and the planner's
+                    // conflicted copies exist), its local bytes stay and the other version
+                    // waits on the server: nothing is lost.
+                    tracing::warn!(node = %w.node, "local changes kept over another device's write");
+                } else if self.drive.ino_of(w.node).is_some() {
                     let staged =
                         materialize(&self.drive, &self.remote, Some((w.node, &base)), &target)?;
                     self.drive.apply_content(w.node, staged.path(), None)?;
@@ -399,6 +404,12 @@ impl Ctx {
                 });
             }
             Op::Delete(d) => {
+                if self.drive.has_local_changes(d.node) {
+                    // Edit against delete: the edit wins and the file stays.
+                    tracing::warn!(node = %d.node, "locally edited file kept against a delete");
+                    updates.push(SyncedUpdate::Forget { node: d.node });
+                    return Ok(());
+                }
                 match self.drive.apply_delete(d.node) {
                     Ok(()) | Err(DriveError::NotFound) => {}
                     // Local children the server never saw keep the directory alive.
