@@ -66,6 +66,21 @@ fn create(
     })
 }
 
+/// Mounts a drive that follows alice-docs as alice's phone; keep the token dir alive.
+fn join_as_phone(fx: &support::Fixture) -> (common::Mount, tempfile::TempDir) {
+    let tokens = tempfile::tempdir().unwrap();
+    let token = token_file(tokens.path(), &fx.phone);
+    let m = common::Mount::with_args(&[
+        "--server",
+        &fx.server.base,
+        "--volume",
+        "alice-docs",
+        "--token-file",
+        &token,
+    ]);
+    (m, tokens)
+}
+
 fn token_file(dir: &std::path::Path, token: &str) -> String {
     let path = dir.join("token");
     fs::write(&path, format!("{token}\n")).unwrap();
@@ -115,16 +130,7 @@ fn a_mounted_drive_follows_another_devices_commits() {
     ]);
 
     // A new device joins: the snapshot gives it the whole tree, content included.
-    let tokens = tempfile::tempdir().unwrap();
-    let token = token_file(tokens.path(), &fx.phone);
-    let m = common::Mount::with_args(&[
-        "--server",
-        &fx.server.base,
-        "--volume",
-        "alice-docs",
-        "--token-file",
-        &token,
-    ]);
+    let (m, _tokens) = join_as_phone(&fx);
     common::wait_until(Duration::from_secs(20), || {
         m.status()["cursor"].as_u64() == Some(first)
     });
@@ -281,16 +287,7 @@ fn local_edits_are_never_overwritten_or_deleted_by_another_devices_change() {
         ),
         create(b, NodeId::ROOT, "b.txt", NodeKind::File, Some(mb), None),
     ]);
-    let tokens = tempfile::tempdir().unwrap();
-    let token = token_file(tokens.path(), &fx.phone);
-    let m = common::Mount::with_args(&[
-        "--server",
-        &fx.server.base,
-        "--volume",
-        "alice-docs",
-        "--token-file",
-        &token,
-    ]);
+    let (m, _tokens) = join_as_phone(&fx);
     common::wait_until(Duration::from_secs(20), || {
         m.status()["cursor"].as_u64() == Some(first)
     });

@@ -47,20 +47,9 @@ pub struct DriveStatus {
     pub server: Option<String>,
     /// The volume it follows.
     pub volume: Option<String>,
-    /// Whether the server answered the engine's last request.
-    pub online: bool,
-    /// Seq of the last change applied here.
-    pub cursor: u64,
-    /// The server's head as last seen.
-    pub server_head: u64,
-    /// When the drive last caught up with the server (ms since the epoch).
-    pub last_sync_ms: Option<i64>,
-    /// Bytes sent to the server this session.
-    pub bytes_uploaded: u64,
-    /// Bytes received from the server this session.
-    pub bytes_downloaded: u64,
-    /// The engine's last error, if its last attempt failed.
-    pub last_error: Option<String>,
+    /// What the sync engine last reported (online, cursor, head, bytes up and down).
+    #[serde(flatten)]
+    pub sync: crate::sync::EngineStatus,
 }
 
 fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Result<DriveStatus> {
@@ -85,13 +74,7 @@ fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Re
         pending_versions: 0,
         server: None,
         volume: None,
-        online: false,
-        cursor: 0,
-        server_head: 0,
-        last_sync_ms: None,
-        bytes_uploaded: 0,
-        bytes_downloaded: 0,
-        last_error: None,
+        sync: crate::sync::EngineStatus::default(),
     };
     if state_root.join("meta.db").exists() {
         let state = StateDir::new(&state_root)?;
@@ -110,18 +93,14 @@ fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Re
                 status.server = Some(b.server);
                 status.volume = Some(b.volume);
             }
-            status.cursor = sync.cursor()?.0;
+            status.sync.cursor = sync.cursor()?.0;
         }
         if let Some(e) =
             crate::sync::Engine::read_status(state.root()).filter(|_| status.daemon_running)
         {
-            status.online = e.online;
-            status.cursor = status.cursor.max(e.cursor);
-            status.server_head = e.server_head;
-            status.last_sync_ms = e.last_sync_ms;
-            status.bytes_uploaded = e.bytes_uploaded;
-            status.bytes_downloaded = e.bytes_downloaded;
-            status.last_error = e.last_error;
+            let cursor = status.sync.cursor.max(e.cursor);
+            status.sync = e;
+            status.sync.cursor = cursor;
         }
     }
     Ok(status)
@@ -165,14 +144,17 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("  unrecorded files:  {}", s.unrecorded_files);
         println!("  pending versions:  {}", s.pending_versions);
         if let (Some(server), Some(volume)) = (&s.server, &s.volume) {
-            let online = if s.online { "online" } else { "offline" };
+            let online = if s.sync.online { "online" } else { "offline" };
             println!("  syncs with:        volume {volume} on {server} ({online})");
-            println!("  cursor / head:     {} / {}", s.cursor, s.server_head);
+            println!(
+                "  cursor / head:     {} / {}",
+                s.sync.cursor, s.sync.server_head
+            );
             println!(
                 "  bytes up / down:   {} / {}",
-                s.bytes_uploaded, s.bytes_downloaded
+                s.sync.bytes_uploaded, s.sync.bytes_downloaded
             );
-            if let Some(e) = &s.last_error {
+            if let Some(e) = &s.sync.last_error {
                 println!("  last error:        {e}");
             }
         }
