@@ -323,3 +323,73 @@ fn local_edits_are_never_overwritten_or_deleted_by_another_devices_change() {
         "the edit wins against the delete"
     );
 }
+
+#[test]
+fn a_new_device_joining_a_volume_of_ten_thousand_files_sees_the_whole_tree() {
+    let fx = support::fixture();
+    let laptop = Device {
+        remote: Remote::new(&fx.server.base, "alice-docs", &fx.laptop).unwrap(),
+    };
+    let dirs: Vec<NodeId> = (0..100).map(|_| NodeId::random()).collect();
+    let mut ops: Vec<Op> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            create(
+                d,
+                NodeId::ROOT,
+                &format!("dir{i:03}"),
+                NodeKind::Dir,
+                None,
+                None,
+            )
+        })
+        .collect();
+    let mut expected = std::collections::BTreeMap::new();
+    let mut uploads = Vec::new();
+    for i in 0..10_000usize {
+        let content = format!("file {i} of ten thousand, {}\n", "x".repeat(i % 97)).into_bytes();
+        let manifest = chunk_bytes(ChunkerParams::default(), &content);
+        uploads.push((manifest.chunks[0].id, payload::encode(&content, 3)));
+        let (dir, name) = (i / 100, format!("f{:03}.txt", i % 100));
+        ops.push(create(
+            NodeId::random(),
+            dirs[dir],
+            &name,
+            NodeKind::File,
+            Some(manifest),
+            None,
+        ));
+        expected.insert(format!("dir{dir:03}/{name}"), content);
+    }
+    laptop.remote.upload(uploads).unwrap();
+    let rest = ops.split_off(5_100);
+    laptop.commit(ops);
+    let last = laptop.commit(rest);
+
+    let (m, _tokens) = join_as_phone(&fx);
+    common::wait_until(Duration::from_secs(120), || {
+        m.status()["cursor"].as_u64() == Some(last)
+    });
+    let mut seen = 0;
+    for entry in fs::read_dir(&m.mountpoint).unwrap() {
+        let dir = entry.unwrap().path();
+        for file in fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            let rel = path
+                .strip_prefix(&m.mountpoint)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(fs::read(&path).unwrap(), expected[&rel], "{rel}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 10_000);
+    assert_eq!(
+        m.status()["nodes"],
+        10_101,
+        "10,000 files, 100 directories and the root"
+    );
+}

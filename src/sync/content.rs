@@ -68,6 +68,24 @@ pub fn materialize(
     }
 }
 
+/// Writes a new file's content to a staged file from chunks already fetched (`supplied`
+/// must hold every chunk of `target`): for many small files fetched in a few batches.
+pub fn materialize_from(
+    drive: &Drive,
+    supplied: &mut HashMap<ChunkId, VerifiedChunk>,
+    target: &Manifest,
+) -> Result<Staged, SyncError> {
+    let staged = Staged {
+        path: Some(
+            drive
+                .staging_dir()?
+                .join(format!("{}.part", TxnId::random())),
+        ),
+    };
+    write_from(drive, None, supplied, target, staged.path())?;
+    Ok(staged)
+}
+
 fn write_content(
     drive: &Drive,
     remote: &Remote,
@@ -86,6 +104,17 @@ fn write_content(
         .filter(|id| !have.contains(id) && seen.insert(*id))
         .collect();
     let mut supplied: HashMap<ChunkId, VerifiedChunk> = remote.fetch(&need)?.into_iter().collect();
+    write_from(drive, base, &mut supplied, target, path)
+}
+
+fn write_from(
+    drive: &Drive,
+    base: Option<(NodeId, &Manifest)>,
+    supplied: &mut HashMap<ChunkId, VerifiedChunk>,
+    target: &Manifest,
+    path: &std::path::Path,
+) -> Result<(), SyncError> {
+    let mut supplied = supplied;
     let file = File::create(path)?;
     let mut out = BufWriter::new(&file);
     match base {

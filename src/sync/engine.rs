@@ -16,7 +16,7 @@ use crate::protocol::{Change, NodeId, NodeKind, NodeRecord, Op, Seq, Xattrs};
 use crate::remote::Remote;
 
 use super::SyncError;
-use super::content::materialize;
+use super::content::{materialize, materialize_from};
 use super::state::{SyncState, SyncedUpdate};
 
 /// How long one long-poll waits for news.
@@ -25,6 +25,10 @@ const POLL_WAIT_SECS: u64 = 20;
 const PAGE: u32 = 500;
 /// Longest pause between attempts while the server is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A join fetches chunks for at most this many bytes of files at once...
+const JOIN_BATCH_BYTES: u64 = 64 << 20;
+/// ...or this many files.
+const JOIN_BATCH_FILES: usize = 2000;
 /// How often a change blocked by a busy file is retried.
 const BUSY_RETRY: Duration = Duration::from_millis(200);
 
@@ -196,16 +200,35 @@ impl Ctx {
             }
         }
         let mut updates = Vec::new();
+        // Files wait in a batch so their chunks come in a few large requests, not one each;
+        // their directories exist by then (parents are created level by level).
+        let mut files: Vec<&NodeRecord> = Vec::new();
+        let mut batch_bytes = 0u64;
         let mut queue: VecDeque<NodeId> = VecDeque::from([NodeId::ROOT]);
         while let Some(dir) = queue.pop_front() {
-            for n in children.get(&dir).map(Vec::as_slice).unwrap_or_default() {
+            for &n in children.get(&dir).map(Vec::as_slice).unwrap_or_default() {
                 if self.stop.load(Ordering::Relaxed) {
                     return Err(SyncError::Inconsistent("stopped while joining".into()));
                 }
                 if n.kind == NodeKind::Dir {
                     queue.push_back(n.node);
                 }
-                if self.drive.ino_of(n.node).is_none() {
+                updates.push(SyncedUpdate::Set {
+                    node: n.node,
+                    version: n.version,
+                    manifest: n.manifest.clone(),
+                });
+                if self.drive.ino_of(n.node).is_some() {
+                    continue;
+                }
+                if n.kind == NodeKind::File {
+                    batch_bytes += n.size;
+                    files.push(n);
+                    if batch_bytes >= JOIN_BATCH_BYTES || files.len() >= JOIN_BATCH_FILES {
+                        self.join_files(&std::mem::take(&mut files))?;
+                        batch_bytes = 0;
+                    }
+                } else {
                     self.create_local(
                         n.node,
                         dir,
@@ -218,15 +241,56 @@ impl Ctx {
                         n.target.as_deref(),
                     )?;
                 }
-                updates.push(SyncedUpdate::Set {
-                    node: n.node,
-                    version: n.version,
-                    manifest: n.manifest.clone(),
-                });
             }
         }
+        self.join_files(&files)?;
         self.state.commit(&updates, snap.seq)?;
         Ok(snap.seq)
+    }
+
+    /// Creates a batch of files from the snapshot with one fetch of all their chunks.
+    fn join_files(&self, files: &[&NodeRecord]) -> Result<(), SyncError> {
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<_> = files
+            .iter()
+            .filter_map(|n| n.manifest.as_ref())
+            .flat_map(|m| m.chunks.iter().map(|c| c.id))
+            .filter(|id| seen.insert(*id))
+            .collect();
+        let mut supplied: HashMap<_, _> = self.remote.fetch(&ids)?.into_iter().collect();
+        let empty = Manifest::default();
+        for n in files {
+            let (Some(parent), Some(name)) = (n.parent, n.name.as_ref()) else {
+                return Err(SyncError::Inconsistent(format!(
+                    "node {} has no place",
+                    n.node
+                )));
+            };
+            let staged = materialize_from(
+                &self.drive,
+                &mut supplied,
+                n.manifest.as_ref().unwrap_or(&empty),
+            )?;
+            let attrs = RemoteAttrs {
+                perm: n.mode,
+                mtime: n.mtime,
+                xattrs: local_xattrs(&n.xattrs),
+            };
+            match self.drive.apply_create(
+                n.node,
+                parent,
+                name.as_str().as_bytes(),
+                &attrs,
+                RemoteContent::File(staged.path()),
+            ) {
+                Ok(_) => staged.handed_over(),
+                Err(DriveError::Exists) => {
+                    tracing::warn!(node = %n.node, name = name.as_str(), "name taken locally; remote node not created here");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
