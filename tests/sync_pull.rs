@@ -393,3 +393,56 @@ fn a_new_device_joining_a_volume_of_ten_thousand_files_sees_the_whole_tree() {
         "10,000 files, 100 directories and the root"
     );
 }
+
+#[test]
+fn the_drive_works_offline_and_catches_up_when_the_server_returns() {
+    let mut fx = support::fixture();
+    let laptop_token = fx.laptop.clone();
+    let (m, _tokens) = join_as_phone(&fx);
+    common::wait_until(Duration::from_secs(20), || m.status()["online"] == true);
+
+    // The server goes away: the drive keeps working and says it is offline.
+    let addr = fx.server.base.trim_start_matches("http://").to_string();
+    fx.server.kill9();
+    fs::write(m.path("written-offline.txt"), b"still works").unwrap();
+    assert_eq!(
+        fs::read(m.path("written-offline.txt")).unwrap(),
+        b"still works"
+    );
+    common::wait_until(Duration::from_secs(30), || m.status()["online"] == false);
+    assert!(
+        m.status()["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reach"),
+        "{}",
+        m.status()
+    );
+
+    // It comes back on the same address; another device commits; the drive catches up.
+    fx.server = support::Server::start_at(&fx.server.data, &addr);
+    let laptop = Device {
+        remote: Remote::new(&fx.server.base, "alice-docs", &laptop_token).unwrap(),
+    };
+    let manifest = laptop.upload(b"made while the phone was cut off");
+    let seq = laptop.commit(vec![create(
+        NodeId::random(),
+        NodeId::ROOT,
+        "news.txt",
+        NodeKind::File,
+        Some(manifest),
+        None,
+    )]);
+    common::wait_until(Duration::from_secs(60), || {
+        m.status()["cursor"].as_u64() == Some(seq)
+    });
+    assert_eq!(
+        fs::read(m.path("news.txt")).unwrap(),
+        b"made while the phone was cut off"
+    );
+    assert_eq!(m.status()["online"], true);
+    assert_eq!(
+        fs::read(m.path("written-offline.txt")).unwrap(),
+        b"still works"
+    );
+}

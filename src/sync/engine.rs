@@ -163,10 +163,14 @@ impl Ctx {
             self.status.cursor = cursor.0;
             self.status.server_head = self.status.server_head.max(cursor.0);
             self.status.last_sync_ms = Some(now_ms());
+            self.status.online = true;
         }
         // Before a long-poll that may last a while, say where we are.
         self.publish();
-        let page = self.remote.changes(cursor, POLL_WAIT_SECS, PAGE)?;
+        // The first request after (re)connecting answers at once, so `status` shows the
+        // drive online without waiting out a long-poll.
+        let wait = if self.status.online { POLL_WAIT_SECS } else { 0 };
+        let page = self.remote.changes(cursor, wait, PAGE)?;
         self.status.online = true;
         self.status.last_error = None;
         self.status.server_head = page.head.0;

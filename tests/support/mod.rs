@@ -78,6 +78,11 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data` and waits until it has printed its address.
     pub fn start(data: &Path) -> Server {
+        Server::start_at(data, "127.0.0.1:0")
+    }
+
+    /// Starts a server on `data` listening on `listen` (to come back on the same port).
+    pub fn start_at(data: &Path, listen: &str) -> Server {
         let log = File::create(data.join(format!(
             "serve-{}.log",
             std::time::SystemTime::now()
@@ -91,7 +96,7 @@ impl Server {
             .arg("--data")
             .arg(data)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
