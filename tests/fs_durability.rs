@@ -163,6 +163,10 @@ fn status_counts_nodes_bytes_and_unrecorded_files() {
     assert_eq!(s["mounted"], true);
     assert_eq!(s["daemon_running"], true);
     assert_eq!(s["pending_versions"], 2, "a and b were recorded on close");
+    assert_eq!(
+        s["pending_upload_bytes"], 1024,
+        "the bytes written to a and b"
+    );
     drop(open);
     common::wait_until(std::time::Duration::from_secs(5), || {
         m.status()["unrecorded_files"] == 0

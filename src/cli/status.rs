@@ -43,6 +43,8 @@ pub struct DriveStatus {
     pub unrecorded_files: u64,
     /// Recorded versions waiting for the sync engine.
     pub pending_versions: u64,
+    /// Bytes those versions changed: what is left to send, before chunking and zstd.
+    pub pending_upload_bytes: u64,
     /// The server this drive syncs with (none: local only).
     pub server: Option<String>,
     /// The volume it follows.
@@ -72,6 +74,7 @@ fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Re
         bytes_stored: 0,
         unrecorded_files: 0,
         pending_versions: 0,
+        pending_upload_bytes: 0,
         server: None,
         volume: None,
         sync: crate::sync::EngineStatus::default(),
@@ -86,6 +89,7 @@ fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Re
         status.bytes_stored = summary.bytes;
         status.unrecorded_files = summary.dirty_files;
         status.pending_versions = summary.pending_versions;
+        status.pending_upload_bytes = summary.pending_bytes;
         let sync_db = state.root().join("sync.db");
         if sync_db.exists() {
             let sync = crate::sync::SyncState::open(&sync_db)?;
@@ -142,7 +146,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("  nodes:             {}", s.nodes);
         println!("  bytes stored:      {}", s.bytes_stored);
         println!("  unrecorded files:  {}", s.unrecorded_files);
-        println!("  pending versions:  {}", s.pending_versions);
+        println!(
+            "  pending versions:  {} ({} bytes changed)",
+            s.pending_versions, s.pending_upload_bytes
+        );
         if let (Some(server), Some(volume)) = (&s.server, &s.volume) {
             let online = if s.sync.online { "online" } else { "offline" };
             println!("  syncs with:        volume {volume} on {server} ({online})");

@@ -185,6 +185,8 @@ pub struct Summary {
     pub dirty_files: u64,
     /// Files with a recorded version the sync engine has not taken yet.
     pub pending_versions: u64,
+    /// Bytes those versions changed (written or truncated ranges, within the file).
+    pub pending_bytes: u64,
     /// Whether the last session ended with a clean unmount.
     pub clean: bool,
 }
@@ -357,8 +359,22 @@ impl Store {
             [],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
         )?;
-        let pending_versions: i64 =
-            conn.query_row("SELECT count(*) FROM pending_versions", [], |r| r.get(0))?;
+        let mut pending_versions = 0u64;
+        let mut pending_bytes = 0u64;
+        let mut stmt = conn.prepare("SELECT ranges, size FROM pending_versions")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let blob: Vec<u8> = r.get(0)?;
+            let size = r.get::<_, i64>(1)? as u64;
+            let ranges = RangeSet::from_bytes(&blob)
+                .ok_or_else(|| StoreError::Corrupt("pending version with bad ranges".into()))?;
+            pending_versions += 1;
+            pending_bytes += ranges
+                .ranges()
+                .iter()
+                .map(|&(s, e)| e.min(size).saturating_sub(s))
+                .sum::<u64>();
+        }
         let clean = conn
             .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
                 r.get::<_, i64>(0)
@@ -369,7 +385,8 @@ impl Store {
             nodes,
             bytes,
             dirty_files,
-            pending_versions: pending_versions as u64,
+            pending_versions,
+            pending_bytes,
             clean,
         })
     }

@@ -169,7 +169,11 @@ impl Ctx {
         self.publish();
         // The first request after (re)connecting answers at once, so `status` shows the
         // drive online without waiting out a long-poll.
-        let wait = if self.status.online { POLL_WAIT_SECS } else { 0 };
+        let wait = if self.status.online {
+            POLL_WAIT_SECS
+        } else {
+            0
+        };
         let page = self.remote.changes(cursor, wait, PAGE)?;
         self.status.online = true;
         self.status.last_error = None;
