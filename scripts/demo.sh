@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: mount a local drive, use it with ordinary programs,
-# unmount, mount again, and see everything back. (Syncing between mounts comes with the
-# server and the sync engine.) Installs fuse3 with apt-get if it is missing, and says so.
+# unmount, mount again, and see everything back. (Two mounts syncing through a server come
+# with the sync engine's write path.) Installs fuse3 and git with apt-get if they are missing,
+# and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v fusermount3 >/dev/null 2>&1; then
-    echo "demo.sh: installing fuse3 with apt-get"
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v git >/dev/null 2>&1 || need+=(git)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "demo.sh: installing ${need[*]} with apt-get"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fuse3 >/dev/null
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 echo "demo.sh: building (release)"
