@@ -1046,6 +1046,21 @@ impl Drive {
         })
     }
 
+    /// Takes the pending version of `ino` only if it is still version `number` and the file
+    /// has no newer writes: the sync engine computed its manifest from exactly those bytes.
+    pub fn take_pending_if(&self, ino: Ino, number: u64) -> DriveResult<bool> {
+        self.mutate(|t| {
+            let n = t.get_mut(ino)?;
+            let current = n.pending.as_ref().is_some_and(|p| p.number == number);
+            if !current || !n.dirty.is_empty() || n.open_by_mode.writers > 0 {
+                return Ok(false);
+            }
+            n.pending = None;
+            t.touch(ino);
+            Ok(true)
+        })
+    }
+
     /// Files with writes not yet recorded as a version.
     pub fn dirty_files(&self) -> Vec<(Ino, RangeSet)> {
         let t = lock(&self.tree);

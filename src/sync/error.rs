@@ -22,6 +22,9 @@ pub enum SyncError {
     /// A write's edit does not apply to the version this device holds.
     #[error("edit does not apply to the stored base: {0}")]
     Edit(#[from] ApplyError),
+    /// A file could not be chunked.
+    #[error("chunking: {0}")]
+    Chunk(#[from] crate::chunking::ChunkError),
     /// Content could not be rebuilt from chunks.
     #[error("rebuilding content: {0}")]
     Reconstruct(#[from] ReconstructError),
@@ -52,6 +55,7 @@ impl SyncError {
             | SyncError::Manifest(_)
             | SyncError::Edit(_)
             | SyncError::Reconstruct(_)
+            | SyncError::Chunk(_)
             | SyncError::Inconsistent(_)
             | SyncError::Io(_)
             | SyncError::WrongBinding { .. } => false,

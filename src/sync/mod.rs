@@ -8,6 +8,7 @@
 mod content;
 mod engine;
 mod error;
+pub mod local;
 pub mod plan;
 mod state;
 
