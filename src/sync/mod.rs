@@ -11,6 +11,7 @@ mod error;
 pub mod local;
 pub mod plan;
 mod state;
+pub mod trees;
 
 pub use engine::{Engine, EngineStatus};
 pub use error::SyncError;

@@ -1,0 +1,165 @@
+//! Building the planner's local tree (what the mount shows) from the drive's nodes.
+//!
+//! The wire format names things in UTF-8; a node whose name, symlink target or xattr name is
+//! not UTF-8 cannot be synced, and neither can a file whose current content has no manifest
+//! yet (its version is still being written): those are left out of this round, with their
+//! subtrees, and reported so the engine can say why.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::chunking::Manifest;
+use crate::drive::{Kind, NodeView};
+use crate::protocol::{Name, NodeId, XattrValue, Xattrs};
+
+use super::plan::{Content, Entry, Tree, TreeError};
+
+/// Why a local node is not in the local tree this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Skipped {
+    /// Its name, target or an xattr name is not valid on the wire.
+    Unsyncable(NodeId),
+    /// A file whose current content has no manifest yet.
+    NoManifest(NodeId),
+    /// Below a skipped directory.
+    Beneath(NodeId),
+}
+
+/// The local tree of `views`, with `manifest_of` giving each file's current manifest.
+pub fn local_tree(
+    views: &[NodeView],
+    manifest_of: impl Fn(NodeId) -> Option<Manifest>,
+) -> Result<(Tree, Vec<Skipped>), TreeError> {
+    let mut skipped = Vec::new();
+    let mut bad: HashSet<NodeId> = HashSet::new();
+    let mut entries = Vec::with_capacity(views.len());
+    for v in views {
+        match entry_of(v, &manifest_of) {
+            Ok(entry) => entries.push((v.id, entry)),
+            Err(why) => {
+                bad.insert(v.id);
+                skipped.push(why);
+            }
+        }
+    }
+    // Leave out everything beneath a node that is left out.
+    let parent_of: HashMap<NodeId, NodeId> = views.iter().map(|v| (v.id, v.parent)).collect();
+    let beneath_bad = |mut id: NodeId| {
+        while let Some(&p) = parent_of.get(&id) {
+            if bad.contains(&p) {
+                return true;
+            }
+            id = p;
+        }
+        false
+    };
+    let (kept, dropped): (Vec<_>, Vec<_>) =
+        entries.into_iter().partition(|(id, _)| !beneath_bad(*id));
+    skipped.extend(dropped.into_iter().map(|(id, _)| Skipped::Beneath(id)));
+    Ok((Tree::from_entries(kept)?, skipped))
+}
+
+fn entry_of(
+    v: &NodeView,
+    manifest_of: &impl Fn(NodeId) -> Option<Manifest>,
+) -> Result<Entry, Skipped> {
+    let unsyncable = || Skipped::Unsyncable(v.id);
+    let name = String::from_utf8(v.name.clone())
+        .ok()
+        .and_then(|n| Name::new(n).ok())
+        .ok_or_else(unsyncable)?;
+    let mut xattrs = Xattrs::new();
+    for (k, value) in &v.xattrs {
+        let k = String::from_utf8(k.clone()).map_err(|_| unsyncable())?;
+        xattrs.insert(k, XattrValue(value.clone()));
+    }
+    let content = match v.kind {
+        Kind::Dir => Content::Dir,
+        Kind::Symlink => Content::Symlink {
+            target: String::from_utf8(v.target.clone()).map_err(|_| unsyncable())?,
+        },
+        Kind::File => {
+            let m = manifest_of(v.id).ok_or(Skipped::NoManifest(v.id))?;
+            // A manifest of another size describes older content: not this round.
+            if m.size() != v.size {
+                return Err(Skipped::NoManifest(v.id));
+            }
+            Content::File {
+                manifest_id: m.id(),
+                size: m.size(),
+            }
+        }
+    };
+    Ok(Entry {
+        parent: v.parent,
+        name,
+        mode: v.perm,
+        mtime: v.mtime,
+        xattrs,
+        content,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::chunking::{ChunkerParams, chunk_bytes};
+
+    fn view(id: NodeId, parent: NodeId, name: &[u8], kind: Kind, size: u64) -> NodeView {
+        NodeView {
+            ino: 0,
+            id,
+            parent,
+            name: name.to_vec(),
+            kind,
+            perm: 0o644,
+            mtime: 7,
+            xattrs: BTreeMap::new(),
+            size,
+            target: b"t".to_vec(),
+            version: 1,
+            busy: false,
+        }
+    }
+
+    #[test]
+    fn files_dirs_and_symlinks_become_entries_and_bad_names_are_left_out_with_their_subtrees() {
+        let data = b"hello, world";
+        let m = chunk_bytes(ChunkerParams::default(), data);
+        let (d, f, l, bad, under, nomf) = (
+            NodeId::random(),
+            NodeId::random(),
+            NodeId::random(),
+            NodeId::random(),
+            NodeId::random(),
+            NodeId::random(),
+        );
+        let views = vec![
+            view(d, NodeId::ROOT, b"docs", Kind::Dir, 4096),
+            view(f, d, b"a.txt", Kind::File, data.len() as u64),
+            view(l, NodeId::ROOT, b"link", Kind::Symlink, 1),
+            view(bad, NodeId::ROOT, b"caf\xe9", Kind::Dir, 4096),
+            view(under, bad, b"x", Kind::File, data.len() as u64),
+            view(nomf, d, b"new.txt", Kind::File, 3),
+        ];
+        let (tree, skipped) =
+            local_tree(&views, |id| (id == f || id == under).then(|| m.clone())).unwrap();
+        assert_eq!(tree.len(), 3);
+        assert_eq!(
+            tree.get(f).unwrap().content,
+            Content::File {
+                manifest_id: m.id(),
+                size: data.len() as u64
+            }
+        );
+        assert_eq!(
+            tree.get(l).unwrap().content,
+            Content::Symlink { target: "t".into() }
+        );
+        assert_eq!(tree.path_of(f).as_deref(), Some("/docs/a.txt"));
+        assert!(skipped.contains(&Skipped::Unsyncable(bad)));
+        assert!(skipped.contains(&Skipped::Beneath(under)));
+        assert!(skipped.contains(&Skipped::NoManifest(nomf)));
+    }
+}
