@@ -179,8 +179,19 @@ fn content_is_not_replaced_under_a_writer() {
         .find(|v| v.name == b"draft")
         .unwrap()
         .id;
-    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
     let staged = m.stage(b"remote");
+    // A local version the server has not taken is never replaced.
+    common::wait_until(std::time::Duration::from_secs(5), || {
+        !m.drive.pending_versions().is_empty()
+    });
+    assert!(matches!(
+        m.drive.apply_content(id, &staged, None),
+        Err(DriveError::LocalChanges)
+    ));
+    // Once the sync engine has taken it, only an open writer holds the new content back.
+    let ino = m.drive.ino_of(id).unwrap();
+    assert!(m.drive.take_pending(ino).unwrap().is_some());
+    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
     assert!(matches!(
         m.drive.apply_content(id, &staged, None),
         Err(DriveError::Busy)

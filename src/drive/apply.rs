@@ -68,53 +68,49 @@ pub enum RemoteContent<'a> {
     Symlink(&'a [u8]),
 }
 
+/// The view of `n` (inode `ino`), unless it is the root or out of the namespace.
+fn view_of(t: &super::tree::Tree, ino: Ino, n: &Node) -> Option<NodeView> {
+    if ino == super::ROOT_INO || n.unlinked {
+        return None;
+    }
+    Some(NodeView {
+        ino,
+        id: n.id,
+        parent: t.get(n.parent).ok()?.id,
+        name: n.name.clone(),
+        kind: n.kind,
+        perm: n.perm,
+        mtime: n.mtime,
+        xattrs: n.xattrs.clone(),
+        size: n.size,
+        target: n.target.clone(),
+        version: n.version,
+        busy: !n.dirty.is_empty() || n.open_by_mode.writers > 0 || n.open_by_mode.passthrough > 0,
+    })
+}
+
 impl Drive {
     /// Every node in the namespace but the root, for the sync engine's local tree.
     pub fn view(&self) -> Vec<NodeView> {
         let t = lock(&self.tree);
         let mut out: Vec<NodeView> = t
             .iter()
-            .filter(|&(&ino, n)| ino != super::ROOT_INO && !n.unlinked)
-            .filter_map(|(&ino, n)| {
-                let parent = t.get(n.parent).ok()?.id;
-                Some(NodeView {
-                    ino,
-                    id: n.id,
-                    parent,
-                    name: n.name.clone(),
-                    kind: n.kind,
-                    perm: n.perm,
-                    mtime: n.mtime,
-                    xattrs: n.xattrs.clone(),
-                    size: n.size,
-                    target: n.target.clone(),
-                    version: n.version,
-                    busy: !n.dirty.is_empty()
-                        || n.open_by_mode.writers > 0
-                        || n.open_by_mode.passthrough > 0,
-                })
-            })
+            .filter_map(|(&ino, n)| view_of(&t, ino, n))
             .collect();
         out.sort_by_key(|v| v.ino);
         out
     }
 
+    /// The view of node `id`, if it is in the namespace.
+    pub fn node_view(&self, id: NodeId) -> Option<NodeView> {
+        let t = lock(&self.tree);
+        let ino = t.ino_of(id)?;
+        view_of(&t, ino, t.get(ino).ok()?)
+    }
+
     /// The inode of node `id`, if it is in the namespace.
     pub fn ino_of(&self, id: NodeId) -> Option<Ino> {
         lock(&self.tree).ino_of(id)
-    }
-
-    /// Whether file `id` holds local content the server has not taken yet: a recorded
-    /// version not yet pushed, writes not yet recorded, or a writer open. Replacing or
-    /// deleting such a file for another device's change would lose bytes.
-    pub fn has_local_changes(&self, id: NodeId) -> bool {
-        let t = lock(&self.tree);
-        t.ino_of(id)
-            .and_then(|ino| t.get(ino).ok())
-            .is_some_and(|n| {
-                n.kind == Kind::File
-                    && (n.pending.is_some() || !n.dirty.is_empty() || n.open_by_mode.writers > 0)
-            })
     }
 
     /// Where the sync engine stages content before [`Drive::apply_content`] renames it in
@@ -212,6 +208,10 @@ impl Drive {
             if n.kind != Kind::File {
                 return Err(DriveError::Invalid("content for a node that is not a file"));
             }
+            if n.pending.is_some() {
+                // A recorded local version the server has not taken: replacing it loses bytes.
+                return Err(DriveError::LocalChanges);
+            }
             if !n.dirty.is_empty() || n.open_by_mode.writers > 0 {
                 // A program is writing it: the local version keeps the name until closed.
                 return Err(DriveError::Busy);
@@ -302,7 +302,15 @@ impl Drive {
             (n.parent, n.name.clone())
         };
         let stamp = now();
-        self.mutate(|t| t.remove(ino, stamp))?;
+        self.mutate(|t| {
+            let n = t.get(ino)?;
+            // Edit against delete: the edit wins, checked under the lock that removes.
+            let edited = !n.dirty.is_empty() || n.open_by_mode.writers > 0;
+            if n.kind == Kind::File && (n.pending.is_some() || edited) {
+                return Err(DriveError::LocalChanges);
+            }
+            t.remove(ino, stamp)
+        })?;
         if let Some(kc) = self.kernel_cache() {
             kc.invalidate_entry(parent, &name);
             kc.invalidate_inode(parent);

@@ -44,6 +44,10 @@ pub enum DriveError {
     /// A program is writing the file; the change must wait until it is closed.
     #[error("file is busy")]
     Busy,
+    /// The file has local changes the server has not taken yet: another device's change
+    /// must not replace or delete it.
+    #[error("file has local changes")]
+    LocalChanges,
     /// The file handle is not open.
     #[error("bad file handle")]
     BadHandle,
@@ -75,7 +79,7 @@ impl DriveError {
             DriveError::Range => libc::ERANGE,
             DriveError::TooBig => libc::E2BIG,
             DriveError::BadHandle => libc::EBADF,
-            DriveError::Busy => libc::EBUSY,
+            DriveError::Busy | DriveError::LocalChanges => libc::EBUSY,
             DriveError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             DriveError::Store(_) => libc::EIO,
         }

@@ -424,16 +424,19 @@ impl Ctx {
                         w.node
                     )));
                 }
-                if self.drive.has_local_changes(w.node) {
-                    // Both sides changed the file. Until this device pushes (and the planner's
-                    // conflicted copies exist), its local bytes stay and the other version
-                    // waits on the server: nothing is lost.
-                    tracing::warn!(node = %w.node, "local changes kept over another device's write");
-                } else if self.drive.ino_of(w.node).is_some() {
+                if self.drive.ino_of(w.node).is_some() {
                     let staged =
                         materialize(&self.drive, &self.remote, Some((w.node, &base)), &target)?;
-                    self.drive.apply_content(w.node, staged.path(), None)?;
-                    staged.handed_over();
+                    match self.drive.apply_content(w.node, staged.path(), None) {
+                        Ok(()) => staged.handed_over(),
+                        // Both sides changed the file. Until this device pushes (and the
+                        // planner's conflicted copies exist), its local bytes stay and the
+                        // other version waits on the server: nothing is lost.
+                        Err(DriveError::LocalChanges) => {
+                            tracing::warn!(node = %w.node, "local changes kept over another device's write");
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 updates.push(SyncedUpdate::Set {
                     node: w.node,
@@ -442,7 +445,7 @@ impl Ctx {
                 });
             }
             Op::SetAttrs(a) => {
-                if let Some(current) = self.drive.view().into_iter().find(|v| v.id == a.node) {
+                if let Some(current) = self.drive.node_view(a.node) {
                     let attrs = RemoteAttrs {
                         perm: a.mode.unwrap_or(current.perm),
                         mtime: a.mtime.unwrap_or(current.mtime),
@@ -476,14 +479,12 @@ impl Ctx {
                 });
             }
             Op::Delete(d) => {
-                if self.drive.has_local_changes(d.node) {
-                    // Edit against delete: the edit wins and the file stays.
-                    tracing::warn!(node = %d.node, "locally edited file kept against a delete");
-                    updates.push(SyncedUpdate::Forget { node: d.node });
-                    return Ok(());
-                }
                 match self.drive.apply_delete(d.node) {
                     Ok(()) | Err(DriveError::NotFound) => {}
+                    // Edit against delete: the edit wins and the file stays.
+                    Err(DriveError::LocalChanges) => {
+                        tracing::warn!(node = %d.node, "locally edited file kept against a delete");
+                    }
                     // Local children the server never saw keep the directory alive.
                     Err(DriveError::NotEmpty) => {
                         tracing::warn!(node = %d.node, "directory has local children; kept");
