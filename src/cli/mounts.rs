@@ -76,11 +76,7 @@ pub fn is_deltadrive(entry: &MountEntry) -> bool {
 }
 
 fn registry_dir() -> PathBuf {
-    StateDir::default_root(Path::new("/"))
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("active"))
-        .unwrap_or_else(|| PathBuf::from("/tmp/deltadrive-active"))
+    StateDir::data_home().join("active")
 }
 
 fn registry_file(mountpoint: &Path) -> PathBuf {

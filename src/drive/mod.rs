@@ -289,6 +289,10 @@ impl Drive {
     /// Queues the tree's journal for the store; returns nodes to reap.
     fn persist(&self, tree: &mut Tree) -> Vec<(Ino, Node)> {
         let journal = tree.drain();
+        // Lookups and forgets change nothing persistent: skip the store's lock.
+        if journal.changed.is_empty() && journal.deleted.is_empty() {
+            return journal.reaped;
+        }
         let rows: Vec<(Ino, Option<NodeRow>)> = journal
             .changed
             .iter()

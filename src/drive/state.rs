@@ -50,11 +50,6 @@ impl StateDir {
     /// The default state directory for a mountpoint: under `$XDG_DATA_HOME/deltadrive/mounts/`,
     /// named after the mountpoint's absolute path.
     pub fn default_root(mountpoint: &Path) -> PathBuf {
-        let data_home = std::env::var_os("XDG_DATA_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .unwrap_or_else(|| PathBuf::from("/var/lib"));
         let key: String = mountpoint
             .to_string_lossy()
             .trim_matches('/')
@@ -68,11 +63,21 @@ impl StateDir {
             })
             .collect();
         let hash = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
-        data_home.join("deltadrive").join("mounts").join(format!(
+        Self::data_home().join("mounts").join(format!(
             "{}-{}",
             if key.is_empty() { "root" } else { &key },
             &hash[..8]
         ))
+    }
+
+    /// deltadrive's directory under `$XDG_DATA_HOME` (or `~/.local/share`).
+    pub fn data_home() -> PathBuf {
+        std::env::var_os("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("/var/lib"))
+            .join("deltadrive")
     }
 
     /// The directory itself.

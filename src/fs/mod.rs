@@ -88,6 +88,20 @@ fn reply_entry(reply: ReplyEntry, result: Result<crate::drive::Attr, DriveError>
     }
 }
 
+fn reply_attr(reply: ReplyAttr, result: Result<crate::drive::Attr, DriveError>) {
+    match result {
+        Ok(attr) => reply.attr(&CACHE_TTL, &to_file_attr(&attr)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_data(reply: ReplyData, result: Result<Vec<u8>, DriveError>) {
+    match result {
+        Ok(data) => reply.data(&data),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn reply_empty(reply: ReplyEmpty, result: Result<(), DriveError>) {
     match result {
         Ok(()) => reply.ok(),
@@ -167,10 +181,7 @@ impl Filesystem for DeltaFs {
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.drive.getattr(ino(i)) {
-            Ok(attr) => reply.attr(&CACHE_TTL, &to_file_attr(&attr)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_attr(reply, self.drive.getattr(ino(i)));
     }
 
     fn setattr(
@@ -203,17 +214,11 @@ impl Filesystem for DeltaFs {
             // would do so for any caller without CAP_FSETID, which we approximate by non-root.
             kill_suid: size.is_some() && req.uid() != 0,
         };
-        match self.drive.setattr(ino(i), set, fh.map(|f| f.0)) {
-            Ok(attr) => reply.attr(&CACHE_TTL, &to_file_attr(&attr)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_attr(reply, self.drive.setattr(ino(i), set, fh.map(|f| f.0)));
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        match self.drive.readlink(ino(i)) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_data(reply, self.drive.readlink(ino(i)));
     }
 
     fn mknod(
@@ -370,10 +375,7 @@ impl Filesystem for DeltaFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.drive.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_data(reply, self.drive.read(fh.0, offset, size));
     }
 
     fn write(

@@ -10,6 +10,7 @@ mod error;
 mod handlers;
 pub mod meta;
 mod notify;
+mod readers;
 mod validate;
 
 use std::future::Future;

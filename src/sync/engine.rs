@@ -279,23 +279,15 @@ impl Ctx {
                 &mut supplied,
                 n.manifest.as_ref().unwrap_or(&empty),
             )?;
-            let attrs = RemoteAttrs {
-                perm: n.mode,
-                mtime: n.mtime,
-                xattrs: local_xattrs(&n.xattrs),
-            };
-            match self.drive.apply_create(
+            let attrs = remote_attrs(n.mode, n.mtime, &n.xattrs);
+            if self.place(
                 n.node,
                 parent,
-                name.as_str().as_bytes(),
+                name.as_str(),
                 &attrs,
                 RemoteContent::File(staged.path()),
-            ) {
-                Ok(_) => staged.handed_over(),
-                Err(DriveError::Exists) => {
-                    tracing::warn!(node = %n.node, name = name.as_str(), "name taken locally; remote node not created here");
-                }
-                Err(e) => return Err(e.into()),
+            )? {
+                staged.handed_over();
             }
         }
         Ok(())
@@ -316,49 +308,58 @@ impl Ctx {
     ) -> Result<(), SyncError> {
         let name =
             name.ok_or_else(|| SyncError::Inconsistent(format!("node {node} has no name")))?;
-        let attrs = RemoteAttrs {
-            perm: mode,
-            mtime,
-            xattrs: local_xattrs(xattrs),
-        };
-        let created = match kind {
-            NodeKind::Dir => {
-                self.drive
-                    .apply_create(node, parent, name.as_bytes(), &attrs, RemoteContent::Dir)
-            }
+        let attrs = remote_attrs(mode, mtime, xattrs);
+        match kind {
+            NodeKind::Dir => self
+                .place(node, parent, name, &attrs, RemoteContent::Dir)
+                .map(|_| ()),
             NodeKind::Symlink => {
                 let target = target.unwrap_or_default();
-                self.drive.apply_create(
+                self.place(
                     node,
                     parent,
-                    name.as_bytes(),
+                    name,
                     &attrs,
                     RemoteContent::Symlink(target.as_bytes()),
                 )
+                .map(|_| ())
             }
             NodeKind::File => {
                 let empty = Manifest::default();
                 let staged =
                     materialize(&self.drive, &self.remote, None, manifest.unwrap_or(&empty))?;
-                let r = self.drive.apply_create(
+                if self.place(
                     node,
                     parent,
-                    name.as_bytes(),
+                    name,
                     &attrs,
                     RemoteContent::File(staged.path()),
-                );
-                if r.is_ok() {
+                )? {
                     staged.handed_over();
                 }
-                r
+                Ok(())
             }
-        };
-        match created {
-            Ok(_) => Ok(()),
-            // A local node already has the name: keep both; resolving that is the planner's.
+        }
+    }
+
+    /// Creates another device's node here; `false` if a local node already has the name
+    /// (both are kept; resolving that is the planner's).
+    fn place(
+        &self,
+        node: NodeId,
+        parent: NodeId,
+        name: &str,
+        attrs: &RemoteAttrs,
+        content: RemoteContent<'_>,
+    ) -> Result<bool, SyncError> {
+        match self
+            .drive
+            .apply_create(node, parent, name.as_bytes(), attrs, content)
+        {
+            Ok(_) => Ok(true),
             Err(DriveError::Exists) => {
                 tracing::warn!(%node, name, "name taken locally; remote node not created here");
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(e.into()),
         }
@@ -495,6 +496,14 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+}
+
+fn remote_attrs(mode: u32, mtime: i64, xattrs: &Xattrs) -> RemoteAttrs {
+    RemoteAttrs {
+        perm: mode,
+        mtime,
+        xattrs: local_xattrs(xattrs),
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use crate::server::readers::ReaderPool;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{ChunkStore, ChunkStoreError, VerifiedPayload};
@@ -35,7 +36,6 @@ const PACK_MAGIC: &[u8; 8] = b"DDPACK01";
 const ENTRY_HEADER: u64 = 36;
 /// Packs per subdirectory, so no directory grows past about a thousand entries.
 const PACKS_PER_DIR_SHIFT: u32 = 10;
-const MAX_IDLE_READERS: usize = 8;
 const MAX_OPEN_PACKS: usize = 256;
 /// Most put requests folded into one fsync.
 const MAX_GROUP: usize = 64;
@@ -48,7 +48,7 @@ struct PutJob {
 /// The embedded chunk store.
 pub struct PackDirStore {
     root: PathBuf,
-    readers: Mutex<Vec<Connection>>,
+    readers: ReaderPool,
     files: Mutex<HashMap<u64, Arc<File>>>,
     writer: Option<Sender<PutJob>>,
     thread: Option<JoinHandle<()>>,
@@ -150,7 +150,7 @@ impl PackDirStore {
             .map_err(|e| io_err(root, e))?;
         Ok(Self {
             root: root.to_path_buf(),
-            readers: Mutex::new(Vec::new()),
+            readers: ReaderPool::default(),
             files: Mutex::new(HashMap::new()),
             writer: Some(tx),
             thread: Some(thread),
@@ -161,21 +161,8 @@ impl PackDirStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, ChunkStoreError>,
     ) -> Result<T, ChunkStoreError> {
-        let pooled = self
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_index(&self.root.join("index.sqlite"))?,
-        };
-        let result = f(&conn);
-        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        if pool.len() < MAX_IDLE_READERS {
-            pool.push(conn);
-        }
-        result
+        self.readers
+            .with(|| open_index(&self.root.join("index.sqlite")), f)
     }
 
     fn pack_file(&self, no: u64) -> Result<Arc<File>, ChunkStoreError> {

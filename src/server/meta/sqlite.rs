@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::server::readers::ReaderPool;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::commit;
@@ -28,7 +29,6 @@ const MAX_GROUP: usize = 256;
 /// How long device activity may wait in memory before it is written.
 const ACTIVITY_FLUSH: Duration = Duration::from_secs(2);
 /// Reader connections kept open between requests.
-const MAX_IDLE_READERS: usize = 8;
 /// A changes page stops growing past this many bytes of ops (at least one commit is sent).
 const CHANGES_PAGE_BYTES: usize = 8 << 20;
 
@@ -54,7 +54,7 @@ type ActivityMap = Arc<Mutex<HashMap<DeviceId, Activity>>>;
 /// The embedded metadata store: one SQLite file in WAL mode, `synchronous=FULL`.
 pub struct SqliteMeta {
     path: PathBuf,
-    readers: Mutex<Vec<Connection>>,
+    readers: ReaderPool,
     writer: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     activity: ActivityMap,
@@ -91,7 +91,7 @@ impl SqliteMeta {
             })?;
         Ok(Self {
             path: path.to_path_buf(),
-            readers: Mutex::new(Vec::new()),
+            readers: ReaderPool::default(),
             writer: Some(tx),
             thread: Some(thread),
             activity,
@@ -99,25 +99,12 @@ impl SqliteMeta {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, MetaError>) -> Result<T, MetaError> {
-        let pooled = self
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => {
-                let c = Connection::open(&self.path)?;
-                schema::prepare(&c, false)?;
-                c
-            }
+        let open = || -> Result<Connection, MetaError> {
+            let c = Connection::open(&self.path)?;
+            schema::prepare(&c, false)?;
+            Ok(c)
         };
-        let result = f(&conn);
-        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        if pool.len() < MAX_IDLE_READERS {
-            pool.push(conn);
-        }
-        result
+        self.readers.with(open, f)
     }
 
     /// Runs `f` on the writer thread inside a savepoint of the next group commit; returns
