@@ -20,6 +20,14 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// A fresh name in the drive's staging directory.
+    fn new(drive: &Drive) -> Result<Staged, SyncError> {
+        let dir = drive.staging_dir()?;
+        Ok(Staged {
+            path: Some(dir.join(format!("{}.part", TxnId::random()))),
+        })
+    }
+
     /// Where the content is.
     pub fn path(&self) -> &std::path::Path {
         self.path.as_deref().unwrap_or(std::path::Path::new(""))
@@ -48,13 +56,7 @@ pub fn materialize(
     base: Option<(NodeId, &Manifest)>,
     target: &Manifest,
 ) -> Result<Staged, SyncError> {
-    let staged = Staged {
-        path: Some(
-            drive
-                .staging_dir()?
-                .join(format!("{}.part", TxnId::random())),
-        ),
-    };
+    let staged = Staged::new(drive)?;
     let result = write_content(drive, remote, base, target, staged.path());
     match result {
         Ok(()) => Ok(staged),
@@ -75,13 +77,7 @@ pub fn materialize_from(
     supplied: &mut HashMap<ChunkId, VerifiedChunk>,
     target: &Manifest,
 ) -> Result<Staged, SyncError> {
-    let staged = Staged {
-        path: Some(
-            drive
-                .staging_dir()?
-                .join(format!("{}.part", TxnId::random())),
-        ),
-    };
+    let staged = Staged::new(drive)?;
     write_from(drive, None, supplied, target, staged.path())?;
     Ok(staged)
 }
