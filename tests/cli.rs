@@ -132,6 +132,15 @@ fn umount_and_status_of_what_is_not_mounted() {
 
 #[test]
 fn foreground_mount_stops_cleanly_on_sigterm() {
+    foreground_mount_stops_cleanly_on(libc::SIGTERM);
+}
+
+#[test]
+fn foreground_mount_stops_cleanly_on_ctrl_c() {
+    foreground_mount_stops_cleanly_on(libc::SIGINT);
+}
+
+fn foreground_mount_stops_cleanly_on(signal: libc::c_int) {
     let dir = tempfile::tempdir().unwrap();
     let mp = dir.path().join("mp");
     let state = dir.path().join("state");
@@ -157,9 +166,12 @@ fn foreground_mount_stops_cleanly_on_sigterm() {
     });
     std::fs::write(mp.join("f"), b"kept").unwrap();
     // SAFETY: signalling the child this test started.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     let status = child.wait().unwrap();
-    assert!(status.success(), "foreground daemon exits 0 after SIGTERM");
+    assert!(
+        status.success(),
+        "foreground daemon exits 0 after signal {signal}"
+    );
     assert!(
         !std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
