@@ -301,11 +301,12 @@ impl Drive {
     }
 
     /// Queues the tree's journal for the store; returns nodes to reap.
-    fn persist(&self, tree: &mut Tree) -> Vec<(Ino, Node)> {
+    /// Writes what the journal holds; returns the reaped nodes and whether anything changed.
+    fn persist(&self, tree: &mut Tree) -> (Vec<(Ino, Node)>, bool) {
         let journal = tree.drain();
         // Lookups and forgets change nothing persistent: skip the store's lock.
         if journal.changed.is_empty() && journal.deleted.is_empty() {
-            return journal.reaped;
+            return (journal.reaped, false);
         }
         let rows: Vec<(Ino, Option<NodeRow>)> = journal
             .changed
@@ -316,18 +317,17 @@ impl Drive {
         if let Some(store) = lock(&self.store).as_ref() {
             store.enqueue(rows);
         }
-        journal.reaped
+        (journal.reaped, true)
     }
 
     /// Runs `f` on the tree, persists what it changed, and removes reaped backing files.
     fn mutate<T>(&self, f: impl FnOnce(&mut Tree) -> DriveResult<T>) -> DriveResult<T> {
-        let (result, reaped) = {
+        let (result, (reaped, changed)) = {
             let mut tree = lock(&self.tree);
             let result = f(&mut tree);
-            let reaped = self.persist(&mut tree);
-            (result, reaped)
+            (result, self.persist(&mut tree))
         };
-        if let Some(Hook(hook)) = lock(&self.on_change).as_ref() {
+        if changed && let Some(Hook(hook)) = lock(&self.on_change).as_ref() {
             hook();
         }
         for (_, node) in reaped {

@@ -82,6 +82,9 @@ pub fn materialize_from(
     Ok(staged)
 }
 
+/// Fetched chunks are held for at most this many bytes of content at once.
+const WINDOW_BYTES: u64 = 64 << 20;
+
 fn write_content(
     drive: &Drive,
     remote: &Remote,
@@ -89,18 +92,52 @@ fn write_content(
     target: &Manifest,
     path: &std::path::Path,
 ) -> Result<(), SyncError> {
-    let have: HashSet<ChunkId> = base
-        .map(|(_, m)| m.chunks.iter().map(|c| c.id).collect())
-        .unwrap_or_default();
-    let mut seen = HashSet::new();
-    let need: Vec<ChunkId> = target
-        .chunks
-        .iter()
-        .map(|c| c.id)
-        .filter(|id| !have.contains(id) && seen.insert(*id))
-        .collect();
-    let mut supplied: HashMap<ChunkId, VerifiedChunk> = remote.fetch(&need)?.into_iter().collect();
-    write_from(drive, base, &mut supplied, target, path)
+    let empty = Manifest::default();
+    let (base_manifest, base_file) = match base {
+        Some((node, m)) => (m, Some(drive.open_content(node)?)),
+        None => (&empty, None),
+    };
+    let have: HashSet<ChunkId> = base_manifest.chunks.iter().map(|c| c.id).collect();
+    let file = File::create(path)?;
+    let mut out = BufWriter::new(&file);
+    // Window by window, so a large file never sits in memory whole.
+    let mut rest = &target.chunks[..];
+    while !rest.is_empty() {
+        let mut bytes = 0u64;
+        let n = rest
+            .iter()
+            .take_while(|c| {
+                let fits = bytes == 0 || bytes + u64::from(c.len) <= WINDOW_BYTES;
+                bytes += u64::from(c.len);
+                fits
+            })
+            .count()
+            .max(1);
+        let (window, tail) = rest.split_at(n);
+        rest = tail;
+        let mut seen = HashSet::new();
+        let need: Vec<ChunkId> = window
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| !have.contains(id) && seen.insert(*id))
+            .collect();
+        let mut supplied: HashMap<ChunkId, VerifiedChunk> =
+            remote.fetch(&need)?.into_iter().collect();
+        let part = Manifest {
+            chunks: window.to_vec(),
+        };
+        match &base_file {
+            Some(f) => reconstruct(base_manifest, f, &mut supplied, &part, &mut out)?,
+            None => {
+                let no_base: &[u8] = &[];
+                reconstruct(&empty, no_base, &mut supplied, &part, &mut out)?
+            }
+        };
+    }
+    out.flush()?;
+    drop(out);
+    file.sync_all()?;
+    Ok(())
 }
 
 fn write_from(

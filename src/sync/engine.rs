@@ -378,7 +378,12 @@ impl Ctx {
             self.join()?;
         }
         self.pull(None)?;
+        let started = Instant::now();
         let (plan, remote, busy_wait) = self.plan_now_as(&device)?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "scanned and planned"
+        );
         let caught_up = self.status.cursor >= self.status.server_head;
         if plan.is_empty() {
             self.set_synced(&remote.tree)?;
@@ -401,6 +406,7 @@ impl Ctx {
             "plan"
         );
         if !plan.to_local.is_empty() {
+            let started = Instant::now();
             let local_before = self.last_local.take().unwrap_or_default();
             let applied = LocalRun {
                 drive: &self.drive,
@@ -416,6 +422,11 @@ impl Ctx {
                 tracing::info!("local steps interrupted by a local change: {why}");
                 return Ok(Next::Soon(Duration::from_millis(50)));
             }
+            tracing::info!(
+                steps = plan.to_local.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "applied the other devices' changes"
+            );
         }
         if !plan.conflicts.is_empty() {
             for c in &plan.conflicts {

@@ -172,10 +172,15 @@ impl LocalRun<'_> {
             }
             Content::File { manifest_id, .. } => {
                 let manifest = self.manifest(manifest_id)?;
-                if !manifest.chunks.iter().all(|c| supplied.contains_key(&c.id)) {
-                    self.prefetch(rest, supplied)?;
-                }
-                let staged = materialize_from(self.drive, supplied, &manifest)?;
+                let staged = if manifest.size() > PREFETCH_BYTES {
+                    // A large file streams through its own windows.
+                    materialize(self.drive, self.remote, None, &manifest)?
+                } else {
+                    if !manifest.chunks.iter().all(|c| supplied.contains_key(&c.id)) {
+                        self.prefetch(rest, supplied)?;
+                    }
+                    materialize_from(self.drive, supplied, &manifest)?
+                };
                 self.place_file(node, entry, &attrs, staged, &manifest)?;
             }
         }
@@ -205,6 +210,9 @@ impl LocalRun<'_> {
             else {
                 continue;
             };
+            if *size > PREFETCH_BYTES {
+                continue;
+            }
             if files > 0 && (bytes + size > PREFETCH_BYTES || files >= PREFETCH_FILES) {
                 break;
             }
