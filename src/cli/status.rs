@@ -173,7 +173,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             );
             println!("  conflicts:         {}", s.sync.conflicts);
             if let Some(ms) = s.sync.last_sync_ms {
-                println!("  last in sync:      {} ms since the epoch", ms);
+                let now = crate::drive::to_nanos(std::time::SystemTime::now()) / 1_000_000;
+                println!(
+                    "  last in sync:      {:.1} s ago",
+                    (now - ms).max(0) as f64 / 1000.0
+                );
             }
             if let Some(e) = &s.sync.last_error {
                 println!("  last error:        {e}");

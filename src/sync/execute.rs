@@ -55,13 +55,18 @@ impl LocalRun<'_> {
     /// Applies `steps` in order; `local` is the local tree they were planned from.
     pub fn run(&mut self, steps: &[LocalStep], local: &Tree) -> Result<Applied, SyncError> {
         let result = self.run_steps(steps, local);
+        self.flush_placed()?;
+        result
+    }
+
+    /// Records the contents of the files placed so far.
+    fn flush_placed(&mut self) -> Result<(), SyncError> {
         let placed = std::mem::take(&mut self.placed);
         let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> = placed
             .iter()
             .filter_map(|(id, c)| Some((*id, Some((*c, self.mem.manifests.get(&c.manifest)?)))))
             .collect();
-        self.state.save_locals(&rows)?;
-        result
+        self.state.save_locals(&rows)
     }
 
     fn run_steps(&mut self, steps: &[LocalStep], local: &Tree) -> Result<Applied, SyncError> {
@@ -291,6 +296,7 @@ impl LocalRun<'_> {
                 )?;
                 staged.handed_over();
                 self.remember(node, &manifest)?;
+                self.flush_placed()?;
             }
             Some(Content::Symlink { target }) => {
                 self.drive.apply_create(
@@ -329,7 +335,9 @@ impl LocalRun<'_> {
                 )?;
                 self.drive.apply_content(node, staged.path(), None)?;
                 staged.handed_over();
-                self.remember(node, &target)
+                // Recorded at once: a replaced file's old manifest must not outlive it.
+                self.remember(node, &target)?;
+                self.flush_placed()
             }
             Content::Symlink { target } => {
                 // A link cannot be retargeted in place: the same id is removed and made again.
