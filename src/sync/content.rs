@@ -71,15 +71,27 @@ pub fn materialize(
 }
 
 /// Writes a new file's content to a staged file from chunks already fetched (`supplied`
-/// must hold every chunk of `target`): for many small files fetched in a few batches.
-pub fn materialize_from(
+/// must hold every chunk of `target`), without an fsync: for many small files at once,
+/// made durable by one [`sync_staging`] before any of them is placed.
+pub fn materialize_from_unsynced(
     drive: &Drive,
     supplied: &mut HashMap<ChunkId, VerifiedChunk>,
     target: &Manifest,
 ) -> Result<Staged, SyncError> {
     let staged = Staged::new(drive)?;
-    write_from(drive, None, supplied, target, staged.path())?;
+    write_from(drive, None, supplied, target, staged.path(), false)?;
     Ok(staged)
+}
+
+/// Makes every staged file durable with one syncfs of the staging directory's filesystem.
+pub fn sync_staging(drive: &Drive) -> Result<(), SyncError> {
+    use std::os::fd::AsRawFd;
+    let dir = File::open(drive.staging_dir()?)?;
+    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }
 
 /// Fetched chunks are held for at most this many bytes of content at once.
@@ -146,6 +158,7 @@ fn write_from(
     supplied: &mut HashMap<ChunkId, VerifiedChunk>,
     target: &Manifest,
     path: &std::path::Path,
+    fsync: bool,
 ) -> Result<(), SyncError> {
     let mut supplied = supplied;
     let file = File::create(path)?;
@@ -162,6 +175,8 @@ fn write_from(
     }
     out.flush()?;
     drop(out);
-    file.sync_all()?;
+    if fsync {
+        file.sync_all()?;
+    }
     Ok(())
 }

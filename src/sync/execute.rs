@@ -14,7 +14,7 @@ use crate::protocol::{NodeId, Xattrs};
 use crate::remote::Remote;
 
 use super::SyncError;
-use super::content::{Staged, materialize, materialize_from};
+use super::content::{Staged, materialize, materialize_from_unsynced, sync_staging};
 use super::plan::{Content, Entry, LocalStep, Tree};
 use super::state::{Loaded, LocalContent, SyncState};
 
@@ -72,9 +72,9 @@ impl LocalRun<'_> {
     fn run_steps(&mut self, steps: &[LocalStep], local: &Tree) -> Result<Applied, SyncError> {
         let total: u64 = steps.iter().map(download_size).sum();
         self.to_download.store(total, Ordering::Relaxed);
-        let mut supplied: HashMap<ChunkId, VerifiedChunk> = HashMap::new();
+        let mut staged: HashMap<NodeId, Staged> = HashMap::new();
         for (i, step) in steps.iter().enumerate() {
-            let outcome = self.step(step, &steps[i..], local, &mut supplied);
+            let outcome = self.step(step, &steps[i..], local, &mut staged);
             self.to_download
                 .fetch_sub(download_size(step), Ordering::Relaxed);
             match outcome {
@@ -103,10 +103,10 @@ impl LocalRun<'_> {
         step: &LocalStep,
         rest: &[LocalStep],
         local: &Tree,
-        supplied: &mut HashMap<ChunkId, VerifiedChunk>,
+        staged: &mut HashMap<NodeId, Staged>,
     ) -> Result<(), SyncError> {
         match step {
-            LocalStep::Create { node, entry } => self.create(*node, entry, rest, supplied),
+            LocalStep::Create { node, entry } => self.create(*node, entry, rest, staged),
             LocalStep::CopyAside {
                 source,
                 node,
@@ -157,7 +157,7 @@ impl LocalRun<'_> {
         node: NodeId,
         entry: &Entry,
         rest: &[LocalStep],
-        supplied: &mut HashMap<ChunkId, VerifiedChunk>,
+        staged: &mut HashMap<NodeId, Staged>,
     ) -> Result<(), SyncError> {
         let attrs = remote_attrs(entry);
         let name = entry.name.as_str().as_bytes();
@@ -177,40 +177,39 @@ impl LocalRun<'_> {
             }
             Content::File { manifest_id, .. } => {
                 let manifest = self.manifest(manifest_id)?;
-                let staged = if manifest.size() > PREFETCH_BYTES {
+                let file = if manifest.size() > PREFETCH_BYTES {
                     // A large file streams through its own windows.
                     materialize(self.drive, self.remote, None, &manifest)?
                 } else {
-                    if !manifest.chunks.iter().all(|c| supplied.contains_key(&c.id)) {
-                        self.prefetch(rest, supplied)?;
+                    if !staged.contains_key(&node) {
+                        *staged = self.stage_batch(rest)?;
                     }
-                    materialize_from(self.drive, supplied, &manifest)?
+                    staged.remove(&node).ok_or_else(|| {
+                        SyncError::Inconsistent(format!("file {node} was not staged"))
+                    })?
                 };
-                self.place_file(node, entry, &attrs, staged, &manifest)?;
+                self.place_file(node, entry, &attrs, file, &manifest)?;
             }
         }
         Ok(())
     }
 
-    /// Fetches the chunks of the file creates at the head of `rest` in one request, so that
-    /// many small files cost a few round trips; drops what earlier batches brought.
-    fn prefetch(
-        &self,
-        rest: &[LocalStep],
-        supplied: &mut HashMap<ChunkId, VerifiedChunk>,
-    ) -> Result<(), SyncError> {
-        supplied.clear();
+    /// Stages the small file creates at the head of `rest` together: their chunks fetched in
+    /// one request and the files made durable with one syncfs, so that many small files cost
+    /// a few round trips and one flush instead of one each.
+    fn stage_batch(&self, rest: &[LocalStep]) -> Result<HashMap<NodeId, Staged>, SyncError> {
+        let mut batch: Vec<(NodeId, Manifest)> = Vec::new();
         let mut ids = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let (mut bytes, mut files) = (0u64, 0usize);
+        let mut bytes = 0u64;
         for step in rest {
             let LocalStep::Create {
+                node,
                 entry:
                     Entry {
                         content: Content::File { manifest_id, size },
                         ..
                     },
-                ..
             } = step
             else {
                 continue;
@@ -218,16 +217,26 @@ impl LocalRun<'_> {
             if *size > PREFETCH_BYTES {
                 continue;
             }
-            if files > 0 && (bytes + size > PREFETCH_BYTES || files >= PREFETCH_FILES) {
+            if !batch.is_empty() && (bytes + size > PREFETCH_BYTES || batch.len() >= PREFETCH_FILES)
+            {
                 break;
             }
             let m = self.manifest(manifest_id)?;
             ids.extend(m.chunks.iter().map(|c| c.id).filter(|id| seen.insert(*id)));
             bytes += size;
-            files += 1;
+            batch.push((*node, m));
         }
-        supplied.extend(self.remote.fetch(&ids)?);
-        Ok(())
+        let mut supplied: HashMap<ChunkId, VerifiedChunk> =
+            self.remote.fetch(&ids)?.into_iter().collect();
+        let mut staged = HashMap::with_capacity(batch.len());
+        for (node, m) in &batch {
+            staged.insert(
+                *node,
+                materialize_from_unsynced(self.drive, &mut supplied, m)?,
+            );
+        }
+        sync_staging(self.drive)?;
+        Ok(staged)
     }
 
     fn place_file(
