@@ -21,7 +21,7 @@ pub struct Staged {
 
 impl Staged {
     /// A fresh name in the drive's staging directory.
-    fn new(drive: &Drive) -> Result<Staged, SyncError> {
+    pub(crate) fn new(drive: &Drive) -> Result<Staged, SyncError> {
         let dir = drive.staging_dir()?;
         Ok(Staged {
             path: Some(dir.join(format!("{}.part", TxnId::random()))),
