@@ -82,9 +82,9 @@ start=$(date +%s%N)
 echo 'hello from A' >"$A/hello.txt"
 wait_for "$B/hello.txt" 'hello from A' "$start"
 
-step "mkdir -p $A/photos; head -c 8M /dev/urandom > $A/photos/big.bin; wait for it in B"
-mkdir -p "$A/photos"
+step "head -c 8M /dev/urandom > $work/big.bin; mkdir $A/photos; cp $work/big.bin $A/photos/; wait until B has the same bytes"
 head -c 8M /dev/urandom >"$work/big.bin"
+mkdir "$A/photos"
 start=$(date +%s%N)
 cp "$work/big.bin" "$A/photos/big.bin"
 until cmp -s "$work/big.bin" "$B/photos/big.bin" 2>/dev/null; do

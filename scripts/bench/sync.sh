@@ -7,10 +7,12 @@
 #  (b) GIB_MB MiB of new random data copied into A: seconds until B holds the same bytes, and
 #      the wire bytes (status counters: bytes_uploaded of A, bytes_downloaded of B), against
 #      `rsync -a` of the same file between two local directories on the same disk.
-#  (c) the four edits of scripts/bench/delta.sh on an EDIT_MB (64) MiB random file in A, one
-#      after the other (overwrite 1 byte, insert 1 byte, delete 4 KiB, all in the middle;
-#      append 1 MiB): A's upload and B's download for each (status counter deltas once both
-#      engines are quiet), against rsync's bytes for the same edit (`rsync --no-whole-file -I
+#  (c) the four edits of scripts/bench/delta.sh on an EDIT_MB (64) MiB file in A (delta.sh's
+#      content: splitmix64, SEED 20261124), one after the other (overwrite 1 byte, insert 1
+#      byte, delete 4 KiB, all in the middle; append 1 MiB), each written in place as a program
+#      would: A's upload and B's download for each (status counter deltas once both engines
+#      are quiet), beside the bytes of the difference transaction computed offline (delta.sh's
+#      `delta_bytes diff`) and rsync's bytes for the same edit (`rsync --no-whole-file -I
 #      --stats`, sent + received, as delta.sh measures them).
 #  (d) Unison (Debian's package) between two local directories: the same visibility and new
 #      data workloads. Debian ships no unison-fsmonitor, so Unison runs with `-repeat 1`
@@ -22,9 +24,10 @@
 # gib_rate_vs_rsync = deltadrive's MiB/s from A to B / rsync -a's MiB/s (higher is better).
 #
 # Installs what it needs with apt-get (fuse3, rsync, python3, unison) and says so.
-# Environment: FILES (200), GIB_MB (1024), EDIT_MB (64), UNISON_BENCH (1: run part d; 0: skip),
-# UNISON_FILES (50), BENCH_DIR (/var/tmp/deltadrive-sync-bench: on the disk being measured),
-# PROBE_TIMEOUT_S (120: how long any one wait may last before the run fails).
+# Environment: FILES (200), GIB_MB (1024), EDIT_MB (64), SEED (20261124), EDITS (the four, in
+# order), UNISON_BENCH (1: run part d; 0: skip), UNISON_FILES (50), BENCH_DIR
+# (/var/tmp/deltadrive-sync-bench: on the disk being measured), PROBE_TIMEOUT_S (120: how long
+# any one wait may last before the run fails), KEEP (1: keep the logs in BENCH_DIR/logs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -33,6 +36,8 @@ GIB_MB=${GIB_MB:-1024}
 EDIT_MB=${EDIT_MB:-64}
 UNISON_BENCH=${UNISON_BENCH:-1}
 UNISON_FILES=${UNISON_FILES:-50}
+SEED=${SEED:-20261124}
+EDITS=${EDITS:-overwrite1 insert1 delete4k append1m}
 BASE=${BENCH_DIR:-/var/tmp/deltadrive-sync-bench}
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 PROBE_PY=$PWD/scripts/bench/sync_probe.py
@@ -54,8 +59,9 @@ install_tools() {
 
 install_tools
 say "building deltadrive (release)"
-cargo build --release --quiet --bin deltadrive
+cargo build --release --quiet --bin deltadrive --example delta_bytes
 DD=${CARGO_TARGET_DIR:-$PWD/target}/release/deltadrive
+DELTA_BYTES=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/delta_bytes
 
 mkdir -p "$BASE"
 W=$(mktemp -d "$BASE/run.XXXXXX")
@@ -71,6 +77,12 @@ cleanup() {
     done
     if [ -n "$UNISON_PID" ]; then kill "$UNISON_PID" 2>/dev/null || true; wait "$UNISON_PID" 2>/dev/null || true; fi
     if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+    if [ "${KEEP:-0}" = 1 ]; then
+        rm -rf "$BASE/logs"; mkdir -p "$BASE/logs"
+        cp "$W/server.log" "$BASE/logs/" 2>/dev/null || true
+        cp "$W/stateA/daemon.log" "$BASE/logs/A.log" 2>/dev/null || true
+        cp "$W/stateB/daemon.log" "$BASE/logs/B.log" 2>/dev/null || true
+    fi
     rm -rf "$W"
 }
 trap cleanup EXIT
@@ -111,6 +123,19 @@ for s in A B; do
 done
 say "mounted A=$W/A and B=$W/B"
 quiet() { probe quiet "$DD" "$W/A" "$W/stateA" "$W/B" "$W/stateB" || { diagnose; exit 1; }; }
+# Once both engines are quiet, B's copy must equal REF. Waiting on the status rather than on
+# the file keeps the probe from holding B's file open: a file open for reading is busy, its
+# new content waits until it is closed (and the retry fetches its chunks again).
+quiet_same() { # B_FILE REF -> the counters
+    local c
+    c=$(quiet)
+    if ! cmp -s "$1" "$2"; then
+        say "$1 differs from A's after the engines went quiet; waiting for it"
+        probe appear "$1" "$2" || { diagnose; exit 1; }
+        c=$(quiet)
+    fi
+    echo "$c"
+}
 
 # --- (a) visibility latency -----------------------------------------------------------------
 say "(a) visibility: $FILES files, close on A -> same bytes readable on B"
@@ -122,19 +147,17 @@ quiet >/dev/null
 
 # --- (c) the edits of delta.sh ----------------------------------------------------------------
 say "(c) edits of a $EDIT_MB MiB random file"
-head -c $((EDIT_MB << 20)) /dev/urandom >"$W/ref"
+"$DELTA_BYTES" gen $((EDIT_MB << 20)) "$SEED" "$W/ref"
 c=$(quiet); read -r upA0 _ _ downB0 <<<"$c"
 cp "$W/ref" "$W/A/edit.bin"
-probe appear "$W/B/edit.bin" "$W/ref" || { diagnose; exit 1; }
-c=$(quiet); read -r upA1 _ _ downB1 <<<"$c"
+c=$(quiet_same "$W/B/edit.bin" "$W/ref"); read -r upA1 _ _ downB1 <<<"$c"
 printf 'initial %d MiB file: A uploaded %d B, B downloaded %d B\n' "$EDIT_MB" $((upA1 - upA0)) $((downB1 - downB0))
-printf '%-11s %14s %14s %12s %10s %10s\n' edit A_uploaded B_downloaded rsync up/rsync down/rsync
+printf '%-11s %12s %12s %12s %12s %9s %9s\n' edit diff A_uploaded B_downloaded rsync up/rsync down/rsync
 INSERT1=na
-for kind in overwrite1 insert1 delete4k append1m; do
+for kind in $EDITS; do
     cp "$W/ref" "$W/prev"
     probe edit "$kind" "$W/ref" "$W/A/edit.bin"
-    probe appear "$W/B/edit.bin" "$W/ref" || { diagnose; exit 1; }
-    c=$(quiet); read -r upA2 _ _ downB2 <<<"$c"
+    c=$(quiet_same "$W/B/edit.bin" "$W/ref"); read -r upA2 _ _ downB2 <<<"$c"
     up=$((upA2 - upA1)); down=$((downB2 - downB1))
     upA1=$upA2; downB1=$downB2
 
@@ -145,7 +168,8 @@ for kind in overwrite1 insert1 delete4k append1m; do
     received=$(sed -n 's/^Total bytes received: \([0-9,]*\).*/\1/p' <<<"$stats" | tr -d ,)
     rs=$((sent + received))
     cmp -s "$W/ref" "$W/rsync-dest/file" || { say "rsync did not reproduce $kind"; exit 1; }
-    printf '%-11s %14d %14d %12d %10s %10s\n' "$kind" "$up" "$down" "$rs" "$(ratio "$up" "$rs")" "$(ratio "$down" "$rs")"
+    diff=$("$DELTA_BYTES" diff "$W/prev" "$W/ref" | sed -n 's/^bytes=\([0-9]*\).*/\1/p')
+    printf '%-11s %12d %12d %12d %12d %9s %9s\n' "$kind" "$diff" "$up" "$down" "$rs" "$(ratio "$up" "$rs")" "$(ratio "$down" "$rs")"
     if [ "$kind" = insert1 ]; then INSERT1=$(ratio "$up" "$rs"); fi
 done
 rm -f "$W/A/edit.bin" "$W/prev" "$W/rsync-dest/file"

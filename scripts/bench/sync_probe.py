@@ -153,7 +153,10 @@ def status(dd, mnt, state):
 def settled(s):
     """One mount's status says it has nothing left to do."""
     if "idle" in s:
-        return bool(s["idle"]) and s.get("cursor") == s.get("server_head")
+        # The drive's own counts too: the engine's published `idle` may predate a change
+        # that came in a moment ago.
+        return (bool(s["idle"]) and s.get("cursor") == s.get("server_head")
+                and s.get("unrecorded_files", 0) == 0 and s.get("pending_versions", 0) == 0)
     # Before the engine reported `idle`: nothing recorded or pending, caught up.
     return (s.get("unrecorded_files", 0) == 0 and s.get("pending_versions", 0) == 0
             and s.get("pending_transactions", 0) == 0 and s.get("cursor") == s.get("server_head"))
