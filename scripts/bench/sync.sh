@@ -27,7 +27,9 @@
 # Environment: FILES (200), GIB_MB (1024), EDIT_MB (64), SEED (20261124), EDITS (the four, in
 # order), UNISON_BENCH (1: run part d; 0: skip), UNISON_FILES (50), BENCH_DIR
 # (/var/tmp/deltadrive-sync-bench: on the disk being measured), PROBE_TIMEOUT_S (120: how long
-# any one wait may last before the run fails), KEEP (1: keep the logs in BENCH_DIR/logs).
+# any one wait may last before the run fails), KEEP (1: keep the logs in BENCH_DIR/logs),
+# TIMELINE (1: during (b), sample both status counters every 100 ms to show when A's push and
+# B's apply ended; 0: don't).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -38,6 +40,7 @@ UNISON_BENCH=${UNISON_BENCH:-1}
 UNISON_FILES=${UNISON_FILES:-50}
 SEED=${SEED:-20261124}
 EDITS=${EDITS:-overwrite1 insert1 delete4k append1m}
+TIMELINE=${TIMELINE:-1}
 BASE=${BENCH_DIR:-/var/tmp/deltadrive-sync-bench}
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 PROBE_PY=$PWD/scripts/bench/sync_probe.py
@@ -179,10 +182,13 @@ say "(b) $GIB_MB MiB of new random data: A -> B, and rsync -a between two local 
 mkdir -p "$W/src" "$W/rsync-a"
 head -c $((GIB_MB << 20)) /dev/urandom >"$W/src/new.bin"
 c=$(quiet); read -r upA0 _ _ downB0 <<<"$c"
-big=$(probe big "$W/src/new.bin" "$W/A" "$W/B") || { diagnose; exit 1; }
+timeline=()
+if [ "$TIMELINE" = 1 ]; then timeline=("$DD" "$W/A" "$W/stateA" "$W/B" "$W/stateB"); fi
+big=$(probe big "$W/src/new.bin" "$W/A" "$W/B" "${timeline[@]}") || { diagnose; exit 1; }
 c=$(quiet); read -r upA1 _ _ downB1 <<<"$c"
 DD_S=$(field visible_on_B_s "$big")
-echo "deltadrive $big A_uploaded=$((upA1 - upA0)) B_downloaded=$((downB1 - downB0))"
+echo "deltadrive $(head -n 1 <<<"$big") A_uploaded=$((upA1 - upA0)) B_downloaded=$((downB1 - downB0))"
+[ "$TIMELINE" = 1 ] && echo "deltadrive $(sed -n 2p <<<"$big") (final bytes_uploaded of A and bytes_downloaded of B first seen, from the start of the copy)"
 sync
 s=$(now); rsync -a "$W/src/" "$W/rsync-a/"; e=$(now)
 RSYNC_S=$(elapsed "$s" "$e")

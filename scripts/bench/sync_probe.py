@@ -5,7 +5,9 @@ Works on any two directories (two deltadrive mounts, or two Unison replicas).
 
   sync_probe.py visible A B N        N small files written one by one on A; for each, the ms
                                      from close() on A until B reads the same bytes (1 ms polls)
-  sync_probe.py big SRC A B          copy SRC to A; seconds until B holds the same bytes
+  sync_probe.py big SRC A B [DD M1 S1 M2 S2]
+                                     copy SRC to A; seconds until B holds the same bytes; with
+                                     the two mounts' status: when A's push and B's apply ended
   sync_probe.py edit KIND REF FILE   apply an edit of scripts/bench/delta.sh in place to REF
                                      and FILE (same bytes); KIND: overwrite1 | insert1 |
                                      delete4k | append1m
@@ -18,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 TIMEOUT_S = float(os.environ.get("PROBE_TIMEOUT_S", "120"))
@@ -102,8 +105,45 @@ def wait_same(target, ref, t0):
         time.sleep(0.005)
 
 
-def big(src, a, b):
+class Timeline:
+    """Samples A's bytes_uploaded and B's bytes_downloaded every 100 ms in a thread."""
+
+    def __init__(self, dd, m1, s1, m2, s2):
+        self.args = (dd, m1, s1, m2, s2)
+        self.samples = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        dd, m1, s1, m2, s2 = self.args
+        while not self.done.is_set():
+            t = time.monotonic()
+            try:
+                up = status(dd, m1, s1).get("bytes_uploaded", 0)
+                down = status(dd, m2, s2).get("bytes_downloaded", 0)
+            except (subprocess.CalledProcessError, json.JSONDecodeError):
+                continue
+            self.samples.append((t, up, down))
+            self.done.wait(0.1)
+
+    def phases(self, t0):
+        """When A's upload and B's download counters reached their final values (the engine
+        publishes its counters at the end of a cycle, so these are when the push and the
+        apply finished)."""
+        out = []
+        for i, who in ((1, "A_pushed_s"), (2, "B_applied_s")):
+            last = self.samples[-1][i]
+            t = next(t for (t, *v) in self.samples if v[i - 1] == last)
+            out.append("%s=%.1f" % (who, t - t0))
+        return " ".join(out)
+
+
+def big(src, a, b, *status_args):
     name = "big-%d.bin" % os.getpid()
+    timeline = Timeline(*status_args) if status_args else None
+    if timeline:
+        timeline.thread.start()
+        time.sleep(0.3)
     t0 = time.monotonic()
     with open(src, "rb") as f, open(os.path.join(a, name), "wb") as g:
         while True:
@@ -118,6 +158,10 @@ def big(src, a, b):
     size = os.path.getsize(src)
     print("big: bytes=%d written_on_A_s=%.3f visible_on_B_s=%.3f rate_mib_s=%.1f"
           % (size, t_written - t0, t_seen - t0, size / (1 << 20) / (t_seen - t0)))
+    if timeline:
+        timeline.done.set()
+        timeline.thread.join()
+        print("counters: " + timeline.phases(t0))
 
 
 def edit(kind, ref, path):
@@ -188,7 +232,7 @@ def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "visible" and len(args) == 3:
         visible(args[0], args[1], int(args[2]))
-    elif cmd == "big" and len(args) == 3:
+    elif cmd == "big" and len(args) in (3, 8):
         big(*args)
     elif cmd == "edit" and len(args) == 3:
         edit(*args)
