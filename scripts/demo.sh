@@ -28,8 +28,8 @@ cleanup() {
     local m
     for m in "$A" "$B"; do
         if grep -q " $m " /proc/self/mountinfo 2>/dev/null; then
-            "$dd" umount "$m" --timeout 10 >/dev/null 2>&1 || "$dd" umount "$m" >/dev/null 2>&1 \
-                || fusermount3 -u -z "$m" 2>/dev/null || true
+            # --force: no waiting for the server (it may be gone); the data goes anyway.
+            "$dd" umount "$m" --force >/dev/null 2>&1 || fusermount3 -u -z "$m" 2>/dev/null || true
         fi
     done
     if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi

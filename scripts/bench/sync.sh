@@ -74,8 +74,8 @@ cleanup() {
     local m
     for m in "$W/A" "$W/B"; do
         if mountpoint -q "$m" 2>/dev/null; then
-            "$DD" umount "$m" --timeout 10 >/dev/null 2>&1 || "$DD" umount "$m" >/dev/null 2>&1 \
-                || fusermount3 -u -z "$m" 2>/dev/null || true
+            # --force: no waiting for the server (it may be gone); the data goes anyway.
+            "$DD" umount "$m" --force >/dev/null 2>&1 || fusermount3 -u -z "$m" 2>/dev/null || true
         fi
     done
     if [ -n "$UNISON_PID" ]; then kill "$UNISON_PID" 2>/dev/null || true; wait "$UNISON_PID" 2>/dev/null || true; fi
