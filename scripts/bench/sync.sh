@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Sync benchmark, in one run, on a real `deltadrive serve` (embedded backends) on 127.0.0.1 and
+# two drives A and B mounted from it (one user, two devices, one volume):
+#
+#  (a) visibility: FILES small files (~1 KiB), one at a time: write+close on A, then poll B
+#      every 1 ms until it reads the same bytes; p50/p99 of close -> readable, in ms.
+#  (b) GIB_MB MiB of new random data copied into A: seconds until B holds the same bytes, and
+#      the wire bytes (status counters: bytes_uploaded of A, bytes_downloaded of B), against
+#      `rsync -a` of the same file between two local directories on the same disk.
+#  (c) the four edits of scripts/bench/delta.sh on an EDIT_MB (64) MiB file in A (delta.sh's
+#      content: splitmix64, SEED 20261124), one after the other (overwrite 1 byte, insert 1
+#      byte, delete 4 KiB, all in the middle; append 1 MiB), each written in place as a program
+#      would: A's upload and B's download for each (status counter deltas once both engines
+#      are quiet), beside the bytes of the difference transaction computed offline (delta.sh's
+#      `delta_bytes diff`) and rsync's bytes for the same edit (`rsync --no-whole-file -I
+#      --stats`, sent + received, as delta.sh measures them).
+#  (d) Unison (Debian's package) between two local directories: the same visibility and new
+#      data workloads. Debian ships no unison-fsmonitor, so Unison runs with `-repeat 1`
+#      (rescans both replicas every second): its continuous mode on this system.
+#
+# Last line:
+#   bench sync: visible_p50_ms=N visible_p99_ms=N insert1_vs_rsync=R gib_rate_vs_rsync=R
+# insert1_vs_rsync = A's upload bytes for the 1-byte insert / rsync's bytes (lower is better);
+# gib_rate_vs_rsync = deltadrive's MiB/s from A to B / rsync -a's MiB/s (higher is better).
+#
+# Installs what it needs with apt-get (fuse3, rsync, python3, unison) and says so.
+# Environment: FILES (200), GIB_MB (1024), EDIT_MB (64), SEED (20261124), EDITS (the four, in
+# order), UNISON_BENCH (1: run part d; 0: skip), UNISON_FILES (50), BENCH_DIR
+# (/var/tmp/deltadrive-sync-bench: on the disk being measured), PROBE_TIMEOUT_S (120: how long
+# any one wait may last before the run fails), KEEP (1: keep the logs in BENCH_DIR/logs),
+# TIMELINE (1: during (b), sample both status counters every 100 ms to show when A's push and
+# B's apply ended; 0: don't).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+FILES=${FILES:-200}
+GIB_MB=${GIB_MB:-1024}
+EDIT_MB=${EDIT_MB:-64}
+UNISON_BENCH=${UNISON_BENCH:-1}
+UNISON_FILES=${UNISON_FILES:-50}
+SEED=${SEED:-20261124}
+EDITS=${EDITS:-overwrite1 insert1 delete4k append1m}
+TIMELINE=${TIMELINE:-1}
+BASE=${BENCH_DIR:-/var/tmp/deltadrive-sync-bench}
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+PROBE_PY=$PWD/scripts/bench/sync_probe.py
+
+say() { echo "sync.sh: $*" >&2; }
+probe() { python3 "$PROBE_PY" "$@"; }
+
+install_tools() {
+    local pkgs=()
+    command -v fusermount3 >/dev/null 2>&1 || pkgs+=(fuse3)
+    command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
+    command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+    if [ "$UNISON_BENCH" = 1 ] && ! command -v unison >/dev/null 2>&1; then pkgs+=(unison); fi
+    if [ ${#pkgs[@]} -gt 0 ]; then
+        say "installing ${pkgs[*]} with apt-get"
+        $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    fi
+}
+
+install_tools
+say "building deltadrive (release)"
+cargo build --release --quiet --bin deltadrive --example delta_bytes
+DD=${CARGO_TARGET_DIR:-$PWD/target}/release/deltadrive
+DELTA_BYTES=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/delta_bytes
+
+mkdir -p "$BASE"
+W=$(mktemp -d "$BASE/run.XXXXXX")
+SERVER_PID=""
+UNISON_PID=""
+cleanup() {
+    local m
+    for m in "$W/A" "$W/B"; do
+        if mountpoint -q "$m" 2>/dev/null; then
+            # --force: no waiting for the server (it may be gone); the data goes anyway.
+            "$DD" umount "$m" --force >/dev/null 2>&1 || fusermount3 -u -z "$m" 2>/dev/null || true
+        fi
+    done
+    if [ -n "$UNISON_PID" ]; then kill "$UNISON_PID" 2>/dev/null || true; wait "$UNISON_PID" 2>/dev/null || true; fi
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+    if [ "${KEEP:-0}" = 1 ]; then
+        rm -rf "$BASE/logs"; mkdir -p "$BASE/logs"
+        cp "$W/server.log" "$BASE/logs/" 2>/dev/null || true
+        cp "$W/stateA/daemon.log" "$BASE/logs/A.log" 2>/dev/null || true
+        cp "$W/stateB/daemon.log" "$BASE/logs/B.log" 2>/dev/null || true
+    fi
+    rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# What went wrong, for a run that fails midway: both drives' status and the ends of the logs.
+diagnose() {
+    say "diagnostics follow"
+    for s in A B; do
+        "$DD" status "$W/$s" --state "$W/state$s" --json >&2 || true
+        echo "--- tail of $W/state$s/daemon.log" >&2
+        tail -n 30 "$W/state$s/daemon.log" >&2 || true
+    done
+    echo "--- tail of the server log" >&2
+    tail -n 30 "$W/server.log" >&2 || true
+}
+
+now() { date +%s.%N; }
+elapsed() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.3f", e - s }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "na" }'; }
+field() { sed -n "s/.*$1=\\([0-9.]*\\).*/\\1/p" <<<"$2"; }
+
+# --- server, user, devices, volume, two mounts -------------------------------------------
+say "starting deltadrive serve on 127.0.0.1 (port chosen by the OS)"
+"$DD" admin --data "$W/server" user add bench 2>/dev/null
+"$DD" admin --data "$W/server" device add bench deviceA >"$W/tokenA" 2>/dev/null
+"$DD" admin --data "$W/server" device add bench deviceB >"$W/tokenB" 2>/dev/null
+"$DD" admin --data "$W/server" volume create bench vol 2>/dev/null
+"$DD" serve --data "$W/server" --listen 127.0.0.1:0 --addr-file "$W/addr" >"$W/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 200); do [ -s "$W/addr" ] && break; sleep 0.05; done
+[ -s "$W/addr" ] || { say "the server did not start"; cat "$W/server.log" >&2; exit 1; }
+URL="http://$(cat "$W/addr")"
+say "server at $URL (pid $SERVER_PID)"
+for s in A B; do
+    mkdir -p "$W/$s"
+    "$DD" mount "$W/$s" --state "$W/state$s" --server "$URL" --volume vol --token-file "$W/token$s" >/dev/null
+done
+say "mounted A=$W/A and B=$W/B"
+quiet() { probe quiet "$DD" "$W/A" "$W/stateA" "$W/B" "$W/stateB" || { diagnose; exit 1; }; }
+# Once both engines are quiet, B's copy must equal REF. Waiting on the status rather than on
+# the file keeps the probe from holding B's file open: a file open for reading is busy, its
+# new content waits until it is closed (and the retry fetches its chunks again).
+quiet_same() { # B_FILE REF -> the counters
+    local c
+    c=$(quiet)
+    if ! cmp -s "$1" "$2"; then
+        say "$1 differs from A's after the engines went quiet; waiting for it"
+        probe appear "$1" "$2" || { diagnose; exit 1; }
+        c=$(quiet)
+    fi
+    echo "$c"
+}
+
+# --- (a) visibility latency -----------------------------------------------------------------
+say "(a) visibility: $FILES files, close on A -> same bytes readable on B"
+vis=$(probe visible "$W/A" "$W/B" "$FILES") || { diagnose; exit 1; }
+echo "deltadrive $vis"
+VIS_P50=$(field p50_ms "$vis")
+VIS_P99=$(field p99_ms "$vis")
+quiet >/dev/null
+
+# --- (c) the edits of delta.sh ----------------------------------------------------------------
+say "(c) edits of a $EDIT_MB MiB random file"
+"$DELTA_BYTES" gen $((EDIT_MB << 20)) "$SEED" "$W/ref"
+c=$(quiet); read -r upA0 _ _ downB0 <<<"$c"
+cp "$W/ref" "$W/A/edit.bin"
+c=$(quiet_same "$W/B/edit.bin" "$W/ref"); read -r upA1 _ _ downB1 <<<"$c"
+printf 'initial %d MiB file: A uploaded %d B, B downloaded %d B\n' "$EDIT_MB" $((upA1 - upA0)) $((downB1 - downB0))
+printf '%-11s %12s %12s %12s %12s %9s %9s\n' edit diff A_uploaded B_downloaded rsync up/rsync down/rsync
+INSERT1=na
+for kind in $EDITS; do
+    cp "$W/ref" "$W/prev"
+    probe edit "$kind" "$W/ref" "$W/A/edit.bin"
+    c=$(quiet_same "$W/B/edit.bin" "$W/ref"); read -r upA2 _ _ downB2 <<<"$c"
+    up=$((upA2 - upA1)); down=$((downB2 - downB1))
+    upA1=$upA2; downB1=$downB2
+
+    mkdir -p "$W/rsync-dest"
+    cp "$W/prev" "$W/rsync-dest/file"
+    stats=$(rsync --no-whole-file -I --stats "$W/ref" "$W/rsync-dest/file")
+    sent=$(sed -n 's/^Total bytes sent: \([0-9,]*\).*/\1/p' <<<"$stats" | tr -d ,)
+    received=$(sed -n 's/^Total bytes received: \([0-9,]*\).*/\1/p' <<<"$stats" | tr -d ,)
+    rs=$((sent + received))
+    cmp -s "$W/ref" "$W/rsync-dest/file" || { say "rsync did not reproduce $kind"; exit 1; }
+    diff=$("$DELTA_BYTES" diff "$W/prev" "$W/ref" | sed -n 's/^bytes=\([0-9]*\).*/\1/p')
+    printf '%-11s %12d %12d %12d %12d %9s %9s\n' "$kind" "$diff" "$up" "$down" "$rs" "$(ratio "$up" "$rs")" "$(ratio "$down" "$rs")"
+    if [ "$kind" = insert1 ]; then INSERT1=$(ratio "$up" "$rs"); fi
+done
+rm -f "$W/A/edit.bin" "$W/prev" "$W/rsync-dest/file"
+
+# --- (b) GIB_MB MiB of new data ---------------------------------------------------------------
+say "(b) $GIB_MB MiB of new random data: A -> B, and rsync -a between two local directories"
+mkdir -p "$W/src" "$W/rsync-a"
+head -c $((GIB_MB << 20)) /dev/urandom >"$W/src/new.bin"
+c=$(quiet); read -r upA0 _ _ downB0 <<<"$c"
+timeline=()
+if [ "$TIMELINE" = 1 ]; then timeline=("$DD" "$W/A" "$W/stateA" "$W/B" "$W/stateB"); fi
+big=$(probe big "$W/src/new.bin" "$W/A" "$W/B" "${timeline[@]}") || { diagnose; exit 1; }
+c=$(quiet); read -r upA1 _ _ downB1 <<<"$c"
+DD_S=$(field visible_on_B_s "$big")
+echo "deltadrive $(head -n 1 <<<"$big") A_uploaded=$((upA1 - upA0)) B_downloaded=$((downB1 - downB0))"
+[ "$TIMELINE" = 1 ] && echo "deltadrive $(sed -n 2p <<<"$big") (final bytes_uploaded of A and bytes_downloaded of B first seen, from the start of the copy)"
+sync
+s=$(now); rsync -a "$W/src/" "$W/rsync-a/"; e=$(now)
+RSYNC_S=$(elapsed "$s" "$e")
+cmp -s "$W/src/new.bin" "$W/rsync-a/new.bin" || { say "rsync -a did not copy the file"; exit 1; }
+echo "rsync -a: bytes=$((GIB_MB << 20)) seconds=$RSYNC_S rate_mib_s=$(awk -v m="$GIB_MB" -v t="$RSYNC_S" 'BEGIN { printf "%.1f", m / t }')"
+# Same bytes both ways, so the ratio of rates is the inverse ratio of times.
+GIB_RATE=$(ratio "$RSYNC_S" "$DD_S")
+rm -rf "$W/rsync-a"
+
+# --- (d) Unison -------------------------------------------------------------------------------
+if [ "$UNISON_BENCH" = 1 ]; then
+    say "(d) Unison $(unison -version | cut -d' ' -f3) between two local directories, -repeat 1"
+    mkdir -p "$W/uA" "$W/uB" "$W/unison"
+    UNISON="$W/unison" unison "$W/uA" "$W/uB" -batch -auto -repeat 1 -times -perms 0 \
+        -confirmbigdel=false -ui text >"$W/unison.log" 2>&1 &
+    UNISON_PID=$!
+    uvis=$(probe visible "$W/uA" "$W/uB" "$UNISON_FILES") || { tail -n 30 "$W/unison.log" >&2; exit 1; }
+    echo "unison $uvis"
+    ubig=$(probe big "$W/src/new.bin" "$W/uA" "$W/uB") || { tail -n 30 "$W/unison.log" >&2; exit 1; }
+    echo "unison $ubig rate_vs_rsync=$(ratio "$RSYNC_S" "$(field visible_on_B_s "$ubig")")"
+    kill "$UNISON_PID" 2>/dev/null || true; wait "$UNISON_PID" 2>/dev/null || true
+    UNISON_PID=""
+else
+    say "(d) Unison skipped (UNISON_BENCH=0)"
+fi
+
+echo "bench sync: visible_p50_ms=$VIS_P50 visible_p99_ms=$VIS_P99 insert1_vs_rsync=$INSERT1 gib_rate_vs_rsync=$GIB_RATE"
