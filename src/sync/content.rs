@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-use crate::chunking::{ChunkId, Manifest, VerifiedChunk, reconstruct};
+use crate::chunking::{ChunkId, ChunkRef, Manifest, VerifiedChunk, reconstruct};
 use crate::drive::Drive;
 use crate::protocol::{NodeId, TxnId};
 use crate::remote::Remote;
@@ -112,7 +112,9 @@ fn write_content(
     let have: HashSet<ChunkId> = base_manifest.chunks.iter().map(|c| c.id).collect();
     let file = File::create(path)?;
     let mut out = BufWriter::new(&file);
-    // Window by window, so a large file never sits in memory whole.
+    // Window by window, so a large file never sits in memory whole; the next window is
+    // fetched (one thread) while this one is written (this thread).
+    let mut windows: Vec<&[ChunkRef]> = Vec::new();
     let mut rest = &target.chunks[..];
     while !rest.is_empty() {
         let mut bytes = 0u64;
@@ -126,26 +128,54 @@ fn write_content(
             .count()
             .max(1);
         let (window, tail) = rest.split_at(n);
+        windows.push(window);
         rest = tail;
-        let mut seen = HashSet::new();
-        let need: Vec<ChunkId> = window
-            .iter()
-            .map(|c| c.id)
-            .filter(|id| !have.contains(id) && seen.insert(*id))
-            .collect();
-        let mut supplied: HashMap<ChunkId, VerifiedChunk> =
-            remote.fetch(&need)?.into_iter().collect();
-        let part = Manifest {
-            chunks: window.to_vec(),
-        };
-        match &base_file {
-            Some(f) => reconstruct(base_manifest, f, &mut supplied, &part, &mut out)?,
-            None => {
-                let no_base: &[u8] = &[];
-                reconstruct(&empty, no_base, &mut supplied, &part, &mut out)?
-            }
-        };
     }
+    std::thread::scope(|scope| -> Result<(), SyncError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashMap<ChunkId, VerifiedChunk>>(1);
+        let have = &have;
+        let windows_ref = &windows;
+        let fetcher = scope.spawn(move || -> Result<(), SyncError> {
+            for window in windows_ref {
+                let mut seen = HashSet::new();
+                let need: Vec<ChunkId> = window
+                    .iter()
+                    .map(|c| c.id)
+                    .filter(|id| !have.contains(id) && seen.insert(*id))
+                    .collect();
+                let supplied = remote.fetch(&need)?.into_iter().collect();
+                if tx.send(supplied).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut written = Ok(());
+        for window in &windows {
+            let Ok(mut supplied) = rx.recv() else {
+                break; // the fetcher failed: its error is reported below
+            };
+            let part = Manifest {
+                chunks: window.to_vec(),
+            };
+            let r = match &base_file {
+                Some(f) => reconstruct(base_manifest, f, &mut supplied, &part, &mut out),
+                None => {
+                    let no_base: &[u8] = &[];
+                    reconstruct(&empty, no_base, &mut supplied, &part, &mut out)
+                }
+            };
+            if let Err(e) = r {
+                written = Err(e.into());
+                break;
+            }
+        }
+        drop(rx);
+        fetcher
+            .join()
+            .map_err(|_| SyncError::Inconsistent("the chunk fetcher panicked".into()))??;
+        written
+    })?;
     out.flush()?;
     drop(out);
     file.sync_all()?;

@@ -329,6 +329,11 @@ impl LocalRun<'_> {
     fn update_content(&mut self, node: NodeId, content: &Content) -> Result<(), SyncError> {
         match content {
             Content::File { manifest_id, .. } => {
+                // Checked before fetching, so a file held open does not cost a download per
+                // retry (the drive checks again, under its lock, when it replaces).
+                if self.drive.node_view(node).is_some_and(|v| v.busy) {
+                    return Err(DriveError::Busy.into());
+                }
                 let target = self.manifest(manifest_id)?;
                 let base = self
                     .mem

@@ -18,6 +18,8 @@ use super::state::RemoteTree;
 
 /// zstd level for uploaded chunks.
 const ZSTD_LEVEL: i32 = 3;
+/// Compressed bytes per upload request (the server takes up to MAX_BATCH_BYTES).
+const UPLOAD_BATCH_BYTES: usize = MAX_BATCH_BYTES / 4;
 
 /// Where the bytes of a chunk to upload are: a local file and an offset in it.
 #[derive(Clone, Copy, Debug)]
@@ -175,16 +177,56 @@ pub fn upload_missing(
         todo.iter().map(|w| u64::from(w.chunk.len)).sum(),
         Ordering::Relaxed,
     );
+    // Reading, checking and compressing (one thread) overlap with sending (this one).
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+        let producer = scope.spawn(move || produce(drive, &todo, &tx));
+        let mut sent = Ok(());
+        for batch in rx {
+            if let Err(e) = remote.upload(batch.chunks.iter().map(|(id, p)| (*id, p))) {
+                // Dropping the receiver stops the producer at its next batch.
+                sent = Err(e);
+                break;
+            }
+            pending.fetch_sub(batch.raw, Ordering::Relaxed);
+        }
+        let produced = producer
+            .join()
+            .map_err(|_| SyncError::Inconsistent("the upload reader panicked".into()))?;
+        sent?;
+        let outcome = produced?;
+        if outcome == Upload::Done {
+            pending.store(0, Ordering::Relaxed);
+        }
+        Ok(outcome)
+    })
+}
+
+/// Compressed chunks ready to send, and their raw size.
+struct Batch {
+    chunks: Vec<(ChunkId, Vec<u8>)>,
+    raw: u64,
+}
+
+/// Reads each chunk back from its local file, checks it against its id, compresses it and
+/// hands batches to `tx`.
+fn produce(
+    drive: &Drive,
+    todo: &[&ChunkAt],
+    tx: &std::sync::mpsc::SyncSender<Batch>,
+) -> Result<Upload, SyncError> {
     let mut files: HashMap<NodeId, std::fs::File> = HashMap::new();
-    let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut batch = Batch {
+        chunks: Vec::new(),
+        raw: 0,
+    };
     let mut batch_bytes = 0usize;
-    let mut batch_raw = 0u64;
     for w in todo {
         let ChunkAt {
             chunk: c,
             node,
             offset: off,
-        } = *w;
+        } = **w;
         let file = match files.entry(node) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => match drive.open_content(node) {
@@ -198,20 +240,26 @@ pub fn upload_missing(
             return Ok(Upload::Changed(node));
         }
         let p = payload::encode(&bytes, ZSTD_LEVEL);
-        if batch_bytes + p.len() > MAX_BATCH_BYTES / 2 && !batch.is_empty() {
-            remote.upload(batch.iter().map(|(id, p)| (*id, p)))?;
-            pending.fetch_sub(batch_raw, Ordering::Relaxed);
-            batch.clear();
+        if batch_bytes + p.len() > UPLOAD_BATCH_BYTES && !batch.chunks.is_empty() {
+            let full = std::mem::replace(
+                &mut batch,
+                Batch {
+                    chunks: Vec::new(),
+                    raw: 0,
+                },
+            );
+            if tx.send(full).is_err() {
+                // The sender gave up (its error is the one reported).
+                return Ok(Upload::Done);
+            }
             batch_bytes = 0;
-            batch_raw = 0;
         }
         batch_bytes += p.len();
-        batch_raw += u64::from(c.len);
-        batch.push((c.id, p));
+        batch.raw += u64::from(c.len);
+        batch.chunks.push((c.id, p));
     }
-    if !batch.is_empty() {
-        remote.upload(batch.iter().map(|(id, p)| (*id, p)))?;
+    if !batch.chunks.is_empty() {
+        let _ = tx.send(batch);
     }
-    pending.store(0, Ordering::Relaxed);
     Ok(Upload::Done)
 }
