@@ -19,7 +19,7 @@ use super::state::RemoteTree;
 /// zstd level for uploaded chunks.
 const ZSTD_LEVEL: i32 = 3;
 /// Compressed bytes per upload request (the server takes up to MAX_BATCH_BYTES).
-const UPLOAD_BATCH_BYTES: usize = MAX_BATCH_BYTES / 4;
+const UPLOAD_BATCH_BYTES: usize = MAX_BATCH_BYTES - (2 << 20);
 
 /// Where the bytes of a chunk to upload are: a local file and an offset in it.
 #[derive(Clone, Copy, Debug)]
