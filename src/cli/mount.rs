@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -184,6 +184,8 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        // Not a stop: `umount` asks the sync engine to look at both sides now.
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -232,12 +234,20 @@ fn serve_until_stopped(
     mounts::register(mountpoint, state.root())?;
 
     let (stop_tx, stop_rx) = mpsc::channel();
+    let nudge: Arc<OnceLock<crate::drive::ChangeHook>> = Arc::new(OnceLock::new());
+    let nudge_slot = Arc::clone(&nudge);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut sig = 0;
             // SAFETY: `signals` is an initialized set blocked in every thread; sigwait writes `sig`.
             while unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+                if sig == libc::SIGUSR1 {
+                    if let Some(n) = nudge_slot.get() {
+                        n();
+                    }
+                    continue;
+                }
                 tracing::info!(signal = sig, "stopping");
                 if stop_tx.send(()).is_err() {
                     break;
@@ -252,7 +262,10 @@ fn serve_until_stopped(
         // kernel's caches.
         if let Some(sync) = sync {
             match crate::sync::Engine::start(Arc::clone(&drive), sync.remote, sync.state) {
-                Ok(e) => engine = Some(e),
+                Ok(e) => {
+                    let _ = nudge.set(e.nudger());
+                    engine = Some(e);
+                }
                 Err(e) => tracing::error!("cannot start the sync engine: {e}"),
             }
         }

@@ -54,7 +54,10 @@ pub struct DriveStatus {
     pub sync: crate::sync::EngineStatus,
 }
 
-fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Result<DriveStatus> {
+pub(super) fn status_of(
+    mountpoint: PathBuf,
+    state_override: Option<PathBuf>,
+) -> anyhow::Result<DriveStatus> {
     let entry = mounts::mounted_at(&mountpoint)?;
     let mounted = entry.as_ref().is_some_and(mounts::is_deltadrive);
     let state_root = state_override
@@ -98,6 +101,8 @@ fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Re
                 status.volume = Some(b.volume);
             }
             status.sync.cursor = sync.cursor()?.0;
+            status.sync.conflicts = sync.conflicts()?;
+            status.sync.pending_transactions = u64::from(sync.outbox()?.is_some());
         }
         if let Some(e) =
             crate::sync::Engine::read_status(state.root()).filter(|_| status.daemon_running)
@@ -105,6 +110,7 @@ fn status_of(mountpoint: PathBuf, state_override: Option<PathBuf>) -> anyhow::Re
             let cursor = status.sync.cursor.max(e.cursor);
             status.sync = e;
             status.sync.cursor = cursor;
+            status.pending_upload_bytes += status.sync.chunk_upload_bytes;
         }
     }
     Ok(status)
@@ -161,6 +167,18 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
                 "  bytes up / down:   {} / {}",
                 s.sync.bytes_uploaded, s.sync.bytes_downloaded
             );
+            println!(
+                "  pending:           {} transaction(s); {} bytes to download",
+                s.sync.pending_transactions, s.sync.bytes_to_download
+            );
+            println!("  conflicts:         {}", s.sync.conflicts);
+            if let Some(ms) = s.sync.last_sync_ms {
+                let now = crate::drive::to_nanos(std::time::SystemTime::now()) / 1_000_000;
+                println!(
+                    "  last in sync:      {:.1} s ago",
+                    (now - ms).max(0) as f64 / 1000.0
+                );
+            }
             if let Some(e) = &s.sync.last_error {
                 println!("  last error:        {e}");
             }

@@ -15,9 +15,14 @@ use crate::drive::StateDir;
 pub struct UmountArgs {
     /// Where the drive is mounted.
     pub mountpoint: PathBuf,
-    /// Seconds to wait for the daemon to finish flushing.
+    /// Seconds to wait for local changes to reach the server, and then for the daemon to
+    /// finish flushing.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Unmount without waiting for local changes to reach the server (they stay in the
+    /// outbox and go with the next mount).
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -42,6 +47,60 @@ fn fusermount(args: &[&str], mountpoint: &Path) -> anyhow::Result<std::process::
         .context("cannot run fusermount3 (install fuse3)")
 }
 
+/// Waits until the drive's sync engine has pushed every local change (a local-only drive
+/// returns at once), showing progress on stderr; gives up after `timeout`, keeping the rest
+/// for the next mount.
+fn wait_for_sync(mountpoint: &Path, pid: u32, timeout: Duration) -> anyhow::Result<()> {
+    let status = super::status::status_of(mountpoint.to_path_buf(), None)?;
+    if status.server.is_none() {
+        return Ok(());
+    }
+    let asked = crate::drive::to_nanos(std::time::SystemTime::now()) / 1_000_000;
+    if let Ok(p) = i32::try_from(pid) {
+        // SAFETY: SIGUSR1 asks the daemon's engine to look at both sides now.
+        unsafe { libc::kill(p, libc::SIGUSR1) };
+    }
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let s = super::status::status_of(mountpoint.to_path_buf(), None)?;
+        if !s.daemon_running {
+            return Ok(());
+        }
+        if s.sync.updated_ms >= asked && s.sync.idle && s.pending_versions == 0 {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            eprintln!(
+                "gave up waiting after {}s: {} transaction(s) stay in the outbox and go with the \
+                 next mount{}",
+                timeout.as_secs(),
+                s.sync.pending_transactions.max(1),
+                if s.sync.online {
+                    ""
+                } else {
+                    " (the server is unreachable)"
+                }
+            );
+            return Ok(());
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            eprintln!(
+                "waiting for sync: {} transaction(s), {} bytes to upload{}",
+                s.sync.pending_transactions,
+                s.pending_upload_bytes,
+                if s.sync.online {
+                    ""
+                } else {
+                    " (server unreachable)"
+                }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `deltadrive umount`.
 pub fn run(args: UmountArgs) -> anyhow::Result<()> {
     let mountpoint = super::absolute(&args.mountpoint)?;
@@ -58,6 +117,11 @@ pub fn run(args: UmountArgs) -> anyhow::Result<()> {
     let pid = mounts::registered_state(&mountpoint)
         .and_then(|root| StateDir::new(&root).ok())
         .and_then(|state| state.holder_pid());
+    if let Some(pid) = pid
+        && !args.force
+    {
+        wait_for_sync(&mountpoint, pid, Duration::from_secs(args.timeout))?;
+    }
 
     let out = fusermount(&["-u"], &mountpoint)?;
     if !out.status.success() {

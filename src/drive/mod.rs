@@ -174,6 +174,19 @@ pub struct Drive {
     largest_write: AtomicU64,
     /// Where to tell the kernel that cached entries or attributes went stale.
     kernel_cache: Mutex<Option<Arc<dyn KernelCache>>>,
+    /// Called after every change to the tree (the sync engine's wake-up).
+    on_change: Mutex<Option<Hook>>,
+}
+
+/// What the drive calls after a change to its tree (cheap, non-blocking, any thread).
+pub type ChangeHook = Arc<dyn Fn() + Send + Sync>;
+
+struct Hook(ChangeHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeHook")
+    }
 }
 
 /// The kernel's caches of entries, attributes and pages, as the drive sees them: changes
@@ -226,6 +239,7 @@ impl Drive {
             writes: AtomicU64::new(0),
             largest_write: AtomicU64::new(0),
             kernel_cache: Mutex::new(None),
+            on_change: Mutex::new(None),
         };
         if !clean {
             tracing::warn!("previous session did not end cleanly: checking backing files");
@@ -287,11 +301,12 @@ impl Drive {
     }
 
     /// Queues the tree's journal for the store; returns nodes to reap.
-    fn persist(&self, tree: &mut Tree) -> Vec<(Ino, Node)> {
+    /// Writes what the journal holds; returns the reaped nodes and whether anything changed.
+    fn persist(&self, tree: &mut Tree) -> (Vec<(Ino, Node)>, bool) {
         let journal = tree.drain();
         // Lookups and forgets change nothing persistent: skip the store's lock.
         if journal.changed.is_empty() && journal.deleted.is_empty() {
-            return journal.reaped;
+            return (journal.reaped, false);
         }
         let rows: Vec<(Ino, Option<NodeRow>)> = journal
             .changed
@@ -302,17 +317,19 @@ impl Drive {
         if let Some(store) = lock(&self.store).as_ref() {
             store.enqueue(rows);
         }
-        journal.reaped
+        (journal.reaped, true)
     }
 
     /// Runs `f` on the tree, persists what it changed, and removes reaped backing files.
     fn mutate<T>(&self, f: impl FnOnce(&mut Tree) -> DriveResult<T>) -> DriveResult<T> {
-        let (result, reaped) = {
+        let (result, (reaped, changed)) = {
             let mut tree = lock(&self.tree);
             let result = f(&mut tree);
-            let reaped = self.persist(&mut tree);
-            (result, reaped)
+            (result, self.persist(&mut tree))
         };
+        if changed && let Some(Hook(hook)) = lock(&self.on_change).as_ref() {
+            hook();
+        }
         for (_, node) in reaped {
             if node.kind == Kind::File
                 && let Err(e) = self.backing.remove(node.id)
@@ -326,6 +343,11 @@ impl Drive {
     /// Connects the kernel's caches once the mount exists.
     pub fn set_kernel_cache(&self, cache: Arc<dyn KernelCache>) {
         *lock(&self.kernel_cache) = Some(cache);
+    }
+
+    /// Sets what to call after each change to the tree.
+    pub fn set_change_hook(&self, hook: ChangeHook) {
+        *lock(&self.on_change) = Some(Hook(hook));
     }
 
     /// The kernel's caches, if mounted.

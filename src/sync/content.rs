@@ -21,7 +21,7 @@ pub struct Staged {
 
 impl Staged {
     /// A fresh name in the drive's staging directory.
-    fn new(drive: &Drive) -> Result<Staged, SyncError> {
+    pub(crate) fn new(drive: &Drive) -> Result<Staged, SyncError> {
         let dir = drive.staging_dir()?;
         Ok(Staged {
             path: Some(dir.join(format!("{}.part", TxnId::random()))),
@@ -71,16 +71,31 @@ pub fn materialize(
 }
 
 /// Writes a new file's content to a staged file from chunks already fetched (`supplied`
-/// must hold every chunk of `target`): for many small files fetched in a few batches.
-pub fn materialize_from(
+/// must hold every chunk of `target`), without an fsync: for many small files at once,
+/// made durable by one [`sync_staging`] before any of them is placed.
+pub fn materialize_from_unsynced(
     drive: &Drive,
     supplied: &mut HashMap<ChunkId, VerifiedChunk>,
     target: &Manifest,
 ) -> Result<Staged, SyncError> {
     let staged = Staged::new(drive)?;
-    write_from(drive, None, supplied, target, staged.path())?;
+    write_from(drive, None, supplied, target, staged.path(), false)?;
     Ok(staged)
 }
+
+/// Makes every staged file durable with one syncfs of the staging directory's filesystem.
+pub fn sync_staging(drive: &Drive) -> Result<(), SyncError> {
+    use std::os::fd::AsRawFd;
+    let dir = File::open(drive.staging_dir()?)?;
+    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// Fetched chunks are held for at most this many bytes of content at once.
+const WINDOW_BYTES: u64 = 64 << 20;
 
 fn write_content(
     drive: &Drive,
@@ -89,18 +104,52 @@ fn write_content(
     target: &Manifest,
     path: &std::path::Path,
 ) -> Result<(), SyncError> {
-    let have: HashSet<ChunkId> = base
-        .map(|(_, m)| m.chunks.iter().map(|c| c.id).collect())
-        .unwrap_or_default();
-    let mut seen = HashSet::new();
-    let need: Vec<ChunkId> = target
-        .chunks
-        .iter()
-        .map(|c| c.id)
-        .filter(|id| !have.contains(id) && seen.insert(*id))
-        .collect();
-    let mut supplied: HashMap<ChunkId, VerifiedChunk> = remote.fetch(&need)?.into_iter().collect();
-    write_from(drive, base, &mut supplied, target, path)
+    let empty = Manifest::default();
+    let (base_manifest, base_file) = match base {
+        Some((node, m)) => (m, Some(drive.open_content(node)?)),
+        None => (&empty, None),
+    };
+    let have: HashSet<ChunkId> = base_manifest.chunks.iter().map(|c| c.id).collect();
+    let file = File::create(path)?;
+    let mut out = BufWriter::new(&file);
+    // Window by window, so a large file never sits in memory whole.
+    let mut rest = &target.chunks[..];
+    while !rest.is_empty() {
+        let mut bytes = 0u64;
+        let n = rest
+            .iter()
+            .take_while(|c| {
+                let fits = bytes == 0 || bytes + u64::from(c.len) <= WINDOW_BYTES;
+                bytes += u64::from(c.len);
+                fits
+            })
+            .count()
+            .max(1);
+        let (window, tail) = rest.split_at(n);
+        rest = tail;
+        let mut seen = HashSet::new();
+        let need: Vec<ChunkId> = window
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| !have.contains(id) && seen.insert(*id))
+            .collect();
+        let mut supplied: HashMap<ChunkId, VerifiedChunk> =
+            remote.fetch(&need)?.into_iter().collect();
+        let part = Manifest {
+            chunks: window.to_vec(),
+        };
+        match &base_file {
+            Some(f) => reconstruct(base_manifest, f, &mut supplied, &part, &mut out)?,
+            None => {
+                let no_base: &[u8] = &[];
+                reconstruct(&empty, no_base, &mut supplied, &part, &mut out)?
+            }
+        };
+    }
+    out.flush()?;
+    drop(out);
+    file.sync_all()?;
+    Ok(())
 }
 
 fn write_from(
@@ -109,6 +158,7 @@ fn write_from(
     supplied: &mut HashMap<ChunkId, VerifiedChunk>,
     target: &Manifest,
     path: &std::path::Path,
+    fsync: bool,
 ) -> Result<(), SyncError> {
     let mut supplied = supplied;
     let file = File::create(path)?;
@@ -125,6 +175,8 @@ fn write_from(
     }
     out.flush()?;
     drop(out);
-    file.sync_all()?;
+    if fsync {
+        file.sync_all()?;
+    }
     Ok(())
 }

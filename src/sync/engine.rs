@@ -1,70 +1,164 @@
-//! The engine thread: join from a snapshot, then long-poll the change log and apply each
-//! transaction to the drive, with backoff while the server is unreachable.
+//! The engine thread: pull the server's changes into the remote tree, take the drive's
+//! recorded versions into the local tree, plan against the synced tree, apply the local
+//! steps, push the rest as difference transactions; again whenever either side changes.
+//!
+//! A second thread long-polls the change log only to wake the engine, so a local change is
+//! never stuck behind a long-poll. The synced tree moves in two steps, each once both sides
+//! hold it: to the remote tree once the local steps are applied, and to the target once the
+//! push is committed.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunking::Manifest;
-use crate::drive::{Drive, DriveError, RemoteAttrs, RemoteContent};
-use crate::protocol::{Change, NodeId, NodeKind, NodeRecord, Op, Seq, Xattrs};
-use crate::remote::Remote;
+use crate::chunking::{ChunkerParams, Manifest};
+use crate::drive::Drive;
+use crate::protocol::limits::COMMIT_FORMAT;
+use crate::protocol::{AccountName, CommitRequest, NodeId, Seq, TxnId};
+use crate::remote::{Remote, RemoteError};
 
 use super::SyncError;
-use super::content::{materialize, materialize_from};
-use super::state::{SyncState, SyncedUpdate};
+use super::execute::{Applied, LocalRun};
+use super::local::scan;
+use super::plan::{ConflictStamp, Context, Plan, plan};
+use super::pulled::tree_rows;
+use super::push::{Upload, build_ops, upload_missing};
+use super::state::{Loaded, RemoteTree, SyncState};
 
-/// How long one long-poll waits for news.
-const POLL_WAIT_SECS: u64 = 20;
+/// How long the waker's long-poll waits for news.
+const POLL_WAIT_SECS: u64 = 25;
 /// Changes asked for per request.
 const PAGE: u32 = 500;
 /// Longest pause between attempts while the server is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A join fetches chunks for at most this many bytes of files at once...
-const JOIN_BATCH_BYTES: u64 = 64 << 20;
-/// ...or this many files.
-const JOIN_BATCH_FILES: usize = 2000;
-/// How often a change blocked by a busy file is retried.
-const BUSY_RETRY: Duration = Duration::from_millis(200);
+/// How soon to look again at a file that is being written.
+const BUSY_RETRY: Duration = Duration::from_millis(300);
+/// Even with no news, look at both sides this often.
+const RESCAN: Duration = Duration::from_secs(30);
+/// A burst of local changes is taken together: wait this long after the first.
+const SETTLE: Duration = Duration::from_millis(15);
+/// Push steps per transaction (each makes at most two ops; the server takes 10,000).
+const PUSH_BATCH: usize = 4000;
 
 /// What the engine reports (written to `sync-status.json` in the state directory).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStatus {
     /// The server answered the last request.
     pub online: bool,
-    /// Seq of the last change applied here.
+    /// This device's name on the server.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Seq of the last change pulled.
     pub cursor: u64,
     /// The server's head as of the last answer.
     pub server_head: u64,
-    /// When the device last caught up with the server (ms since the epoch).
+    /// When the device last caught up with the server both ways (ms since the epoch).
     pub last_sync_ms: Option<i64>,
-    /// Bytes sent to the server.
+    /// Bytes sent to the server by this daemon.
     pub bytes_uploaded: u64,
-    /// Bytes received from the server.
+    /// Bytes received from the server by this daemon.
     pub bytes_downloaded: u64,
+    /// Transactions not yet committed (local changes waiting included).
+    #[serde(default)]
+    pub pending_transactions: u64,
+    /// Bytes of chunks still to upload in the transaction being pushed.
+    #[serde(default)]
+    pub chunk_upload_bytes: u64,
+    /// Bytes of content still to bring in, at most.
+    #[serde(default)]
+    pub bytes_to_download: u64,
+    /// Conflicts this state directory has resolved.
+    #[serde(default)]
+    pub conflicts: u64,
+    /// Nothing to push or apply, nothing pending, caught up with the server.
+    #[serde(default)]
+    pub idle: bool,
     /// The last error, if the last attempt failed.
     pub last_error: Option<String>,
+    /// When this status was written (ms since the epoch).
+    #[serde(default)]
+    pub updated_ms: i64,
 }
 
 /// A running sync engine.
 #[derive(Debug)]
 pub struct Engine {
     stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A doorbell: rung by the drive (local change) and the waker (remote news).
+#[derive(Debug, Default)]
+struct Wake {
+    rung: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn ring(&self) {
+        if let Ok(mut r) = self.rung.lock() {
+            *r = true;
+            self.cv.notify_all();
+        }
+    }
+
+    fn is_rung(&self) -> bool {
+        self.rung.lock().map(|r| *r).unwrap_or(false)
+    }
+
+    fn clear(&self) {
+        if let Ok(mut r) = self.rung.lock() {
+            *r = false;
+        }
+    }
+
+    /// Waits until rung or `timeout`; true if rung.
+    fn wait(&self, timeout: Duration) -> bool {
+        let Ok(guard) = self.rung.lock() else {
+            return false;
+        };
+        match self.cv.wait_timeout_while(guard, timeout, |r| !*r) {
+            Ok((r, _)) => *r,
+            Err(_) => false,
+        }
+    }
+}
+
+/// What to do after a cycle.
+enum Next {
+    /// Something was done: look again at once.
+    Again,
+    /// Nothing can be done now; look again after this long (or when rung).
+    Soon(Duration),
+    /// All quiet.
+    Idle,
 }
 
 struct Ctx {
     drive: Arc<Drive>,
     remote: Remote,
     state: SyncState,
+    mem: Loaded,
+    params: ChunkerParams,
     stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
+    /// The head the waker last saw.
+    seen_head: Arc<AtomicU64>,
     status: EngineStatus,
     status_path: PathBuf,
+    to_upload: AtomicU64,
+    to_download: AtomicU64,
+    /// Refusals in a row (a refusal after a fresh pull means a bug: do not spin).
+    refusals: u32,
+    /// The local tree the last plan was made from.
+    last_local: Option<super::plan::Tree>,
+    /// The remote tree was loaded from a snapshot in this run.
+    joined: bool,
 }
 
 fn now_ms() -> i64 {
@@ -72,34 +166,70 @@ fn now_ms() -> i64 {
 }
 
 impl Engine {
-    /// Starts following the volume in a thread of its own.
-    pub fn start(drive: Arc<Drive>, remote: Remote, state: SyncState) -> std::io::Result<Engine> {
+    /// Starts syncing the drive with the volume, in threads of its own.
+    pub fn start(drive: Arc<Drive>, remote: Remote, state: SyncState) -> Result<Engine, SyncError> {
         let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Wake::default());
+        let mem = state.load()?;
+        let removed = state.collect_manifests()?;
+        tracing::debug!(removed, "unreferenced manifests removed");
         let status_path = drive.state_root().join("sync-status.json");
+        let status = EngineStatus {
+            cursor: state.cursor()?.0,
+            conflicts: state.conflicts()?,
+            device: state.device()?,
+            ..EngineStatus::default()
+        };
+        {
+            let wake = Arc::clone(&wake);
+            drive.set_change_hook(Arc::new(move || wake.ring()));
+        }
+        let seen_head = Arc::new(AtomicU64::new(status.cursor));
         let mut ctx = Ctx {
             drive,
-            remote,
+            remote: remote.clone(),
             state,
+            mem,
+            params: ChunkerParams::default(),
             stop: Arc::clone(&stop),
-            status: EngineStatus::default(),
+            wake: Arc::clone(&wake),
+            seen_head: Arc::clone(&seen_head),
+            status,
             status_path,
+            to_upload: AtomicU64::new(0),
+            to_download: AtomicU64::new(0),
+            refusals: 0,
+            last_local: None,
+            joined: false,
         };
+        {
+            let (stop, wake) = (Arc::clone(&stop), Arc::clone(&wake));
+            std::thread::Builder::new()
+                .name("sync-waker".into())
+                .spawn(move || waker(remote, stop, wake, seen_head))?;
+        }
         let thread = std::thread::Builder::new()
             .name("sync".into())
             .spawn(move || ctx.run())?;
         Ok(Engine {
             stop,
+            wake,
             thread: Some(thread),
         })
     }
 
-    /// Asks the engine to stop; it does at its next step (a long-poll may take its time,
-    /// so this does not wait).
+    /// A handle that makes the engine look at both sides now (and publish its status).
+    pub fn nudger(&self) -> crate::drive::ChangeHook {
+        let wake = Arc::clone(&self.wake);
+        Arc::new(move || wake.ring())
+    }
+
+    /// Asks the engine to stop and waits for its current step (the waker thread, which may
+    /// be in a long-poll, ends on its own).
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take()
-            && t.is_finished()
-        {
+        self.wake.ring();
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
@@ -111,12 +241,64 @@ impl Engine {
     }
 }
 
+/// Long-polls the change log and rings when the head moves past what was seen.
+fn waker(remote: Remote, stop: Arc<AtomicBool>, wake: Arc<Wake>, seen: Arc<AtomicU64>) {
+    let mut backoff = Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let after = Seq(seen.load(Ordering::Relaxed));
+        match remote.changes(after, POLL_WAIT_SECS, 1) {
+            Ok(page) => {
+                backoff = Duration::from_secs(1);
+                if page.head > after {
+                    seen.fetch_max(page.head.0, Ordering::Relaxed);
+                    wake.ring();
+                }
+            }
+            Err(e) => {
+                tracing::debug!("waker: {e}");
+                let deadline = Instant::now() + backoff;
+                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
 impl Ctx {
     fn run(&mut self) {
         let mut backoff = Duration::from_secs(1);
         while !self.stop.load(Ordering::Relaxed) {
-            match self.cycle() {
-                Ok(()) => backoff = Duration::from_secs(1),
+            self.wake.clear();
+            let next = self.cycle();
+            self.status.chunk_upload_bytes = self.to_upload.load(Ordering::Relaxed);
+            self.status.bytes_to_download = self.to_download.load(Ordering::Relaxed);
+            match next {
+                Ok(next) => {
+                    backoff = Duration::from_secs(1);
+                    self.status.online = true;
+                    self.status.last_error = None;
+                    let quiet = matches!(next, Next::Idle) && !self.wake.is_rung();
+                    self.status.idle = quiet;
+                    if quiet {
+                        self.status.pending_transactions = 0;
+                        self.status.last_sync_ms = Some(now_ms());
+                    }
+                    self.publish();
+                    match next {
+                        Next::Again => {}
+                        Next::Soon(d) => {
+                            self.wake.wait(d);
+                        }
+                        Next::Idle => {
+                            if self.wake.wait(RESCAN) {
+                                // Let a burst of changes land before looking.
+                                std::thread::sleep(SETTLE);
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
                     if e.is_retryable() {
                         tracing::info!("sync: {e}; retrying in {backoff:?}");
@@ -124,13 +306,16 @@ impl Ctx {
                         tracing::error!("sync: {e}; retrying in {backoff:?}");
                     }
                     self.status.online = !matches!(&e, SyncError::Remote(r) if r.is_retryable());
+                    self.status.idle = false;
                     self.status.last_error = Some(e.to_string());
+                    self.estimate_pending();
                     self.publish();
                     self.sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
+        self.publish();
     }
 
     fn sleep(&self, total: Duration) {
@@ -144,6 +329,7 @@ impl Ctx {
         let (up, down) = self.remote.wire_stats();
         self.status.bytes_uploaded = up;
         self.status.bytes_downloaded = down;
+        self.status.updated_ms = now_ms();
         let Ok(json) = serde_json::to_vec_pretty(&self.status) else {
             return;
         };
@@ -156,359 +342,360 @@ impl Ctx {
         }
     }
 
-    fn cycle(&mut self) -> Result<(), SyncError> {
-        let mut cursor = self.state.cursor()?;
-        if cursor == Seq(0) {
-            cursor = self.join()?;
-            self.status.cursor = cursor.0;
-            self.status.server_head = self.status.server_head.max(cursor.0);
-            self.status.last_sync_ms = Some(now_ms());
-            self.status.online = true;
-        }
-        // Before a long-poll that may last a while, say where we are.
-        self.publish();
-        // The first request after (re)connecting answers at once, so `status` shows the
-        // drive online without waiting out a long-poll.
-        let wait = if self.status.online {
-            POLL_WAIT_SECS
-        } else {
-            0
+    /// While the server is away: how many transactions the local changes would make.
+    fn estimate_pending(&mut self) {
+        let outbox = u64::from(matches!(self.state.outbox(), Ok(Some(_))));
+        let planned = match self.plan_now() {
+            Ok((plan, _, _)) => plan.to_remote.len().div_ceil(PUSH_BATCH) as u64,
+            Err(_) => 0,
         };
-        let page = self.remote.changes(cursor, wait, PAGE)?;
-        self.status.online = true;
-        self.status.last_error = None;
-        self.status.server_head = page.head.0;
-        for change in &page.changes {
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            self.apply_change(change)?;
-            self.status.cursor = change.seq.0;
+        self.status.pending_transactions = outbox + planned;
+    }
+
+    fn device(&mut self) -> Result<AccountName, SyncError> {
+        if let Some(name) = &self.status.device
+            && let Ok(name) = AccountName::new(name.clone())
+        {
+            return Ok(name);
         }
-        self.status.cursor = self.state.cursor()?.0;
-        if self.status.cursor >= page.head.0 {
-            self.status.last_sync_ms = Some(now_ms());
+        let me = self
+            .remote
+            .devices()?
+            .into_iter()
+            .find(|d| d.current)
+            .ok_or_else(|| {
+                SyncError::Inconsistent("the server does not name this device".into())
+            })?;
+        self.state.set_device(me.name.as_str())?;
+        self.status.device = Some(me.name.as_str().to_string());
+        Ok(me.name)
+    }
+
+    fn cycle(&mut self) -> Result<Next, SyncError> {
+        let device = self.device()?;
+        self.resend_outbox()?;
+        if self.state.cursor()? == Seq(0) && !self.joined {
+            self.join()?;
         }
+        self.pull(None)?;
+        let started = Instant::now();
+        let (plan, remote, busy_wait) = self.plan_now_as(&device)?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "scanned and planned"
+        );
+        let caught_up = self.status.cursor >= self.status.server_head;
+        if plan.is_empty() {
+            self.set_synced(&remote.tree)?;
+            self.status.pending_transactions = 0;
+            return Ok(if busy_wait {
+                Next::Soon(BUSY_RETRY)
+            } else if caught_up {
+                Next::Idle
+            } else {
+                Next::Again
+            });
+        }
+        self.status.pending_transactions = plan.to_remote.len().div_ceil(PUSH_BATCH) as u64;
+        self.status.idle = false;
         self.publish();
+        tracing::debug!(
+            to_local = plan.to_local.len(),
+            to_remote = plan.to_remote.len(),
+            conflicts = plan.conflicts.len(),
+            "plan"
+        );
+        if !plan.to_local.is_empty() {
+            let started = Instant::now();
+            let local_before = self.last_local.take().unwrap_or_default();
+            let applied = LocalRun {
+                drive: &self.drive,
+                remote: &self.remote,
+                mem: &mut self.mem,
+                state: &mut self.state,
+                params: self.params,
+                to_download: &self.to_download,
+                placed: Vec::new(),
+            }
+            .run(&plan.to_local, &local_before)?;
+            if let Applied::Interrupted(why) = applied {
+                tracing::info!("local steps interrupted by a local change: {why}");
+                return Ok(Next::Soon(Duration::from_millis(50)));
+            }
+            tracing::info!(
+                steps = plan.to_local.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "applied the other devices' changes"
+            );
+        }
+        if !plan.conflicts.is_empty() {
+            for c in &plan.conflicts {
+                tracing::warn!(?c, "conflict resolved");
+            }
+            self.status.conflicts = self.state.add_conflicts(plan.conflicts.len() as u64)?;
+        }
+        // Both sides hold the remote tree now, but for what is still to push.
+        self.set_synced(&remote.tree)?;
+        if !plan.to_remote.is_empty() {
+            let mut target = remote.tree.clone();
+            for step in &plan.to_remote {
+                target
+                    .apply_push(step)
+                    .map_err(|e| SyncError::Inconsistent(format!("planned push: {e}")))?;
+            }
+            for batch in plan.to_remote.chunks(PUSH_BATCH) {
+                match self.push(batch)? {
+                    Pushed::Committed => {}
+                    Pushed::Again => return Ok(Next::Again),
+                    Pushed::Later => return Ok(Next::Soon(BUSY_RETRY)),
+                }
+                self.status.pending_transactions =
+                    self.status.pending_transactions.saturating_sub(1);
+            }
+            self.set_synced(&target)?;
+            self.refusals = 0;
+        }
+        Ok(Next::Again)
+    }
+}
+
+/// How one push went.
+enum Pushed {
+    /// Committed.
+    Committed,
+    /// Refused: pull and plan again at once.
+    Again,
+    /// A local file changed under the upload: plan again shortly.
+    Later,
+}
+
+impl Ctx {
+    /// The local and remote trees as planned now, with the plan and the remote tree it is
+    /// against (files being written keep both contents out of the plan until they settle),
+    /// and whether something waits on a busy file.
+    fn plan_now(&mut self) -> Result<(Plan, RemoteTree, bool), SyncError> {
+        let device = match &self.status.device {
+            Some(d) => AccountName::new(d.clone())
+                .map_err(|_| SyncError::Inconsistent(format!("bad device name {d:?}")))?,
+            None => return Err(SyncError::Inconsistent("device name not known yet".into())),
+        };
+        self.plan_now_as(&device)
+    }
+
+    fn plan_now_as(&mut self, device: &AccountName) -> Result<(Plan, RemoteTree, bool), SyncError> {
+        let local = scan(&self.drive, &mut self.mem, &mut self.state, self.params)?;
+        let mut l = local.tree;
+        let mut r = self.mem.remote.clone();
+        let mut held = false;
+        for id in &local.busy {
+            let (Some(le), Some(re), Some(se)) =
+                (l.get(*id), r.tree.get(*id), self.mem.synced.get(*id))
+            else {
+                continue;
+            };
+            if re.content != se.content || le.content != se.content {
+                // Remote content for a file being written waits until it is closed: keep
+                // both sides' content out of this plan.
+                if re.content != se.content {
+                    held = true;
+                    let c = se.content.clone();
+                    let _ = l.set_content(*id, c.clone());
+                    let _ = r.tree.set_content(*id, c);
+                }
+            }
+        }
+        let secs = now_ms().div_euclid(1000);
+        let stamp = ConflictStamp::from_unix_secs(secs)
+            .map_err(|e| SyncError::Inconsistent(e.to_string()))?;
+        let seed = u128::from_le_bytes({
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&NodeId::random().to_bytes());
+            b
+        });
+        let ctx = Context::new(device.clone(), stamp, seed);
+        let planned = plan(&l, &self.mem.synced, &r.tree, &ctx)
+            .map_err(|e| SyncError::Inconsistent(format!("planner: {e}")))?;
+        self.last_local = Some(l);
+        Ok((planned, r, held || local.unsettled))
+    }
+
+    /// Makes `tree` the synced tree, writing only what changed.
+    fn set_synced(&mut self, tree: &super::plan::Tree) -> Result<(), SyncError> {
+        let rows = tree_rows(&self.mem.synced, tree);
+        if !rows.is_empty() {
+            self.state.save_synced(&rows)?;
+            self.mem.synced = tree.clone();
+        }
         Ok(())
     }
 
-    /// A new device: build the whole tree from the server's snapshot.
-    fn join(&mut self) -> Result<Seq, SyncError> {
+    /// A new device (or one whose remote tree went wrong): the remote tree from a snapshot.
+    fn join(&mut self) -> Result<(), SyncError> {
         let snap = self.remote.snapshot()?;
         tracing::info!(
             seq = snap.seq.0,
             nodes = snap.nodes.len(),
-            "joining the volume from a snapshot"
+            "remote tree from a snapshot"
         );
-        let mut children: HashMap<NodeId, Vec<&NodeRecord>> = HashMap::new();
-        for n in &snap.nodes {
-            if let Some(parent) = n.parent {
-                children.entry(parent).or_default().push(n);
-            }
-        }
-        let mut updates = Vec::new();
-        // Files wait in a batch so their chunks come in a few large requests, not one each;
-        // their directories exist by then (parents are created level by level).
-        let mut files: Vec<&NodeRecord> = Vec::new();
-        let mut batch_bytes = 0u64;
-        let mut queue: VecDeque<NodeId> = VecDeque::from([NodeId::ROOT]);
-        while let Some(dir) = queue.pop_front() {
-            for &n in children.get(&dir).map(Vec::as_slice).unwrap_or_default() {
-                if self.stop.load(Ordering::Relaxed) {
-                    return Err(SyncError::Inconsistent("stopped while joining".into()));
-                }
-                if n.kind == NodeKind::Dir {
-                    queue.push_back(n.node);
-                }
-                updates.push(SyncedUpdate::Set {
-                    node: n.node,
-                    version: n.version,
-                    manifest: n.manifest.clone(),
-                });
-                if self.drive.ino_of(n.node).is_some() {
-                    continue;
-                }
-                if n.kind == NodeKind::File {
-                    batch_bytes += n.size;
-                    files.push(n);
-                    if batch_bytes >= JOIN_BATCH_BYTES || files.len() >= JOIN_BATCH_FILES {
-                        self.join_files(&std::mem::take(&mut files))?;
-                        batch_bytes = 0;
-                    }
-                } else {
-                    self.create_local(
-                        n.node,
-                        dir,
-                        n.name.as_ref().map(|x| x.as_str()),
-                        n.kind,
-                        n.mode,
-                        n.mtime,
-                        &n.xattrs,
-                        n.manifest.as_ref(),
-                        n.target.as_deref(),
-                    )?;
-                }
-            }
-        }
-        self.join_files(&files)?;
-        self.state.commit(&updates, snap.seq)?;
-        Ok(snap.seq)
-    }
-
-    /// Creates a batch of files from the snapshot with one fetch of all their chunks.
-    fn join_files(&self, files: &[&NodeRecord]) -> Result<(), SyncError> {
-        let mut seen = std::collections::HashSet::new();
-        let ids: Vec<_> = files
+        let remote = RemoteTree::from_snapshot(&snap.nodes, &mut self.mem.manifests)?;
+        let manifests: Vec<&Manifest> = snap
+            .nodes
             .iter()
             .filter_map(|n| n.manifest.as_ref())
-            .flat_map(|m| m.chunks.iter().map(|c| c.id))
-            .filter(|id| seen.insert(*id))
             .collect();
-        let mut supplied: HashMap<_, _> = self.remote.fetch(&ids)?.into_iter().collect();
-        let empty = Manifest::default();
-        for n in files {
-            let (Some(parent), Some(name)) = (n.parent, n.name.as_ref()) else {
-                return Err(SyncError::Inconsistent(format!(
-                    "node {} has no place",
-                    n.node
-                )));
-            };
-            let staged = materialize_from(
-                &self.drive,
-                &mut supplied,
-                n.manifest.as_ref().unwrap_or(&empty),
-            )?;
-            let attrs = remote_attrs(n.mode, n.mtime, &n.xattrs);
-            if self.place(
-                n.node,
-                parent,
-                name.as_str(),
-                &attrs,
-                RemoteContent::File(staged.path()),
-            )? {
-                staged.handed_over();
+        self.state.replace_remote(&remote, &manifests, snap.seq)?;
+        self.mem.remote = remote;
+        self.joined = true;
+        self.status.cursor = snap.seq.0;
+        self.status.server_head = self.status.server_head.max(snap.seq.0);
+        self.seen_head.fetch_max(snap.seq.0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Pulls changes into the remote tree: all there are, or up to `until`.
+    fn pull(&mut self, until: Option<Seq>) -> Result<(), SyncError> {
+        loop {
+            let cursor = self.state.cursor()?;
+            if until.is_some_and(|u| cursor >= u) {
+                return Ok(());
             }
+            let page = self.remote.changes(cursor, 0, PAGE)?;
+            self.status.server_head = page.head.0;
+            self.seen_head.fetch_max(page.head.0, Ordering::Relaxed);
+            for change in &page.changes {
+                let rows =
+                    match self
+                        .mem
+                        .remote
+                        .apply(change.seq, &change.ops, &mut self.mem.manifests)
+                    {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            // The remote tree no longer matches the server's: start it over.
+                            tracing::error!(
+                                "change {}: {e}; reloading the remote tree",
+                                change.seq.0
+                            );
+                            return self.join();
+                        }
+                    };
+                self.state.save_remote(
+                    &rows,
+                    &row_manifests(&rows, &self.mem.manifests),
+                    change.seq,
+                )?;
+                self.status.cursor = change.seq.0;
+            }
+            if !page.more && until.is_none() {
+                return Ok(());
+            }
+            if page.changes.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends the transaction left in the outbox by an earlier attempt, with its own id, so
+    /// the server applies it once whatever happened to the earlier answer.
+    fn resend_outbox(&mut self) -> Result<(), SyncError> {
+        let Some(req) = self.state.outbox()? else {
+            return Ok(());
+        };
+        match self.remote.commit(&req) {
+            Ok(resp) => {
+                tracing::info!(
+                    seq = resp.seq.0,
+                    replayed = resp.replayed,
+                    "outbox transaction committed"
+                );
+                self.state.remove_outbox(req.txn)?;
+            }
+            Err(e) if is_refusal(&e) => {
+                // Its changes are still in the local tree: the next plan pushes them anew.
+                tracing::info!("outbox transaction refused ({e}); planning again");
+                self.state.remove_outbox(req.txn)?;
+            }
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn create_local(
-        &self,
-        node: NodeId,
-        parent: NodeId,
-        name: Option<&str>,
-        kind: NodeKind,
-        mode: u32,
-        mtime: i64,
-        xattrs: &Xattrs,
-        manifest: Option<&Manifest>,
-        target: Option<&str>,
-    ) -> Result<(), SyncError> {
-        let name =
-            name.ok_or_else(|| SyncError::Inconsistent(format!("node {node} has no name")))?;
-        let attrs = remote_attrs(mode, mtime, xattrs);
-        match kind {
-            NodeKind::Dir => self
-                .place(node, parent, name, &attrs, RemoteContent::Dir)
-                .map(|_| ()),
-            NodeKind::Symlink => {
-                let target = target.unwrap_or_default();
-                self.place(
-                    node,
-                    parent,
-                    name,
-                    &attrs,
-                    RemoteContent::Symlink(target.as_bytes()),
-                )
-                .map(|_| ())
-            }
-            NodeKind::File => {
-                let empty = Manifest::default();
-                let staged =
-                    materialize(&self.drive, &self.remote, None, manifest.unwrap_or(&empty))?;
-                if self.place(
-                    node,
-                    parent,
-                    name,
-                    &attrs,
-                    RemoteContent::File(staged.path()),
-                )? {
-                    staged.handed_over();
-                }
-                Ok(())
+    /// Uploads and commits one batch of push steps against the remote tree.
+    fn push(&mut self, steps: &[super::plan::PushStep]) -> Result<Pushed, SyncError> {
+        let (ops, chunks) = build_ops(steps, &self.mem.remote, &self.mem.manifests)?;
+        match upload_missing(&self.drive, &self.remote, &chunks, &self.to_upload)? {
+            Upload::Done => {}
+            Upload::Changed(node) => {
+                tracing::debug!(%node, "file changed during upload; planning again");
+                return Ok(Pushed::Later);
             }
         }
-    }
-
-    /// Creates another device's node here; `false` if a local node already has the name
-    /// (both are kept; resolving that is the planner's).
-    fn place(
-        &self,
-        node: NodeId,
-        parent: NodeId,
-        name: &str,
-        attrs: &RemoteAttrs,
-        content: RemoteContent<'_>,
-    ) -> Result<bool, SyncError> {
-        match self
-            .drive
-            .apply_create(node, parent, name.as_bytes(), attrs, content)
-        {
-            Ok(_) => Ok(true),
-            Err(DriveError::Exists) => {
-                tracing::warn!(%node, name, "name taken locally; remote node not created here");
-                Ok(false)
+        let req = CommitRequest {
+            format: COMMIT_FORMAT,
+            txn: TxnId::random(),
+            ops,
+        };
+        self.state.put_outbox(&req)?;
+        let cursor = self.state.cursor()?;
+        match self.remote.commit(&req) {
+            Ok(resp) => {
+                self.state.remove_outbox(req.txn)?;
+                self.seen_head.fetch_max(resp.seq.0, Ordering::Relaxed);
+                if resp.seq.0 == cursor.0 + 1 {
+                    // Nobody committed in between: the remote tree is ours plus these ops.
+                    let rows =
+                        self.mem
+                            .remote
+                            .apply(resp.seq, &req.ops, &mut self.mem.manifests)?;
+                    self.state.save_remote(
+                        &rows,
+                        &row_manifests(&rows, &self.mem.manifests),
+                        resp.seq,
+                    )?;
+                    self.status.cursor = resp.seq.0;
+                    self.status.server_head = self.status.server_head.max(resp.seq.0);
+                } else {
+                    self.pull(Some(resp.seq))?;
+                }
+                tracing::debug!(seq = resp.seq.0, ops = req.ops.len(), "committed");
+                Ok(Pushed::Committed)
+            }
+            Err(e) if is_refusal(&e) => {
+                self.state.remove_outbox(req.txn)?;
+                self.refusals += 1;
+                tracing::info!("commit refused ({e}); pulling and planning again");
+                if self.refusals > 3 {
+                    Ok(Pushed::Later)
+                } else {
+                    Ok(Pushed::Again)
+                }
             }
             Err(e) => Err(e.into()),
         }
     }
-
-    /// Applies one transaction of another device, retrying ops blocked by busy files.
-    fn apply_change(&mut self, change: &Change) -> Result<(), SyncError> {
-        let mut updates = Vec::new();
-        for op in &change.ops {
-            loop {
-                match self.apply_op(op, change.seq, &mut updates) {
-                    Err(SyncError::Drive(DriveError::Busy))
-                        if !self.stop.load(Ordering::Relaxed) =>
-                    {
-                        std::thread::sleep(BUSY_RETRY);
-                    }
-                    other => {
-                        other?;
-                        break;
-                    }
-                }
-            }
-        }
-        self.state.commit(&updates, change.seq)
-    }
-
-    fn apply_op(
-        &mut self,
-        op: &Op,
-        seq: Seq,
-        updates: &mut Vec<SyncedUpdate>,
-    ) -> Result<(), SyncError> {
-        match op {
-            Op::Create(c) => {
-                if self.drive.ino_of(c.node).is_none() {
-                    self.create_local(
-                        c.node,
-                        c.parent,
-                        Some(c.name.as_str()),
-                        c.kind,
-                        c.mode,
-                        c.mtime,
-                        &c.xattrs,
-                        c.manifest.as_ref(),
-                        c.target.as_deref(),
-                    )?;
-                }
-                updates.push(SyncedUpdate::Set {
-                    node: c.node,
-                    version: seq,
-                    manifest: c.manifest.clone(),
-                });
-            }
-            Op::Write(w) => {
-                let base = match self.state.synced(w.node)? {
-                    Some((_, Some(m))) => m,
-                    _ => Manifest::default(),
-                };
-                let target = w.edit.apply(&base)?;
-                if target.id() != w.manifest_id {
-                    return Err(SyncError::Inconsistent(format!(
-                        "write to {} does not give its manifest id",
-                        w.node
-                    )));
-                }
-                if self.drive.ino_of(w.node).is_some() {
-                    let staged =
-                        materialize(&self.drive, &self.remote, Some((w.node, &base)), &target)?;
-                    match self.drive.apply_content(w.node, staged.path(), None) {
-                        Ok(()) => staged.handed_over(),
-                        // Both sides changed the file. Until this device pushes (and the
-                        // planner's conflicted copies exist), its local bytes stay and the
-                        // other version waits on the server: nothing is lost.
-                        Err(DriveError::LocalChanges) => {
-                            tracing::warn!(node = %w.node, "local changes kept over another device's write");
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                updates.push(SyncedUpdate::Set {
-                    node: w.node,
-                    version: seq,
-                    manifest: Some(target),
-                });
-            }
-            Op::SetAttrs(a) => {
-                if let Some(current) = self.drive.node_view(a.node) {
-                    let attrs = RemoteAttrs {
-                        perm: a.mode.unwrap_or(current.perm),
-                        mtime: a.mtime.unwrap_or(current.mtime),
-                        xattrs: a
-                            .xattrs
-                            .as_ref()
-                            .map(local_xattrs)
-                            .unwrap_or(current.xattrs),
-                    };
-                    self.drive.apply_attrs(a.node, &attrs)?;
-                }
-                updates.push(SyncedUpdate::Version {
-                    node: a.node,
-                    version: seq,
-                });
-            }
-            Op::Move(m) => {
-                match self
-                    .drive
-                    .apply_move(m.node, m.new_parent, m.new_name.as_str().as_bytes())
-                {
-                    Ok(()) | Err(DriveError::NotFound) => {}
-                    Err(DriveError::Exists) => {
-                        tracing::warn!(node = %m.node, "move target name taken locally; left in place");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                updates.push(SyncedUpdate::Version {
-                    node: m.node,
-                    version: seq,
-                });
-            }
-            Op::Delete(d) => {
-                match self.drive.apply_delete(d.node) {
-                    Ok(()) | Err(DriveError::NotFound) => {}
-                    // Edit against delete: the edit wins and the file stays.
-                    Err(DriveError::LocalChanges) => {
-                        tracing::warn!(node = %d.node, "locally edited file kept against a delete");
-                    }
-                    // Local children the server never saw keep the directory alive.
-                    Err(DriveError::NotEmpty) => {
-                        tracing::warn!(node = %d.node, "directory has local children; kept");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                updates.push(SyncedUpdate::Forget { node: d.node });
-            }
-        }
-        Ok(())
-    }
 }
 
-fn remote_attrs(mode: u32, mtime: i64, xattrs: &Xattrs) -> RemoteAttrs {
-    RemoteAttrs {
-        perm: mode,
-        mtime,
-        xattrs: local_xattrs(xattrs),
-    }
+/// The server refused the transaction as such (stale base, name taken, missing chunks):
+/// sending it again cannot help.
+fn is_refusal(e: &RemoteError) -> bool {
+    matches!(
+        e,
+        RemoteError::Conflict(_) | RemoteError::BadRequest(_) | RemoteError::NotFound { .. }
+    )
 }
 
-fn local_xattrs(x: &Xattrs) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    x.iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.0.clone()))
+/// The manifests of the files among `rows`, to store beside them.
+fn row_manifests<'m>(
+    rows: &[super::state::Row],
+    manifests: &'m std::collections::HashMap<crate::chunking::ManifestId, Manifest>,
+) -> Vec<&'m Manifest> {
+    rows.iter()
+        .filter_map(|r| match r {
+            super::state::Row::Put(_, e, _) => match &e.content {
+                super::plan::Content::File { manifest_id, .. } => manifests.get(manifest_id),
+                _ => None,
+            },
+            super::state::Row::Gone(_) => None,
+        })
         .collect()
 }

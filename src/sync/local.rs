@@ -1,14 +1,17 @@
-//! This device's side of each file: the manifest of its current content, kept up to date by
-//! re-chunking only around the byte ranges the drive recorded as changed, so the cost of a
-//! new local version follows the size of the edit, not of the file.
+//! The local side: each file's manifest kept up to date from the drive's recorded versions
+//! (re-chunked only around what changed), and the local tree (L) built from the drive.
 
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
-use crate::chunking::{ChunkerParams, Manifest, rechunk};
-use crate::drive::{Drive, RecordedVersion};
+use crate::chunking::{ChunkerParams, Manifest, chunk_file, rechunk};
+use crate::drive::{Drive, Ino, Kind, RecordedVersion};
 use crate::protocol::NodeId;
 
 use super::SyncError;
+use super::plan::{Content, Tree};
+use super::state::{Loaded, LocalContent, SyncState};
+use super::trees::{Skipped, local_tree};
 
 /// The manifest of file `node` at its recorded version `version`, given `prev`, the manifest
 /// of the content before the version's changed ranges. `None` if the file changed again
@@ -21,14 +24,150 @@ pub fn take_version(
     prev: &Manifest,
     params: ChunkerParams,
 ) -> Result<Option<Manifest>, SyncError> {
-    let file = drive.open_content(node)?;
-    let len = file.metadata()?.len();
-    let dirty: Vec<Range<u64>> = version.ranges.ranges().iter().map(|&(s, e)| s..e).collect();
-    let manifest = rechunk(params, prev, &file, len, &dirty)?;
+    let manifest = manifest_of_version(drive, node, version, prev, params)?;
     // Only if nothing was written while we read does the manifest describe this version.
     if drive.take_pending_if(version.ino, version.number)? {
         Ok(Some(manifest))
     } else {
         Ok(None)
     }
+}
+
+fn manifest_of_version(
+    drive: &Drive,
+    node: NodeId,
+    version: &RecordedVersion,
+    prev: &Manifest,
+    params: ChunkerParams,
+) -> Result<Manifest, SyncError> {
+    let file = drive.open_content(node)?;
+    let len = file.metadata()?.len();
+    let dirty: Vec<Range<u64>> = version.ranges.ranges().iter().map(|&(s, e)| s..e).collect();
+    Ok(rechunk(params, prev, &file, len, &dirty)?)
+}
+
+/// The local tree as of now.
+#[derive(Debug)]
+pub struct LocalScan {
+    /// The local tree (L).
+    pub tree: Tree,
+    /// Files whose content cannot be replaced now (being written, or read through the kernel).
+    pub busy: HashSet<NodeId>,
+    /// Nodes left out of the tree.
+    pub skipped: Vec<Skipped>,
+    /// A recorded version could not be taken yet (a writer is still at it): look again soon.
+    pub unsettled: bool,
+}
+
+/// Takes every recorded version (its manifest stored before the drive lets go of it, so a
+/// crash in between loses nothing) and builds the local tree.
+pub fn scan(
+    drive: &Drive,
+    mem: &mut Loaded,
+    state: &mut SyncState,
+    params: ChunkerParams,
+) -> Result<LocalScan, SyncError> {
+    let views = drive.view();
+    let pending: HashMap<Ino, RecordedVersion> = drive
+        .pending_versions()
+        .into_iter()
+        .map(|v| (v.ino, v))
+        .collect();
+    let mut busy = HashSet::new();
+    let mut unsettled = false;
+    // Manifests of recorded versions and of files never taken, stored in one transaction
+    // before the drive lets go of any version.
+    let mut taken: Vec<(Ino, Option<u64>, NodeId, LocalContent, Manifest)> = Vec::new();
+    for v in views.iter().filter(|v| v.kind == Kind::File) {
+        if v.busy {
+            busy.insert(v.id);
+        }
+        let known = mem.local.get(&v.id).copied();
+        let pending_version = pending.get(&v.ino);
+        let m = if let Some(p) = pending_version {
+            let empty = Manifest::default();
+            let prev = known
+                .and_then(|c| mem.manifests.get(&c.manifest))
+                .unwrap_or(&empty);
+            manifest_of_version(drive, v.id, p, prev, params)
+        } else if known.is_none() && !v.busy {
+            // A file the engine never saw a version of (created empty, or from before the
+            // drive was synced, or placed just before a crash): chunk it whole.
+            drive
+                .open_content(v.id)
+                .map_err(SyncError::from)
+                .and_then(|f| Ok(chunk_file(params, &f)?))
+        } else {
+            continue;
+        };
+        let m = match m {
+            Ok(m) => m,
+            // Deleted meanwhile: the next scan does not see it.
+            Err(SyncError::Drive(crate::drive::DriveError::NotFound)) => continue,
+            Err(e) => return Err(e),
+        };
+        let content = LocalContent {
+            drive_version: pending_version.map_or(v.version, |p| p.number),
+            manifest: m.id(),
+        };
+        taken.push((v.ino, pending_version.map(|p| p.number), v.id, content, m));
+    }
+    let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> = taken
+        .iter()
+        .map(|(_, _, id, c, m)| (*id, Some((*c, m))))
+        .collect();
+    // Stored first: the ranges of a later version are relative to this content.
+    state.save_locals(&rows)?;
+    for (ino, number, id, content, m) in taken {
+        if let Some(number) = number
+            && !drive.take_pending_if(ino, number)?
+        {
+            unsettled = true;
+            continue;
+        }
+        mem.local.insert(id, content);
+        mem.manifests.insert(m.id(), m);
+    }
+    // Forget the manifests of files that are gone.
+    let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
+    let gone: Vec<NodeId> = mem
+        .local
+        .keys()
+        .filter(|id| !present.contains(id))
+        .copied()
+        .collect();
+    let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> =
+        gone.iter().map(|id| (*id, None)).collect();
+    state.save_locals(&rows)?;
+    for id in gone {
+        mem.local.remove(&id);
+    }
+    let (tree, skipped) = local_tree(
+        &views,
+        |v| {
+            if let Some(c) = mem.local.get(&v.id)
+                && let Some(m) = mem.manifests.get(&c.manifest)
+            {
+                return Some((c.manifest, m.size()));
+            }
+            // Never taken yet but synced before: unchanged as far as the engine knows.
+            match mem.synced.get(v.id).map(|e| &e.content) {
+                Some(Content::File { manifest_id, size }) => Some((*manifest_id, *size)),
+                _ => None,
+            }
+        },
+        |id| {
+            mem.synced
+                .get(id)
+                .or_else(|| mem.remote.tree.get(id))
+                .map(|e| e.mtime)
+        },
+    )
+    .map_err(|e| SyncError::Inconsistent(format!("local tree: {e}")))?;
+    Ok(LocalScan {
+        tree,
+        busy,
+        skipped,
+        unsettled,
+    })
 }

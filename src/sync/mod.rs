@@ -3,13 +3,17 @@
 //! three-tree planner ([`plan`]).
 //!
 //! A new state directory starts from the server's snapshot; a known one resumes from its
-//! cursor. Pushing local changes (the write path) through the planner comes next.
+//! cursor. Local changes are pushed as difference transactions; both directions are planned
+//! together from the local, synced and remote trees.
 
 mod content;
 mod engine;
 mod error;
+mod execute;
 pub mod local;
 pub mod plan;
+mod pulled;
+mod push;
 mod state;
 pub mod trees;
 

@@ -1,24 +1,44 @@
-//! The device's sync state (sync.db beside the drive's metadata): which server and volume
-//! the drive follows, the cursor in its change log, and per node the version and manifest
-//! this device last agreed with the server (the previous state of the founding design).
+//! The sync state of one mount (`sync.db`): the remote and synced trees, the manifest of each
+//! local file as last handed to the engine, the outbox, and the cursor.
+//!
+//! Everything is loaded into memory when the engine starts ([`SyncState::load`]) and written
+//! back change by change, each in one SQLite transaction, so a crash leaves a state the next
+//! start can plan from: trees that are each whole, and at most one transaction in the outbox.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::chunking::Manifest;
-use crate::protocol::{NodeId, Seq};
+use crate::chunking::{Manifest, ManifestId};
+use crate::protocol::{CommitRequest, Name, NodeId, Seq, TxnId, Xattrs};
 
 use super::SyncError;
+use super::plan::{Content, Entry, Tree};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS synced (
-    node_id BLOB PRIMARY KEY,
-    version INTEGER NOT NULL,
-    manifest BLOB
+CREATE TABLE IF NOT EXISTS remote (
+    node_id BLOB PRIMARY KEY, parent BLOB NOT NULL, name TEXT NOT NULL, mode INTEGER NOT NULL,
+    mtime INTEGER NOT NULL, xattrs TEXT NOT NULL, kind INTEGER NOT NULL, manifest_id BLOB,
+    size INTEGER NOT NULL, target TEXT, version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS synced (
+    node_id BLOB PRIMARY KEY, parent BLOB NOT NULL, name TEXT NOT NULL, mode INTEGER NOT NULL,
+    mtime INTEGER NOT NULL, xattrs TEXT NOT NULL, kind INTEGER NOT NULL, manifest_id BLOB,
+    size INTEGER NOT NULL, target TEXT
+);
+CREATE TABLE IF NOT EXISTS local (
+    node_id BLOB PRIMARY KEY, drive_version INTEGER NOT NULL, manifest_id BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS manifests (id BLOB PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (txn BLOB PRIMARY KEY, body TEXT NOT NULL);
 ";
+
+/// Kind codes in the tree tables.
+const DIR: i64 = 0;
+const FILE: i64 = 1;
+const SYMLINK: i64 = 2;
 
 /// Which server and volume a state directory follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +47,64 @@ pub struct Binding {
     pub server: String,
     /// Volume name.
     pub volume: String,
+}
+
+/// The server's tree as far as this device has pulled: entries plus each node's version.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteTree {
+    /// The entries.
+    pub tree: Tree,
+    /// The seq of the last change to each node (the base of the next op on it).
+    pub versions: HashMap<NodeId, Seq>,
+}
+
+/// A file's content as the engine last took it from the drive (or put it there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalContent {
+    /// The drive's version number of the file when this manifest was taken.
+    pub drive_version: u64,
+    /// The manifest of the content.
+    pub manifest: ManifestId,
+}
+
+/// Everything [`SyncState::load`] reads.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The remote tree (R).
+    pub remote: RemoteTree,
+    /// The synced tree (S).
+    pub synced: Tree,
+    /// Manifests of local files.
+    pub local: HashMap<NodeId, LocalContent>,
+    /// Every manifest the trees and local files name, by id.
+    pub manifests: HashMap<ManifestId, Manifest>,
+}
+
+/// One change to a stored tree.
+#[derive(Clone, Debug)]
+pub enum Row {
+    /// The node is (now) this entry, at this version (remote tree only).
+    Put(NodeId, Entry, Option<Seq>),
+    /// The node is gone.
+    Gone(NodeId),
+}
+
+/// The stored trees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// The remote tree (R).
+    Remote,
+    /// The synced tree (S).
+    Synced,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Remote => "remote",
+            Table::Synced => "synced",
+        }
+    }
 }
 
 /// The sync state of one mount.
@@ -84,7 +162,7 @@ impl SyncState {
             .map(|(server, volume)| Binding { server, volume }))
     }
 
-    /// The seq of the last change applied (0: nothing yet, start from a snapshot).
+    /// The seq of the last change pulled into the remote tree (0: start from a snapshot).
     pub fn cursor(&self) -> Result<Seq, SyncError> {
         Ok(Seq(self
             .meta("cursor")?
@@ -92,55 +170,134 @@ impl SyncState {
             .unwrap_or(0)))
     }
 
-    /// The version and manifest of `node` this device last agreed with the server.
-    pub fn synced(&self, node: NodeId) -> Result<Option<(Seq, Option<Manifest>)>, SyncError> {
-        let row: Option<(i64, Option<Vec<u8>>)> = self
-            .conn
-            .query_row(
-                "SELECT version, manifest FROM synced WHERE node_id = ?1",
-                [&node.to_bytes()[..]],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        match row {
-            None => Ok(None),
-            Some((version, manifest)) => {
-                let manifest = manifest.map(|m| Manifest::decode(&m)).transpose()?;
-                Ok(Some((Seq(version as u64), manifest)))
-            }
-        }
+    /// This device's name on the server, once known.
+    pub fn device(&self) -> Result<Option<String>, SyncError> {
+        self.meta("device")
     }
 
-    /// Records what one applied change (or snapshot) left: node versions and manifests set
-    /// or forgotten, and the new cursor, in one transaction.
-    pub fn commit(&mut self, updates: &[SyncedUpdate], cursor: Seq) -> Result<(), SyncError> {
-        let tx = self.conn.transaction()?;
-        for u in updates {
-            match u {
-                SyncedUpdate::Set {
-                    node,
-                    version,
-                    manifest,
-                } => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO synced(node_id, version, manifest) VALUES (?1, ?2, ?3)",
-                        params![&node.to_bytes()[..], version.0 as i64, manifest.as_ref().map(Manifest::encode)],
-                    )?;
-                }
-                SyncedUpdate::Version { node, version } => {
-                    tx.execute(
-                        "UPDATE synced SET version = ?2 WHERE node_id = ?1",
-                        params![&node.to_bytes()[..], version.0 as i64],
-                    )?;
-                }
-                SyncedUpdate::Forget { node } => {
-                    tx.execute(
-                        "DELETE FROM synced WHERE node_id = ?1",
-                        [&node.to_bytes()[..]],
-                    )?;
-                }
+    /// Remembers this device's name.
+    pub fn set_device(&self, name: &str) -> Result<(), SyncError> {
+        self.set_meta("device", name)
+    }
+
+    /// How many conflicts this state has resolved.
+    pub fn conflicts(&self) -> Result<u64, SyncError> {
+        Ok(self
+            .meta("conflicts")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Adds `n` to the conflict counter.
+    pub fn add_conflicts(&self, n: u64) -> Result<u64, SyncError> {
+        let total = self.conflicts()? + n;
+        self.set_meta("conflicts", &total.to_string())?;
+        Ok(total)
+    }
+
+    /// Reads everything the engine keeps in memory.
+    pub fn load(&self) -> Result<Loaded, SyncError> {
+        let mut manifests = HashMap::new();
+        {
+            let mut st = self.conn.prepare("SELECT body FROM manifests")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let m = Manifest::decode(&r.get::<_, Vec<u8>>(0)?)?;
+                manifests.insert(m.id(), m);
             }
         }
+        let (remote, versions) = self.load_tree(Table::Remote)?;
+        let (synced, _) = self.load_tree(Table::Synced)?;
+        let mut local = HashMap::new();
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT node_id, drive_version, manifest_id FROM local")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                local.insert(
+                    node_id(&r.get::<_, Vec<u8>>(0)?)?,
+                    LocalContent {
+                        drive_version: r.get::<_, i64>(1)? as u64,
+                        manifest: manifest_id(&r.get::<_, Vec<u8>>(2)?)?,
+                    },
+                );
+            }
+        }
+        Ok(Loaded {
+            remote: RemoteTree {
+                tree: remote,
+                versions,
+            },
+            synced,
+            local,
+            manifests,
+        })
+    }
+
+    fn load_tree(&self, table: Table) -> Result<(Tree, HashMap<NodeId, Seq>), SyncError> {
+        let version = match table {
+            Table::Remote => "version",
+            Table::Synced => "0",
+        };
+        let sql = format!(
+            "SELECT node_id, parent, name, mode, mtime, xattrs, kind, manifest_id, size, target,
+                    {version} FROM {}",
+            table.name()
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let mut rows = st.query([])?;
+        let mut entries = Vec::new();
+        let mut versions = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let id = node_id(&r.get::<_, Vec<u8>>(0)?)?;
+            let bad = |what: &str| SyncError::Inconsistent(format!("stored node {id}: {what}"));
+            let name = Name::new(r.get::<_, String>(2)?).map_err(|_| bad("bad name"))?;
+            let xattrs: Xattrs =
+                serde_json::from_str(&r.get::<_, String>(5)?).map_err(|_| bad("bad xattrs"))?;
+            let content = match r.get::<_, i64>(6)? {
+                DIR => Content::Dir,
+                FILE => Content::File {
+                    manifest_id: manifest_id(
+                        &r.get::<_, Option<Vec<u8>>>(7)?
+                            .ok_or_else(|| bad("file without manifest"))?,
+                    )?,
+                    size: r.get::<_, i64>(8)? as u64,
+                },
+                SYMLINK => Content::Symlink {
+                    target: r.get::<_, Option<String>>(9)?.unwrap_or_default(),
+                },
+                _ => return Err(bad("unknown kind")),
+            };
+            entries.push((
+                id,
+                Entry {
+                    parent: node_id(&r.get::<_, Vec<u8>>(1)?)?,
+                    name,
+                    mode: r.get::<_, i64>(3)? as u32,
+                    mtime: r.get(4)?,
+                    xattrs,
+                    content,
+                },
+            ));
+            versions.insert(id, Seq(r.get::<_, i64>(10)? as u64));
+        }
+        let tree = Tree::from_entries(entries)
+            .map_err(|e| SyncError::Inconsistent(format!("stored {} tree: {e}", table.name())))?;
+        Ok((tree, versions))
+    }
+
+    /// Writes changes to the remote tree and the new cursor in one transaction, with the
+    /// manifests the new entries name.
+    pub fn save_remote(
+        &mut self,
+        rows: &[Row],
+        manifests: &[&Manifest],
+        cursor: Seq,
+    ) -> Result<(), SyncError> {
+        let tx = self.conn.transaction()?;
+        put_manifests(&tx, manifests)?;
+        write_rows(&tx, Table::Remote, rows)?;
         tx.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('cursor', ?1)",
             [cursor.0.to_string()],
@@ -148,30 +305,201 @@ impl SyncState {
         tx.commit()?;
         Ok(())
     }
+
+    /// Replaces the whole remote tree (a join from a snapshot) and sets the cursor.
+    pub fn replace_remote(
+        &mut self,
+        remote: &RemoteTree,
+        manifests: &[&Manifest],
+        cursor: Seq,
+    ) -> Result<(), SyncError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM remote", [])?;
+        put_manifests(&tx, manifests)?;
+        let rows: Vec<Row> = remote
+            .tree
+            .iter()
+            .map(|(id, e)| Row::Put(id, e.clone(), remote.versions.get(&id).copied()))
+            .collect();
+        write_rows(&tx, Table::Remote, &rows)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('cursor', ?1)",
+            [cursor.0.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes changes to the synced tree in one transaction.
+    pub fn save_synced(&mut self, rows: &[Row]) -> Result<(), SyncError> {
+        let tx = self.conn.transaction()?;
+        write_rows(&tx, Table::Synced, rows)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records the manifest of a local file's content (`None`: forget the file).
+    pub fn save_local(
+        &mut self,
+        node: NodeId,
+        content: Option<(LocalContent, &Manifest)>,
+    ) -> Result<(), SyncError> {
+        self.save_locals(&[(node, content)])
+    }
+
+    /// Records several local contents in one transaction.
+    pub fn save_locals(
+        &mut self,
+        contents: &[(NodeId, Option<(LocalContent, &Manifest)>)],
+    ) -> Result<(), SyncError> {
+        if contents.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO local(node_id, drive_version, manifest_id)
+                 VALUES (?1, ?2, ?3)",
+            )?;
+            let mut gone = tx.prepare_cached("DELETE FROM local WHERE node_id = ?1")?;
+            for (node, content) in contents {
+                match content {
+                    Some((c, m)) => {
+                        put_manifests(&tx, &[m])?;
+                        put.execute(params![
+                            &node.to_bytes()[..],
+                            c.drive_version as i64,
+                            &c.manifest.as_bytes()[..]
+                        ])?;
+                    }
+                    None => {
+                        gone.execute([&node.to_bytes()[..]])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes manifests nothing names any more.
+    pub fn collect_manifests(&self) -> Result<usize, SyncError> {
+        Ok(self.conn.execute(
+            "DELETE FROM manifests WHERE id NOT IN (
+                SELECT manifest_id FROM remote WHERE manifest_id IS NOT NULL
+                UNION SELECT manifest_id FROM synced WHERE manifest_id IS NOT NULL
+                UNION SELECT manifest_id FROM local)",
+            [],
+        )?)
+    }
+
+    /// The transaction waiting in the outbox, if any.
+    pub fn outbox(&self) -> Result<Option<CommitRequest>, SyncError> {
+        let body: Option<String> = self
+            .conn
+            .query_row("SELECT body FROM outbox LIMIT 1", [], |r| r.get(0))
+            .optional()?;
+        body.map(|b| {
+            serde_json::from_str(&b)
+                .map_err(|e| SyncError::Inconsistent(format!("stored outbox transaction: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Puts a transaction in the outbox (durably, before it is sent).
+    pub fn put_outbox(&mut self, req: &CommitRequest) -> Result<(), SyncError> {
+        let body = serde_json::to_string(req)
+            .map_err(|e| SyncError::Inconsistent(format!("cannot encode a transaction: {e}")))?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO outbox(txn, body) VALUES (?1, ?2)",
+            params![&req.txn.to_bytes()[..], body],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a transaction from the outbox (answered, or refused and replanned).
+    pub fn remove_outbox(&mut self, txn: TxnId) -> Result<(), SyncError> {
+        self.conn
+            .execute("DELETE FROM outbox WHERE txn = ?1", [&txn.to_bytes()[..]])?;
+        Ok(())
+    }
 }
 
-/// One change to the synced state.
-#[derive(Clone, Debug)]
-pub enum SyncedUpdate {
-    /// The node is at `version`, with this manifest (files).
-    Set {
-        /// The node.
-        node: NodeId,
-        /// Its version (seq of the last change to it).
-        version: Seq,
-        /// Its content manifest (files).
-        manifest: Option<Manifest>,
-    },
-    /// Only the version moved (attributes or place changed).
-    Version {
-        /// The node.
-        node: NodeId,
-        /// Its new version.
-        version: Seq,
-    },
-    /// The node is gone.
-    Forget {
-        /// The node.
-        node: NodeId,
-    },
+fn put_manifests(tx: &Transaction<'_>, manifests: &[&Manifest]) -> Result<(), SyncError> {
+    let mut st = tx.prepare_cached("INSERT OR IGNORE INTO manifests(id, body) VALUES (?1, ?2)")?;
+    for m in manifests {
+        st.execute(params![&m.id().as_bytes()[..], m.encode()])?;
+    }
+    Ok(())
+}
+
+fn write_rows(tx: &Transaction<'_>, table: Table, rows: &[Row]) -> Result<(), SyncError> {
+    let t = table.name();
+    let mut put = tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO {t}
+         (node_id, parent, name, mode, mtime, xattrs, kind, manifest_id, size, target{})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10{})",
+        if table == Table::Remote {
+            ", version"
+        } else {
+            ""
+        },
+        if table == Table::Remote { ", ?11" } else { "" },
+    ))?;
+    let mut gone = tx.prepare_cached(&format!("DELETE FROM {t} WHERE node_id = ?1"))?;
+    for row in rows {
+        match row {
+            Row::Put(id, e, version) => {
+                let xattrs = serde_json::to_string(&e.xattrs)
+                    .map_err(|err| SyncError::Inconsistent(format!("xattrs of {id}: {err}")))?;
+                let (kind, mid, size, target) = match &e.content {
+                    Content::Dir => (DIR, None, 0, None),
+                    Content::File { manifest_id, size } => {
+                        (FILE, Some(manifest_id.as_bytes().to_vec()), *size, None)
+                    }
+                    Content::Symlink { target } => (SYMLINK, None, 0, Some(target.clone())),
+                };
+                let id_b = id.to_bytes().to_vec();
+                let parent_b = e.parent.to_bytes().to_vec();
+                let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(11);
+                let (mode, size) = (i64::from(e.mode), size as i64);
+                let name = e.name.as_str();
+                args.extend([
+                    &id_b as &dyn rusqlite::ToSql,
+                    &parent_b,
+                    &name,
+                    &mode,
+                    &e.mtime,
+                    &xattrs,
+                    &kind,
+                    &mid,
+                    &size,
+                    &target,
+                ]);
+                let v = version.map_or(0, |s| s.0 as i64);
+                if table == Table::Remote {
+                    args.push(&v);
+                }
+                put.execute(args.as_slice())?;
+            }
+            Row::Gone(id) => {
+                gone.execute([&id.to_bytes()[..]])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn node_id(b: &[u8]) -> Result<NodeId, SyncError> {
+    let arr: [u8; 16] = b
+        .try_into()
+        .map_err(|_| SyncError::Inconsistent("stored node id is not 16 bytes".into()))?;
+    Ok(NodeId::from_bytes(arr))
+}
+
+fn manifest_id(b: &[u8]) -> Result<ManifestId, SyncError> {
+    let arr: [u8; 32] = b
+        .try_into()
+        .map_err(|_| SyncError::Inconsistent("stored manifest id is not 32 bytes".into()))?;
+    Ok(ManifestId::from_bytes(arr))
 }

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::chunking::Manifest;
+use crate::chunking::ManifestId;
 use crate::drive::{Kind, NodeView};
 use crate::protocol::{Name, NodeId, XattrValue, Xattrs};
 
@@ -24,16 +24,19 @@ pub enum Skipped {
     Beneath(NodeId),
 }
 
-/// The local tree of `views`, with `manifest_of` giving each file's current manifest.
+/// The local tree of `views`, with `file_content` giving each file's manifest id and size as
+/// last taken, and `dir_mtime` the mtime to show for a directory (directory mtimes follow
+/// the synced tree: they change with every entry and are not synced, as with Dropbox).
 pub fn local_tree(
     views: &[NodeView],
-    manifest_of: impl Fn(NodeId) -> Option<Manifest>,
+    file_content: impl Fn(&NodeView) -> Option<(ManifestId, u64)>,
+    dir_mtime: impl Fn(NodeId) -> Option<i64>,
 ) -> Result<(Tree, Vec<Skipped>), TreeError> {
     let mut skipped = Vec::new();
     let mut bad: HashSet<NodeId> = HashSet::new();
     let mut entries = Vec::with_capacity(views.len());
     for v in views {
-        match entry_of(v, &manifest_of) {
+        match entry_of(v, &file_content, &dir_mtime) {
             Ok(entry) => entries.push((v.id, entry)),
             Err(why) => {
                 bad.insert(v.id);
@@ -60,7 +63,8 @@ pub fn local_tree(
 
 fn entry_of(
     v: &NodeView,
-    manifest_of: &impl Fn(NodeId) -> Option<Manifest>,
+    file_content: &impl Fn(&NodeView) -> Option<(ManifestId, u64)>,
+    dir_mtime: &impl Fn(NodeId) -> Option<i64>,
 ) -> Result<Entry, Skipped> {
     let unsyncable = || Skipped::Unsyncable(v.id);
     let name = String::from_utf8(v.name.clone())
@@ -78,22 +82,19 @@ fn entry_of(
             target: String::from_utf8(v.target.clone()).map_err(|_| unsyncable())?,
         },
         Kind::File => {
-            let m = manifest_of(v.id).ok_or(Skipped::NoManifest(v.id))?;
-            // A manifest of another size describes older content: not this round.
-            if m.size() != v.size {
-                return Err(Skipped::NoManifest(v.id));
-            }
-            Content::File {
-                manifest_id: m.id(),
-                size: m.size(),
-            }
+            let (manifest_id, size) = file_content(v).ok_or(Skipped::NoManifest(v.id))?;
+            Content::File { manifest_id, size }
         }
+    };
+    let mtime = match v.kind {
+        Kind::Dir => dir_mtime(v.id).unwrap_or(v.mtime),
+        Kind::File | Kind::Symlink => v.mtime,
     };
     Ok(Entry {
         parent: v.parent,
         name,
         mode: v.perm,
-        mtime: v.mtime,
+        mtime,
         xattrs,
         content,
     })
@@ -143,8 +144,18 @@ mod tests {
             view(under, bad, b"x", Kind::File, data.len() as u64),
             view(nomf, d, b"new.txt", Kind::File, 3),
         ];
-        let (tree, skipped) =
-            local_tree(&views, |id| (id == f || id == under).then(|| m.clone())).unwrap();
+        let (tree, skipped) = local_tree(
+            &views,
+            |v| (v.id == f || v.id == under).then(|| (m.id(), m.size())),
+            |_| Some(99),
+        )
+        .unwrap();
+        assert_eq!(
+            tree.get(d).unwrap().mtime,
+            99,
+            "directory mtimes come from the caller"
+        );
+        assert_eq!(tree.get(f).unwrap().mtime, 7);
         assert_eq!(tree.len(), 3);
         assert_eq!(
             tree.get(f).unwrap().content,

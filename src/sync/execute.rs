@@ -1,0 +1,408 @@
+//! Carrying out the planner's local steps on the drive: other devices' changes land in the
+//! mount, and conflicted copies keep this device's versions.
+//!
+//! The drive checks each change under its own lock, so a program racing the engine (writing
+//! a file about to be replaced, taking a name about to be used) makes the step fail instead
+//! of losing its bytes; the run then stops and the engine plans again from what is there.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::chunking::{ChunkId, ChunkerParams, Manifest, ManifestId, VerifiedChunk, chunk_file};
+use crate::drive::{Drive, DriveError, RemoteAttrs, RemoteContent};
+use crate::protocol::{NodeId, Xattrs};
+use crate::remote::Remote;
+
+use super::SyncError;
+use super::content::{Staged, materialize, materialize_from_unsynced, sync_staging};
+use super::plan::{Content, Entry, LocalStep, Tree};
+use super::state::{Loaded, LocalContent, SyncState};
+
+/// File creates fetch their chunks together, up to this many bytes...
+const PREFETCH_BYTES: u64 = 64 << 20;
+/// ...or this many files at once.
+const PREFETCH_FILES: usize = 2000;
+
+/// How a run of local steps ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Every step was applied.
+    Done,
+    /// A local change raced a step (named here); the rest was not applied.
+    Interrupted(String),
+}
+
+/// What carrying out local steps needs.
+pub struct LocalRun<'a> {
+    /// The drive.
+    pub drive: &'a Drive,
+    /// The server, for chunks.
+    pub remote: &'a Remote,
+    /// The engine's memory (manifests, local contents).
+    pub mem: &'a mut Loaded,
+    /// Where local contents are recorded.
+    pub state: &'a mut SyncState,
+    /// Chunking parameters (for conflicted copies).
+    pub params: ChunkerParams,
+    /// Bytes of content still to bring in (for `status`).
+    pub to_download: &'a AtomicU64,
+    /// Contents of files placed, recorded together at the end: one transaction, not one
+    /// per file (losing them in a crash only costs chunking those files again).
+    pub placed: Vec<(NodeId, LocalContent)>,
+}
+
+impl LocalRun<'_> {
+    /// Applies `steps` in order; `local` is the local tree they were planned from.
+    pub fn run(&mut self, steps: &[LocalStep], local: &Tree) -> Result<Applied, SyncError> {
+        let result = self.run_steps(steps, local);
+        self.flush_placed()?;
+        result
+    }
+
+    /// Records the contents of the files placed so far.
+    fn flush_placed(&mut self) -> Result<(), SyncError> {
+        let placed = std::mem::take(&mut self.placed);
+        let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> = placed
+            .iter()
+            .filter_map(|(id, c)| Some((*id, Some((*c, self.mem.manifests.get(&c.manifest)?)))))
+            .collect();
+        self.state.save_locals(&rows)
+    }
+
+    fn run_steps(&mut self, steps: &[LocalStep], local: &Tree) -> Result<Applied, SyncError> {
+        let total: u64 = steps.iter().map(download_size).sum();
+        self.to_download.store(total, Ordering::Relaxed);
+        let mut staged: HashMap<NodeId, Staged> = HashMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            let outcome = self.step(step, &steps[i..], local, &mut staged);
+            self.to_download
+                .fetch_sub(download_size(step), Ordering::Relaxed);
+            match outcome {
+                Ok(()) => {}
+                Err(SyncError::Drive(
+                    e @ (DriveError::Busy
+                    | DriveError::LocalChanges
+                    | DriveError::Exists
+                    | DriveError::NotEmpty
+                    | DriveError::NotFound),
+                )) => {
+                    self.to_download.store(0, Ordering::Relaxed);
+                    return Ok(Applied::Interrupted(format!("{step:?}: {e}")));
+                }
+                Err(e) => {
+                    self.to_download.store(0, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Applied::Done)
+    }
+
+    fn step(
+        &mut self,
+        step: &LocalStep,
+        rest: &[LocalStep],
+        local: &Tree,
+        staged: &mut HashMap<NodeId, Staged>,
+    ) -> Result<(), SyncError> {
+        match step {
+            LocalStep::Create { node, entry } => self.create(*node, entry, rest, staged),
+            LocalStep::CopyAside {
+                source,
+                node,
+                entry,
+            } => self.copy_aside(*source, *node, entry, local),
+            LocalStep::UpdateContent { node, content } => self.update_content(*node, content),
+            LocalStep::SetAttrs {
+                node,
+                mode,
+                mtime,
+                xattrs,
+            } => {
+                let Some(current) = self.drive.node_view(*node) else {
+                    return Err(DriveError::NotFound.into());
+                };
+                let attrs = RemoteAttrs {
+                    perm: mode.unwrap_or(current.perm),
+                    mtime: mtime.unwrap_or(current.mtime),
+                    xattrs: xattrs.as_ref().map(local_xattrs).unwrap_or(current.xattrs),
+                };
+                Ok(self.drive.apply_attrs(*node, &attrs)?)
+            }
+            LocalStep::Move { node, parent, name } => {
+                Ok(self
+                    .drive
+                    .apply_move(*node, *parent, name.as_str().as_bytes())?)
+            }
+            LocalStep::Delete { node } => {
+                self.drive.apply_delete(*node)?;
+                if self.mem.local.remove(node).is_some() {
+                    self.state.save_local(*node, None)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn manifest(&self, id: &ManifestId) -> Result<Manifest, SyncError> {
+        self.mem
+            .manifests
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SyncError::Inconsistent(format!("manifest {id} is not stored")))
+    }
+
+    fn create(
+        &mut self,
+        node: NodeId,
+        entry: &Entry,
+        rest: &[LocalStep],
+        staged: &mut HashMap<NodeId, Staged>,
+    ) -> Result<(), SyncError> {
+        let attrs = remote_attrs(entry);
+        let name = entry.name.as_str().as_bytes();
+        match &entry.content {
+            Content::Dir => {
+                self.drive
+                    .apply_create(node, entry.parent, name, &attrs, RemoteContent::Dir)?;
+            }
+            Content::Symlink { target } => {
+                self.drive.apply_create(
+                    node,
+                    entry.parent,
+                    name,
+                    &attrs,
+                    RemoteContent::Symlink(target.as_bytes()),
+                )?;
+            }
+            Content::File { manifest_id, .. } => {
+                let manifest = self.manifest(manifest_id)?;
+                let file = if manifest.size() > PREFETCH_BYTES {
+                    // A large file streams through its own windows.
+                    materialize(self.drive, self.remote, None, &manifest)?
+                } else {
+                    if !staged.contains_key(&node) {
+                        *staged = self.stage_batch(rest)?;
+                    }
+                    staged.remove(&node).ok_or_else(|| {
+                        SyncError::Inconsistent(format!("file {node} was not staged"))
+                    })?
+                };
+                self.place_file(node, entry, &attrs, file, &manifest)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages the small file creates at the head of `rest` together: their chunks fetched in
+    /// one request and the files made durable with one syncfs, so that many small files cost
+    /// a few round trips and one flush instead of one each.
+    fn stage_batch(&self, rest: &[LocalStep]) -> Result<HashMap<NodeId, Staged>, SyncError> {
+        let mut batch: Vec<(NodeId, Manifest)> = Vec::new();
+        let mut ids = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0u64;
+        for step in rest {
+            let LocalStep::Create {
+                node,
+                entry:
+                    Entry {
+                        content: Content::File { manifest_id, size },
+                        ..
+                    },
+            } = step
+            else {
+                continue;
+            };
+            if *size > PREFETCH_BYTES {
+                continue;
+            }
+            if !batch.is_empty() && (bytes + size > PREFETCH_BYTES || batch.len() >= PREFETCH_FILES)
+            {
+                break;
+            }
+            let m = self.manifest(manifest_id)?;
+            ids.extend(m.chunks.iter().map(|c| c.id).filter(|id| seen.insert(*id)));
+            bytes += size;
+            batch.push((*node, m));
+        }
+        let mut supplied: HashMap<ChunkId, VerifiedChunk> =
+            self.remote.fetch(&ids)?.into_iter().collect();
+        let mut staged = HashMap::with_capacity(batch.len());
+        for (node, m) in &batch {
+            staged.insert(
+                *node,
+                materialize_from_unsynced(self.drive, &mut supplied, m)?,
+            );
+        }
+        sync_staging(self.drive)?;
+        Ok(staged)
+    }
+
+    fn place_file(
+        &mut self,
+        node: NodeId,
+        entry: &Entry,
+        attrs: &RemoteAttrs,
+        staged: Staged,
+        manifest: &Manifest,
+    ) -> Result<(), SyncError> {
+        self.drive.apply_create(
+            node,
+            entry.parent,
+            entry.name.as_str().as_bytes(),
+            attrs,
+            RemoteContent::File(staged.path()),
+        )?;
+        staged.handed_over();
+        self.remember(node, manifest)
+    }
+
+    /// Records that the drive's file `node` now holds `manifest`.
+    fn remember(&mut self, node: NodeId, manifest: &Manifest) -> Result<(), SyncError> {
+        let drive_version = self.drive.node_view(node).map_or(0, |v| v.version);
+        let content = LocalContent {
+            drive_version,
+            manifest: manifest.id(),
+        };
+        self.placed.push((node, content));
+        self.mem.local.insert(node, content);
+        self.mem
+            .manifests
+            .entry(manifest.id())
+            .or_insert_with(|| manifest.clone());
+        Ok(())
+    }
+
+    /// Keeps this device's version of `source` as the new node `node`.
+    fn copy_aside(
+        &mut self,
+        source: NodeId,
+        node: NodeId,
+        entry: &Entry,
+        local: &Tree,
+    ) -> Result<(), SyncError> {
+        let attrs = remote_attrs(entry);
+        let name = entry.name.as_str().as_bytes();
+        match local.get(source).map(|e| &e.content) {
+            Some(Content::File { .. }) => {
+                let staged = Staged::new(self.drive)?;
+                {
+                    let mut from = self.drive.open_content(source)?;
+                    let mut to = std::fs::File::create(staged.path())?;
+                    std::io::copy(&mut from, &mut to)?;
+                    to.sync_all()?;
+                }
+                // The copy's manifest from its bytes: if the source changed since it was
+                // planned, the copy holds the newer bytes and is pushed as such.
+                let manifest = chunk_file(self.params, &std::fs::File::open(staged.path())?)?;
+                self.drive.apply_create(
+                    node,
+                    entry.parent,
+                    name,
+                    &attrs,
+                    RemoteContent::File(staged.path()),
+                )?;
+                staged.handed_over();
+                self.remember(node, &manifest)?;
+                self.flush_placed()?;
+            }
+            Some(Content::Symlink { target }) => {
+                self.drive.apply_create(
+                    node,
+                    entry.parent,
+                    name,
+                    &attrs,
+                    RemoteContent::Symlink(target.as_bytes()),
+                )?;
+            }
+            Some(Content::Dir) | None => {
+                return Err(SyncError::Inconsistent(format!(
+                    "conflicted copy of {source}, which is no file or symlink here"
+                )));
+            }
+        }
+        tracing::warn!(%source, copy = %node, name = entry.name.as_str(), "conflicted copy made");
+        Ok(())
+    }
+
+    fn update_content(&mut self, node: NodeId, content: &Content) -> Result<(), SyncError> {
+        match content {
+            Content::File { manifest_id, .. } => {
+                let target = self.manifest(manifest_id)?;
+                let base = self
+                    .mem
+                    .local
+                    .get(&node)
+                    .and_then(|c| self.mem.manifests.get(&c.manifest))
+                    .cloned();
+                let staged = materialize(
+                    self.drive,
+                    self.remote,
+                    base.as_ref().map(|m| (node, m)),
+                    &target,
+                )?;
+                self.drive.apply_content(node, staged.path(), None)?;
+                staged.handed_over();
+                // Recorded at once: a replaced file's old manifest must not outlive it.
+                self.remember(node, &target)?;
+                self.flush_placed()
+            }
+            Content::Symlink { target } => {
+                // A link cannot be retargeted in place: the same id is removed and made again.
+                let Some(v) = self.drive.node_view(node) else {
+                    return Err(DriveError::NotFound.into());
+                };
+                let attrs = RemoteAttrs {
+                    perm: v.perm,
+                    mtime: v.mtime,
+                    xattrs: v.xattrs.clone(),
+                };
+                self.drive.apply_delete(node)?;
+                self.drive.apply_create(
+                    node,
+                    v.parent,
+                    &v.name,
+                    &attrs,
+                    RemoteContent::Symlink(target.as_bytes()),
+                )?;
+                Ok(())
+            }
+            Content::Dir => Ok(()),
+        }
+    }
+}
+
+/// Bytes a step brings in from the server, at most.
+fn download_size(step: &LocalStep) -> u64 {
+    match step {
+        LocalStep::Create {
+            entry:
+                Entry {
+                    content: Content::File { size, .. },
+                    ..
+                },
+            ..
+        }
+        | LocalStep::UpdateContent {
+            content: Content::File { size, .. },
+            ..
+        } => *size,
+        _ => 0,
+    }
+}
+
+fn remote_attrs(entry: &Entry) -> RemoteAttrs {
+    RemoteAttrs {
+        perm: entry.mode,
+        mtime: entry.mtime,
+        xattrs: local_xattrs(&entry.xattrs),
+    }
+}
+
+/// Wire xattrs as the drive keeps them.
+pub fn local_xattrs(x: &Xattrs) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    x.iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.0.clone()))
+        .collect()
+}

@@ -1,0 +1,217 @@
+//! Turning the planner's push steps into difference transactions: ops against the versions
+//! of the remote tree, with the chunks the server lacks uploaded first (read back from the
+//! local files and checked against their ids).
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::chunking::{ChunkId, ChunkRef, Manifest, ManifestId, diff, payload};
+use crate::drive::Drive;
+use crate::protocol::limits::{MAX_BATCH_BYTES, MAX_IDS_PER_REQUEST};
+use crate::protocol::{CreateOp, DeleteOp, MoveOp, NodeId, NodeKind, Op, Seq, SetAttrsOp, WriteOp};
+use crate::remote::Remote;
+
+use super::SyncError;
+use super::plan::{Content, PushStep};
+use super::state::RemoteTree;
+
+/// zstd level for uploaded chunks.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Where the bytes of a chunk to upload are: a local file and an offset in it.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkAt {
+    /// The chunk.
+    pub chunk: ChunkRef,
+    /// The local file holding it.
+    pub node: NodeId,
+    /// Its offset there.
+    pub offset: u64,
+}
+
+/// The ops of `steps`, each against the version the remote tree holds (0 for nodes created
+/// earlier in the same steps), and where each new chunk's bytes are: (local file, offset).
+pub fn build_ops(
+    steps: &[PushStep],
+    remote: &RemoteTree,
+    manifests: &HashMap<ManifestId, Manifest>,
+) -> Result<(Vec<Op>, Vec<ChunkAt>), SyncError> {
+    let mut ops = Vec::with_capacity(steps.len());
+    let mut chunks: Vec<ChunkAt> = Vec::new();
+    let mut created: HashSet<NodeId> = HashSet::new();
+    let base = |node: NodeId, created: &HashSet<NodeId>| {
+        if created.contains(&node) {
+            Seq(0)
+        } else {
+            remote.versions.get(&node).copied().unwrap_or(Seq(0))
+        }
+    };
+    let manifest = |id: &ManifestId| {
+        manifests
+            .get(id)
+            .ok_or_else(|| SyncError::Inconsistent(format!("manifest {id} to push is not stored")))
+    };
+    for step in steps {
+        match step {
+            PushStep::Create { node, entry } => {
+                created.insert(*node);
+                let (kind, m, target) = match &entry.content {
+                    Content::Dir => (NodeKind::Dir, None, None),
+                    Content::Symlink { target } => (NodeKind::Symlink, None, Some(target.clone())),
+                    Content::File { manifest_id, .. } => {
+                        let m = manifest(manifest_id)?;
+                        chunks.extend(m.offsets().map(|(offset, chunk)| ChunkAt {
+                            chunk,
+                            node: *node,
+                            offset,
+                        }));
+                        (NodeKind::File, Some(m.clone()), None)
+                    }
+                };
+                ops.push(Op::Create(CreateOp {
+                    node: *node,
+                    parent: entry.parent,
+                    name: entry.name.clone(),
+                    kind,
+                    mode: entry.mode,
+                    mtime: entry.mtime,
+                    xattrs: entry.xattrs.clone(),
+                    manifest_id: m.as_ref().map(Manifest::id),
+                    manifest: m,
+                    target,
+                }));
+            }
+            PushStep::Write {
+                node,
+                manifest_id,
+                size,
+            } => {
+                let empty = Manifest::default();
+                let old = match remote.tree.get(*node).map(|e| &e.content) {
+                    Some(Content::File { manifest_id, .. }) => manifest(manifest_id)?,
+                    _ => &empty,
+                };
+                let new = manifest(manifest_id)?;
+                let d = diff(old, new);
+                let fresh: HashSet<ChunkRef> = d.new_chunks.iter().copied().collect();
+                let mut seen = HashSet::new();
+                chunks.extend(
+                    new.offsets()
+                        .filter(|(_, c)| fresh.contains(c) && seen.insert(*c))
+                        .map(|(offset, chunk)| ChunkAt {
+                            chunk,
+                            node: *node,
+                            offset,
+                        }),
+                );
+                ops.push(Op::Write(WriteOp {
+                    node: *node,
+                    base: base(*node, &created),
+                    edit: d.edit,
+                    size: *size,
+                    manifest_id: *manifest_id,
+                }));
+            }
+            PushStep::SetAttrs {
+                node,
+                mode,
+                mtime,
+                xattrs,
+            } => ops.push(Op::SetAttrs(SetAttrsOp {
+                node: *node,
+                base: base(*node, &created),
+                mode: *mode,
+                mtime: *mtime,
+                xattrs: xattrs.clone(),
+            })),
+            PushStep::Move { node, parent, name } => ops.push(Op::Move(MoveOp {
+                node: *node,
+                base: base(*node, &created),
+                new_parent: *parent,
+                new_name: name.clone(),
+            })),
+            PushStep::Delete { node } => {
+                ops.push(Op::Delete(DeleteOp {
+                    node: *node,
+                    base: base(*node, &created),
+                }));
+                created.remove(node);
+            }
+        }
+    }
+    Ok((ops, chunks))
+}
+
+/// Why an upload stopped short.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Upload {
+    /// Every chunk the server lacked is there now.
+    Done,
+    /// A local file no longer holds the bytes planned (it changed meanwhile): plan again.
+    Changed(NodeId),
+}
+
+/// Uploads the chunks of `wanted` the server lacks, reading them from the local files.
+/// `pending` counts down the bytes still to send (for `status`).
+pub fn upload_missing(
+    drive: &Drive,
+    remote: &Remote,
+    wanted: &[ChunkAt],
+    pending: &AtomicU64,
+) -> Result<Upload, SyncError> {
+    let mut seen = HashSet::new();
+    let unique: Vec<&ChunkAt> = wanted.iter().filter(|w| seen.insert(w.chunk.id)).collect();
+    let mut missing: HashSet<ChunkId> = HashSet::new();
+    for part in unique.chunks(MAX_IDS_PER_REQUEST) {
+        let ids: Vec<ChunkId> = part.iter().map(|w| w.chunk.id).collect();
+        missing.extend(remote.missing(&ids)?);
+    }
+    let todo: Vec<&ChunkAt> = unique
+        .into_iter()
+        .filter(|w| missing.contains(&w.chunk.id))
+        .collect();
+    pending.store(
+        todo.iter().map(|w| u64::from(w.chunk.len)).sum(),
+        Ordering::Relaxed,
+    );
+    let mut files: HashMap<NodeId, std::fs::File> = HashMap::new();
+    let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut batch_raw = 0u64;
+    for w in todo {
+        let ChunkAt {
+            chunk: c,
+            node,
+            offset: off,
+        } = *w;
+        let file = match files.entry(node) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => match drive.open_content(node) {
+                Ok(f) => e.insert(f),
+                Err(crate::drive::DriveError::NotFound) => return Ok(Upload::Changed(node)),
+                Err(err) => return Err(err.into()),
+            },
+        };
+        let mut bytes = vec![0u8; c.len as usize];
+        if file.read_exact_at(&mut bytes, off).is_err() || ChunkId::of(&bytes) != c.id {
+            return Ok(Upload::Changed(node));
+        }
+        let p = payload::encode(&bytes, ZSTD_LEVEL);
+        if batch_bytes + p.len() > MAX_BATCH_BYTES / 2 && !batch.is_empty() {
+            remote.upload(batch.iter().map(|(id, p)| (*id, p)))?;
+            pending.fetch_sub(batch_raw, Ordering::Relaxed);
+            batch.clear();
+            batch_bytes = 0;
+            batch_raw = 0;
+        }
+        batch_bytes += p.len();
+        batch_raw += u64::from(c.len);
+        batch.push((c.id, p));
+    }
+    if !batch.is_empty() {
+        remote.upload(batch.iter().map(|(id, p)| (*id, p)))?;
+    }
+    pending.store(0, Ordering::Relaxed);
+    Ok(Upload::Done)
+}
