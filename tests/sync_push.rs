@@ -78,9 +78,11 @@ fn kill_9_in_the_middle_of_an_upload_then_remount_loses_nothing() {
         &[&laptop, &phone],
         QUIET,
         "the upload started (or ended)",
+        // The engine publishes its plan's transactions before it uploads their chunks.
         || {
             let s = laptop.status();
-            s["bytes_uploaded"].as_u64() > Some(8 * MIB as u64) || s["idle"] == true
+            s["pending_transactions"].as_u64() > Some(0)
+                || s["bytes_uploaded"].as_u64() > Some(8 * MIB as u64)
         },
     );
     let at_kill = laptop.status();
@@ -94,11 +96,19 @@ fn kill_9_in_the_middle_of_an_upload_then_remount_loses_nothing() {
 
     let both = [&laptop, &phone];
     wait_quiet(&both, QUIET);
-    assert_eq!(
-        hash_file(&phone.path("big.bin")),
-        big,
-        "the big file, byte for byte"
+    assert!(
+        laptop.path("big.bin").exists() && phone.path("big.bin").exists(),
+        "big.bin is on both mounts after the remount{}",
+        common::sync::dump(&both)
     );
+    for m in both {
+        assert_eq!(
+            hash_file(&m.path("big.bin")),
+            big,
+            "the big file on {}, byte for byte",
+            m.device
+        );
+    }
     for (name, bytes) in &small {
         assert_eq!(&fs::read(phone.path(name)).unwrap(), bytes, "{name}");
     }
@@ -250,4 +260,55 @@ fn a_new_device_gets_real_programs_trees_and_git_fsck_passes() {
         status.is_empty(),
         "a clean work tree on the new device: {status}"
     );
+}
+
+/// Asserts that a status does not claim `idle` while the drive holds work for the engine
+/// (the contract: idle means nothing pending and no local change since the last cycle).
+fn assert_idle_means_nothing_pending(m: &Synced, when: &str) -> serde_json::Value {
+    let s = m.status();
+    let pending: Vec<&str> = [
+        "unrecorded_files",
+        "pending_versions",
+        "pending_upload_bytes",
+        "pending_transactions",
+    ]
+    .into_iter()
+    .filter(|f| s[*f].as_u64() != Some(0))
+    .collect();
+    assert!(
+        s["idle"] == false || pending.is_empty(),
+        "{when}: status says idle while {pending:?} are not 0:\n{s:#}"
+    );
+    s
+}
+
+#[test]
+fn status_never_says_idle_while_local_changes_wait() {
+    let fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    wait_quiet(&[&laptop], QUIET);
+
+    // Right after a write is closed, and on every look until the engine is done with it.
+    write_big(&laptop.path("twenty.bin"), 20);
+    loop {
+        let s = assert_idle_means_nothing_pending(&laptop, "after a closed write");
+        if s["idle"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // After a crash, the new daemon does not show the dead one's status as its own.
+    write_big(&laptop.path("thirty.bin"), 30);
+    laptop.kill_daemon();
+    laptop.umount();
+    laptop.mount();
+    loop {
+        let s = assert_idle_means_nothing_pending(&laptop, "after kill -9 and a remount");
+        if s["idle"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(laptop.counter("pending_versions"), 0);
 }

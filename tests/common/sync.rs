@@ -108,19 +108,34 @@ pub fn wait_for(mounts: &[&Synced], timeout: Duration, what: &str, mut cond: imp
     }
 }
 
+/// Status fields that are 0 when nothing waits to be recorded, sent or fetched. `idle`
+/// implies them (the contract), but they are read from the drive's database while `idle`
+/// comes from the engine's last published status, which lags behind a change that just came
+/// in (or, after a crash, is the dead daemon's): waiting on both is waiting for real quiet.
+const NOTHING_PENDING: [&str; 5] = [
+    "unrecorded_files",
+    "pending_versions",
+    "pending_upload_bytes",
+    "pending_transactions",
+    "bytes_to_download",
+];
+
 /// Waits until the engines went quiet: twice in a row (polled every 200 ms), every mount is
-/// idle with its cursor at the server's head and all cursors equal. Returns the statuses.
+/// idle with nothing pending, its cursor at the server's head and all cursors equal.
+/// Returns the statuses.
 pub fn wait_quiet(mounts: &[&Synced], timeout: Duration) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + timeout;
     let mut streak = 0;
     loop {
         let statuses: Vec<serde_json::Value> = mounts.iter().map(|m| m.status()).collect();
-        let quiet = statuses
+        let quiet = statuses.iter().all(|s| {
+            s["idle"] == true
+                && s["cursor"].is_u64()
+                && s["cursor"] == s["server_head"]
+                && NOTHING_PENDING.iter().all(|f| s[f] == 0)
+        }) && statuses
             .iter()
-            .all(|s| s["idle"] == true && s["cursor"].is_u64() && s["cursor"] == s["server_head"])
-            && statuses
-                .iter()
-                .all(|s| s["cursor"] == statuses[0]["cursor"]);
+            .all(|s| s["cursor"] == statuses[0]["cursor"]);
         streak = if quiet { streak + 1 } else { 0 };
         if streak >= 2 {
             return statuses;
