@@ -202,6 +202,9 @@ impl Engine {
             last_local: None,
             joined: false,
         };
+        // The status file may be a dead daemon's (idle, after a crash): this one is not idle
+        // until its first cycle says so.
+        ctx.publish();
         {
             let (stop, wake) = (Arc::clone(&stop), Arc::clone(&wake));
             std::thread::Builder::new()
@@ -271,6 +274,13 @@ impl Ctx {
         let mut backoff = Duration::from_secs(1);
         while !self.stop.load(Ordering::Relaxed) {
             self.wake.clear();
+            if self.status.idle {
+                // Woken: a change may be waiting. Readers must not see `idle` while this
+                // cycle scans (chunking a large file takes seconds) and takes the drive's
+                // recorded versions.
+                self.status.idle = false;
+                self.publish();
+            }
             let next = self.cycle();
             self.status.chunk_upload_bytes = self.to_upload.load(Ordering::Relaxed);
             self.status.bytes_to_download = self.to_download.load(Ordering::Relaxed);
