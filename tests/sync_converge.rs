@@ -8,7 +8,7 @@ mod common;
 mod support;
 
 use std::fs;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -166,12 +166,12 @@ fn depth(rel: &str) -> usize {
 }
 
 /// One random operation on the mount at `root`; Ok(description) or the failure.
-fn random_op(root: &Path, rng: &mut Rng) -> (String, std::io::Result<()>) {
+fn random_op(root: &Path, rng: &mut Rng, held: &mut Option<Held>) -> (String, std::io::Result<()>) {
     let v = view(root);
     let p = |rel: &str| root.join(rel);
     let nonroot: Vec<String> = v.dirs[1..].to_vec();
     let attr_targets: Vec<String> = v.files.iter().chain(nonroot.iter()).cloned().collect();
-    const WEIGHTS: [usize; 15] = [14, 8, 6, 4, 5, 4, 5, 6, 5, 8, 5, 1, 5, 5, 3];
+    const WEIGHTS: [usize; 17] = [14, 8, 6, 4, 5, 4, 5, 6, 5, 8, 5, 1, 5, 5, 3, 4, 4];
     let mut roll = rng.below(WEIGHTS.iter().sum());
     let mut op = 0;
     while roll >= WEIGHTS[op] {
@@ -179,7 +179,7 @@ fn random_op(root: &Path, rng: &mut Rng) -> (String, std::io::Result<()>) {
         op += 1;
     }
     // Without anything to act on, create a file.
-    let needs_file = matches!(op, 1..=3 | 5..=7);
+    let needs_file = matches!(op, 1..=3 | 5..=7 | 15 | 16);
     if (needs_file && v.files.is_empty())
         || (matches!(op, 8 | 11) && nonroot.is_empty())
         || (op == 10 && v.files.is_empty() && v.links.is_empty())
@@ -319,14 +319,62 @@ fn random_op(root: &Path, rng: &mut Rng) -> (String, std::io::Result<()>) {
                 .map_err(std::io::Error::from_raw_os_error);
             (format!("setxattr {name} ({len} bytes) on {path}"), r)
         }
-        _ => {
+        14 => {
             let path = rng.pick(&attr_targets).clone();
             let name = format!("user.k{}", rng.below(3));
             let r =
                 common::removexattr(&p(&path), &name).map_err(std::io::Error::from_raw_os_error);
             (format!("removexattr {name} on {path}"), r)
         }
+        15 => {
+            // An editor's save: a new file beside the old one, renamed over it.
+            let path = rng.pick(&v.files).clone();
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
+            let tmp = join(dir, &format!(".{name}.tmp"));
+            let bytes = content(rng);
+            let r = fs::write(p(&tmp), &bytes).and_then(|()| fs::rename(p(&tmp), p(&path)));
+            (
+                format!("save {path} through {tmp} ({} bytes)", bytes.len()),
+                r,
+            )
+        }
+        _ => {
+            // Write through a handle that stays open for the next few operations.
+            if held.is_some() {
+                return ("(a file is already held open)".to_string(), Ok(()));
+            }
+            let path = rng.pick(&v.files).clone();
+            let bytes = content(rng);
+            let offset = rng.below(5000) as u64;
+            let r = fs::OpenOptions::new()
+                .write(true)
+                .open(p(&path))
+                .and_then(|mut f| {
+                    f.seek(SeekFrom::Start(offset))?;
+                    f.write_all(&bytes)?;
+                    *held = Some(Held {
+                        path: path.clone(),
+                        file: f,
+                        ops_left: 1 + rng.below(6),
+                    });
+                    Ok(())
+                });
+            (
+                format!(
+                    "open {path}, write {} bytes at {offset}, keep it open",
+                    bytes.len()
+                ),
+                r,
+            )
+        }
     }
+}
+
+/// A file a thread keeps open for writing across operations.
+struct Held {
+    path: String,
+    file: fs::File,
+    ops_left: usize,
 }
 
 /// One mount's thread: random operations, with marker files written at fixed steps.
@@ -337,7 +385,28 @@ fn run(root: &Path, device: &str, seed: u64) -> Outcome {
         ..Outcome::default()
     };
     let keep = root.join(KEEP);
+    let mut held: Option<Held> = None;
     for i in 0..OPS_PER_MOUNT {
+        if let Some(h) = &mut held {
+            if h.ops_left == 0 || i + 1 == OPS_PER_MOUNT {
+                let r = h
+                    .file
+                    .write_all(b"last words before close")
+                    .and_then(|()| h.file.sync_all());
+                let path = h.path.clone();
+                held = None;
+                match r {
+                    Ok(()) => out
+                        .log
+                        .push(format!("{device} #{i}: wrote to and closed {path}")),
+                    Err(e) => out
+                        .unexpected
+                        .push(format!("{device} #{i}: write to held {path}: {e}")),
+                }
+            } else {
+                h.ops_left -= 1;
+            }
+        }
         let k = i / 10;
         let (what, result) = match i % 10 {
             // A file only this mount writes: it must reach every mount intact.
@@ -383,7 +452,7 @@ fn run(root: &Path, device: &str, seed: u64) -> Outcome {
                 }
                 (format!("create exclusively {KEEP}/{name}"), r)
             }
-            _ => random_op(root, &mut rng),
+            _ => random_op(root, &mut rng, &mut held),
         };
         match result {
             Ok(()) => out.log.push(format!("{device} #{i}: {what}")),
