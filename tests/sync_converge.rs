@@ -11,9 +11,12 @@ use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::sync::{Rng, Synced, assert_same_trees, copies_of, synced_mount, wait_quiet};
+use common::sync::{
+    Rng, Synced, assert_same_trees, copies_of, dump, hash_bytes, synced_mount, wait_quiet,
+};
 
 /// The seed used unless DELTADRIVE_SEED says otherwise.
 const DEFAULT_SEED: u64 = 0x5EED_0005;
@@ -378,7 +381,7 @@ struct Held {
 }
 
 /// One mount's thread: random operations, with marker files written at fixed steps.
-fn run(root: &Path, device: &str, seed: u64) -> Outcome {
+fn run(root: &Path, device: &str, seed: u64, progress: &AtomicUsize) -> Outcome {
     let mut rng = Rng::new(seed);
     let mut out = Outcome {
         device: device.to_string(),
@@ -466,16 +469,28 @@ fn run(root: &Path, device: &str, seed: u64) -> Outcome {
         }
         // Let remote changes land between some of the operations.
         std::thread::sleep(Duration::from_millis(rng.below(15) as u64));
+        progress.store(i + 1, Ordering::Relaxed);
     }
     out
 }
 
 #[test]
 fn three_mounts_converge_under_a_random_mix_of_operations() {
-    let seed = seed();
+    converge(seed(), false);
+}
+
+#[test]
+fn three_mounts_converge_when_the_server_goes_away_in_the_middle_of_the_mix() {
+    converge(seed().wrapping_add(1), true);
+}
+
+/// Three mounts, the random mix on all three at once (with the server stopped from about a
+/// third to about two thirds of the way through when `outage`), then: identical trees, and
+/// nothing written and closed lost.
+fn converge(seed: u64, outage: bool) {
     let _report = SeedOnFailure(seed);
     eprintln!("seed {seed}");
-    let fx = support::fixture();
+    let mut fx = support::fixture();
     let tablet_token = support::add_device(fx.dir.path(), "alice", "tablet");
     let laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
     let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
@@ -497,17 +512,31 @@ fn three_mounts_converge_under_a_random_mix_of_operations() {
     assert_same_trees(&all, "the starting tree");
 
     // All three at once.
+    let progress: [AtomicUsize; 3] = Default::default();
     let outcomes: Vec<Outcome> = std::thread::scope(|s| {
         let handles: Vec<_> = all
             .iter()
+            .zip(&progress)
             .enumerate()
-            .map(|(i, m)| {
+            .map(|(i, (m, progress))| {
                 let root = m.mountpoint.clone();
                 let device = m.device.clone();
                 let thread_seed = seed.wrapping_add(i as u64 + 1).wrapping_mul(0x9E37_79B9);
-                s.spawn(move || run(&root, &device, thread_seed))
+                s.spawn(move || run(&root, &device, thread_seed, progress))
             })
             .collect();
+        if outage {
+            let slowest = || progress.iter().map(|p| p.load(Ordering::Relaxed)).min();
+            let fastest = || progress.iter().map(|p| p.load(Ordering::Relaxed)).max();
+            common::wait_until(Duration::from_secs(60), || {
+                fastest() >= Some(OPS_PER_MOUNT / 3)
+            });
+            fx.server.kill9();
+            common::wait_until(Duration::from_secs(60), || {
+                slowest() >= Some(OPS_PER_MOUNT * 2 / 3)
+            });
+            fx.server.restart();
+        }
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for o in &outcomes {
@@ -526,12 +555,26 @@ fn three_mounts_converge_under_a_random_mix_of_operations() {
     for o in &outcomes {
         for (path, bytes) in &o.own {
             for m in all {
-                assert_eq!(
-                    fs::read(m.path(path)).ok().as_deref(),
-                    Some(bytes.as_slice()),
-                    "seed {seed}: {path} written by {} on {}",
+                let got = fs::read(m.path(path)).ok();
+                let name = path.rsplit('/').next().unwrap_or(path);
+                let copies: Vec<String> = copies_of(&listing, KEEP, name)
+                    .into_iter()
+                    .map(|(p, _)| format!("{p}: {}", listing[&p]))
+                    .collect();
+                assert!(
+                    got.as_deref() == Some(bytes.as_slice()),
+                    "seed {seed}: {path}, written only by {}, is not intact on {}: {} bytes \
+                     expected (blake3={}), found {:?}; its conflicted copies: {copies:#?}{}",
                     o.device,
-                    m.device
+                    m.device,
+                    bytes.len(),
+                    &hash_bytes(bytes)[..16],
+                    got.as_ref().map(|g| format!(
+                        "{} bytes (blake3={})",
+                        g.len(),
+                        &hash_bytes(g)[..16]
+                    )),
+                    dump(&all)
                 );
             }
         }

@@ -81,9 +81,15 @@ impl Synced {
 /// Every mount's status JSON and the tail of its daemon log, for failure messages.
 pub fn dump(mounts: &[&Synced]) -> String {
     let mut out = String::new();
+    // The whole logs, when asked (the temporary state directories go away with the test).
+    let keep = std::env::var_os("DELTADRIVE_TEST_LOGS").map(std::path::PathBuf::from);
     for m in mounts {
         let status = m.status();
         let log = m.log();
+        if let Some(dir) = &keep {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::write(dir.join(format!("{}.log", m.device)), &log);
+        }
         let lines: Vec<&str> = log.lines().collect();
         let tail = lines[lines.len().saturating_sub(60)..].join("\n");
         out.push_str(&format!(
