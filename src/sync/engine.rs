@@ -259,6 +259,9 @@ fn waker(remote: Remote, stop: Arc<AtomicBool>, wake: Arc<Wake>, seen: Arc<Atomi
             }
             Err(e) => {
                 tracing::debug!("waker: {e}");
+                // Let the engine find out too: an idle engine would otherwise say `online`
+                // until its next rescan (30 s).
+                wake.ring();
                 let deadline = Instant::now() + backoff;
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
