@@ -397,9 +397,6 @@ fn offline_edits_on_both_sides_converge_with_the_conflicts_as_specified() {
     let (ls, ps): (&[u8], &[u8]) = (b"shared: laptop offline", b"shared: phone offline");
     let (lr, pr): (&[u8], &[u8]) = (b"readme: laptop offline", b"readme: phone offline");
     while_server_down(&mut fx, &both, || {
-        common::wait_until(Duration::from_secs(30), || {
-            laptop.status()["online"] == false && phone.status()["online"] == false
-        });
         // The same files on both sides.
         fs::write(laptop.path("docs/shared.txt"), ls).unwrap();
         fs::write(phone.path("docs/shared.txt"), ps).unwrap();
@@ -414,6 +411,9 @@ fn offline_edits_on_both_sides_converge_with_the_conflicts_as_specified() {
         fs::rename(phone.path("c.txt"), phone.path("docs/c-moved.txt")).unwrap();
         common::chmod(&laptop.path("c.txt"), 0o600);
         fs::remove_file(laptop.path("e.txt")).unwrap();
+        wait_for(&both, QUIET, "both devices say they are offline", || {
+            laptop.status()["online"] == false && phone.status()["online"] == false
+        });
     });
     let listing = assert_same_trees(&both, "after the offline edits");
     assert_conflict(
