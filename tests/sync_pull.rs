@@ -66,31 +66,15 @@ fn create(
     })
 }
 
-/// Mounts a drive that follows alice-docs as alice's phone; keep the token dir alive.
-fn join_as_phone(fx: &support::Fixture) -> (common::Mount, tempfile::TempDir) {
-    let tokens = tempfile::tempdir().unwrap();
-    let token = token_file(tokens.path(), &fx.phone);
-    let m = common::Mount::with_args(&[
-        "--server",
-        &fx.server.base,
-        "--volume",
-        "alice-docs",
-        "--token-file",
-        &token,
-    ]);
-    (m, tokens)
+/// Mounts a drive that follows alice-docs as alice's phone.
+fn join_as_phone(fx: &support::Fixture) -> common::sync::Synced {
+    common::sync::synced_mount(&fx.server.base, "phone", &fx.phone)
 }
 
 /// The mount pulled up to `seq` and applied everything: its engine is quiet.
 fn applied(m: &common::Mount, seq: u64) -> bool {
     let s = m.status();
     s["cursor"].as_u64() >= Some(seq) && s["idle"] == true
-}
-
-fn token_file(dir: &std::path::Path, token: &str) -> String {
-    let path = dir.join("token");
-    fs::write(&path, format!("{token}\n")).unwrap();
-    path.to_str().unwrap().to_string()
 }
 
 #[test]
@@ -136,7 +120,7 @@ fn a_mounted_drive_follows_another_devices_commits() {
     ]);
 
     // A new device joins: the snapshot gives it the whole tree, content included.
-    let (m, _tokens) = join_as_phone(&fx);
+    let m = join_as_phone(&fx);
     common::wait_until(Duration::from_secs(20), || applied(&m, first));
     assert_eq!(fs::read(m.path("docs/a.bin")).unwrap(), content);
     assert_eq!(
@@ -221,7 +205,7 @@ fn a_wrong_token_or_an_unknown_volume_fails_the_mount_clearly() {
     let mp = dir.path().join("mp");
     fs::create_dir(&mp).unwrap();
     let _guard = common::UnmountGuard(mp.clone());
-    let bad = token_file(dir.path(), "not-a-real-token");
+    let bad = common::sync::token_file(dir.path(), "not-a-real-token");
     let out = common::deltadrive(&[
         "mount",
         mp.to_str().unwrap(),
@@ -242,7 +226,7 @@ fn a_wrong_token_or_an_unknown_volume_fails_the_mount_clearly() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
-    let good = token_file(dir.path(), &fx.phone);
+    let good = common::sync::token_file(dir.path(), &fx.phone);
     let out = common::deltadrive(&[
         "mount",
         mp.to_str().unwrap(),
@@ -310,7 +294,7 @@ fn a_new_device_joining_a_volume_of_ten_thousand_files_sees_the_whole_tree() {
     laptop.commit(ops);
     let last = laptop.commit(rest);
 
-    let (m, _tokens) = join_as_phone(&fx);
+    let m = join_as_phone(&fx);
     common::wait_until(Duration::from_secs(120), || applied(&m, last));
     let mut seen = 0;
     for entry in fs::read_dir(&m.mountpoint).unwrap() {
@@ -339,7 +323,7 @@ fn a_new_device_joining_a_volume_of_ten_thousand_files_sees_the_whole_tree() {
 fn the_drive_works_offline_and_catches_up_when_the_server_returns() {
     let mut fx = support::fixture();
     let laptop_token = fx.laptop.clone();
-    let (m, _tokens) = join_as_phone(&fx);
+    let m = join_as_phone(&fx);
     common::wait_until(Duration::from_secs(20), || m.status()["online"] == true);
 
     // The server goes away: the drive keeps working and says it is offline.

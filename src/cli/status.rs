@@ -111,6 +111,9 @@ pub(super) fn status_of(
             status.sync = e;
             status.sync.cursor = cursor;
             status.pending_upload_bytes += status.sync.chunk_upload_bytes;
+            // The engine's `idle` is as of its last published cycle; a change the drive
+            // recorded since (read just now from its database) is not synced yet.
+            status.sync.idle &= status.unrecorded_files == 0 && status.pending_versions == 0;
         }
     }
     Ok(status)

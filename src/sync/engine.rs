@@ -202,6 +202,9 @@ impl Engine {
             last_local: None,
             joined: false,
         };
+        // The status file may be a dead daemon's (idle, after a crash): this one is not idle
+        // until its first cycle says so.
+        ctx.publish();
         {
             let (stop, wake) = (Arc::clone(&stop), Arc::clone(&wake));
             std::thread::Builder::new()
@@ -256,6 +259,9 @@ fn waker(remote: Remote, stop: Arc<AtomicBool>, wake: Arc<Wake>, seen: Arc<Atomi
             }
             Err(e) => {
                 tracing::debug!("waker: {e}");
+                // Let the engine find out too: an idle engine would otherwise say `online`
+                // until its next rescan (30 s).
+                wake.ring();
                 let deadline = Instant::now() + backoff;
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
@@ -271,6 +277,13 @@ impl Ctx {
         let mut backoff = Duration::from_secs(1);
         while !self.stop.load(Ordering::Relaxed) {
             self.wake.clear();
+            if self.status.idle {
+                // Woken: a change may be waiting. Readers must not see `idle` while this
+                // cycle scans (chunking a large file takes seconds) and takes the drive's
+                // recorded versions.
+                self.status.idle = false;
+                self.publish();
+            }
             let next = self.cycle();
             self.status.chunk_upload_bytes = self.to_upload.load(Ordering::Relaxed);
             self.status.bytes_to_download = self.to_download.load(Ordering::Relaxed);
@@ -443,8 +456,10 @@ impl Ctx {
                     .apply_push(step)
                     .map_err(|e| SyncError::Inconsistent(format!("planned push: {e}")))?;
             }
+            // The synced tree as each batch commits: the remote tree plus the batches so far.
+            let mut agreed = remote.tree.clone();
             for batch in plan.to_remote.chunks(PUSH_BATCH) {
-                match self.push(batch)? {
+                match self.push(batch, &mut agreed)? {
                     Pushed::Committed => {}
                     Pushed::Again => return Ok(Next::Again),
                     Pushed::Later => return Ok(Next::Soon(BUSY_RETRY)),
@@ -608,6 +623,21 @@ impl Ctx {
                     replayed = resp.replayed,
                     "outbox transaction committed"
                 );
+                // This device's own transaction, built against the synced tree: the synced
+                // tree holds it now (as push() does), or the next plan takes it for another
+                // device's change and a file edited again meanwhile becomes a conflicted copy
+                // of itself.
+                let mut synced = RemoteTree {
+                    tree: self.mem.synced.clone(),
+                    versions: std::collections::HashMap::new(),
+                };
+                match synced.apply(resp.seq, &req.ops, &mut self.mem.manifests) {
+                    Ok(_) => self.set_synced(&synced.tree)?,
+                    Err(e) => tracing::warn!(
+                        "outbox transaction does not apply to the synced tree ({e}); the \
+                         planner merges it as a change of both sides"
+                    ),
+                }
                 self.state.remove_outbox(req.txn)?;
             }
             Err(e) if is_refusal(&e) => {
@@ -620,8 +650,13 @@ impl Ctx {
         Ok(())
     }
 
-    /// Uploads and commits one batch of push steps against the remote tree.
-    fn push(&mut self, steps: &[super::plan::PushStep]) -> Result<Pushed, SyncError> {
+    /// Uploads and commits one batch of push steps against the remote tree; once committed,
+    /// the steps are applied to `agreed` and it becomes the synced tree.
+    fn push(
+        &mut self,
+        steps: &[super::plan::PushStep],
+        agreed: &mut super::plan::Tree,
+    ) -> Result<Pushed, SyncError> {
         let (ops, chunks) = build_ops(steps, &self.mem.remote, &self.mem.manifests)?;
         match upload_missing(&self.drive, &self.remote, &chunks, &self.to_upload)? {
             Upload::Done => {}
@@ -640,6 +675,16 @@ impl Ctx {
         match self.remote.commit(&req) {
             Ok(resp) => {
                 self.state.remove_outbox(req.txn)?;
+                // The server holds these steps: record that before anything else can fail.
+                // Otherwise a pull that fails below (server gone) leaves this device's own
+                // commit looking like another device's change on the next cycle, and a file
+                // edited again meanwhile becomes a conflicted copy of itself.
+                for step in steps {
+                    agreed
+                        .apply_push(step)
+                        .map_err(|e| SyncError::Inconsistent(format!("pushed step: {e}")))?;
+                }
+                self.set_synced(agreed)?;
                 self.seen_head.fetch_max(resp.seq.0, Ordering::Relaxed);
                 if resp.seq.0 == cursor.0 + 1 {
                     // Nobody committed in between: the remote tree is ours plus these ops.

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod sync;
+
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_deltadrive")
@@ -87,6 +89,21 @@ impl Mount {
             String::from_utf8_lossy(&out.stderr)
         );
         self.mounted = false;
+    }
+
+    /// Runs `deltadrive umount ARGS... MOUNTPOINT` (e.g. `--force`) and returns its output;
+    /// the mount counts as unmounted when it succeeded.
+    pub fn umount_with(&mut self, args: &[&str]) -> Output {
+        let out = Command::new(bin())
+            .arg("umount")
+            .args(args)
+            .arg(&self.mountpoint)
+            .output()
+            .expect("run deltadrive umount");
+        if out.status.success() {
+            self.mounted = false;
+        }
+        out
     }
 
     /// A path inside the mount.

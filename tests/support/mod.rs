@@ -118,6 +118,20 @@ impl Server {
         }
     }
 
+    /// The address it listens on (`127.0.0.1:PORT`).
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    /// Starts the server again on the same data directory and address (after [`Server::kill9`]
+    /// or [`Server::terminate`]; a running one is killed first), so mounts' URLs stay valid.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (data, addr) = (self.data.clone(), self.addr());
+        *self = Server::start_at(&data, &addr);
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

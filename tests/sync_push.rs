@@ -1,0 +1,314 @@
+//! The push path on real parts: what a mount writes reaches the server and the other mounts,
+//! sending only what changed, surviving a kill -9 mid-upload and an unmount right after the
+//! writes, and real programs' trees (cp -a, tar, git) arrive whole on a new device.
+
+mod common;
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::sync::{
+    Synced, assert_same_trees, hash_bytes, hash_file, listing, synced_mount, wait_for, wait_quiet,
+};
+use common::{random_bytes, sh};
+
+const QUIET: Duration = Duration::from_secs(120);
+const MIB: usize = 1 << 20;
+
+#[test]
+fn inserting_one_byte_into_64_mib_sends_and_fetches_at_most_256_kib() {
+    let fx = support::fixture();
+    let laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
+    let both = [&laptop, &phone];
+
+    let mut content = random_bytes(64, 64 * MIB);
+    fs::write(laptop.path("big.bin"), &content).unwrap();
+    wait_quiet(&both, QUIET);
+    assert_eq!(hash_file(&phone.path("big.bin")), hash_bytes(&content));
+
+    // A program rewrites the file with one byte inserted in the middle.
+    let (up0, down0) = (
+        laptop.counter("bytes_uploaded"),
+        phone.counter("bytes_downloaded"),
+    );
+    content.insert(32 * MIB + 12345, b'!');
+    let mut read_back = fs::read(laptop.path("big.bin")).unwrap();
+    read_back.insert(32 * MIB + 12345, b'!');
+    fs::write(laptop.path("big.bin"), &read_back).unwrap();
+    wait_quiet(&both, QUIET);
+    let up = laptop.counter("bytes_uploaded") - up0;
+    let down = phone.counter("bytes_downloaded") - down0;
+    eprintln!("1-byte insert into 64 MiB: uploaded {up} bytes, downloaded {down} bytes");
+    assert_eq!(hash_file(&phone.path("big.bin")), hash_bytes(&content));
+    assert!(up <= 256 * 1024, "the laptop uploaded {up} bytes");
+    assert!(down <= 256 * 1024, "the phone downloaded {down} bytes");
+}
+
+/// Writes `pieces` MiB of seeded random bytes to `path`; returns their BLAKE3.
+fn write_big(path: &std::path::Path, pieces: usize) -> String {
+    let mut file = fs::File::create(path).unwrap();
+    let mut hasher = blake3::Hasher::new();
+    for i in 0..pieces {
+        let piece = random_bytes(1000 + i as u64, MIB);
+        hasher.update(&piece);
+        file.write_all(&piece).unwrap();
+    }
+    file.sync_all().unwrap();
+    hasher.finalize().to_hex().to_string()
+}
+
+#[test]
+fn kill_9_in_the_middle_of_an_upload_then_remount_loses_nothing() {
+    let fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
+
+    let big = write_big(&laptop.path("big.bin"), 200);
+    // Small files behind it in the outbox.
+    let small: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("small-{i}.txt"), random_bytes(i, 1000 + i as usize)))
+        .collect();
+    for (name, bytes) in &small {
+        fs::write(laptop.path(name), bytes).unwrap();
+    }
+    wait_for(
+        &[&laptop, &phone],
+        QUIET,
+        "the upload started (or ended)",
+        // The engine publishes its plan's transactions before it uploads their chunks.
+        || {
+            let s = laptop.status();
+            s["pending_transactions"].as_u64() > Some(0)
+                || s["bytes_uploaded"].as_u64() > Some(8 * MIB as u64)
+        },
+    );
+    let at_kill = laptop.status();
+    eprintln!(
+        "killing the laptop's daemon at bytes_uploaded={} pending_upload_bytes={} idle={}",
+        at_kill["bytes_uploaded"], at_kill["pending_upload_bytes"], at_kill["idle"]
+    );
+    laptop.kill_daemon();
+    laptop.umount();
+    laptop.mount();
+
+    let both = [&laptop, &phone];
+    wait_quiet(&both, QUIET);
+    assert!(
+        laptop.path("big.bin").exists() && phone.path("big.bin").exists(),
+        "big.bin is on both mounts after the remount{}",
+        common::sync::dump(&both)
+    );
+    for m in both {
+        assert_eq!(
+            hash_file(&m.path("big.bin")),
+            big,
+            "the big file on {}, byte for byte",
+            m.device
+        );
+    }
+    for (name, bytes) in &small {
+        assert_eq!(&fs::read(phone.path(name)).unwrap(), bytes, "{name}");
+    }
+    assert_same_trees(&both, "after the crash and the remount");
+}
+
+#[test]
+fn umount_waits_for_the_outbox_and_force_keeps_it_for_the_next_mount() {
+    let mut fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    let mut expected: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| (format!("f{i:02}.txt"), random_bytes(100 + i, 3000)))
+        .collect();
+    expected.push(("medium.bin".to_string(), random_bytes(7, 4 * MIB)));
+    for (name, bytes) in &expected {
+        fs::write(laptop.path(name), bytes).unwrap();
+    }
+    laptop.umount();
+
+    // Everything reached the server before umount returned: a fresh device sees it all.
+    let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
+    wait_quiet(&[&phone], QUIET);
+    for (name, bytes) in &expected {
+        assert_eq!(
+            fs::read(phone.path(name)).ok().as_ref(),
+            Some(bytes),
+            "{name} on the phone"
+        );
+    }
+
+    // --force with the server down returns at once and keeps the outbox.
+    laptop.mount();
+    wait_quiet(&[&laptop, &phone], QUIET);
+    fx.server.kill9();
+    let forced: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("forced-{i}.txt"), random_bytes(200 + i, 5000)))
+        .collect();
+    for (name, bytes) in &forced {
+        fs::write(laptop.path(name), bytes).unwrap();
+    }
+    let started = Instant::now();
+    let out = laptop.umount_with(&["--force"]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "umount --force: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "umount --force did not wait for the unreachable server (took {took:?})"
+    );
+
+    fx.server.restart();
+    laptop.mount();
+    wait_quiet(&[&laptop, &phone], QUIET);
+    for (name, bytes) in &forced {
+        assert_eq!(
+            fs::read(phone.path(name)).ok().as_ref(),
+            Some(bytes),
+            "{name}, pushed by the next mount"
+        );
+    }
+    assert_same_trees(&[&laptop, &phone], "after the forced unmount");
+}
+
+#[test]
+fn a_new_device_gets_real_programs_trees_and_git_fsck_passes() {
+    let fx = support::fixture();
+    let laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+
+    // A small tree outside the drive, copied in with cp -a and extracted with tar.
+    let outside = tempfile::tempdir().unwrap();
+    let src = outside.path().join("src");
+    for (i, dir) in ["", "a", "a/b", "c"].iter().enumerate() {
+        fs::create_dir_all(src.join(dir)).unwrap();
+        for j in 0..5 {
+            let len = (i * 5 + j) * 997;
+            fs::write(
+                src.join(dir).join(format!("f{j}.dat")),
+                random_bytes((i * 5 + j) as u64, len),
+            )
+            .unwrap();
+        }
+    }
+    common::chmod(&src.join("a/f1.dat"), 0o600);
+    common::chmod(&src.join("c/f2.dat"), 0o755);
+    std::os::unix::fs::symlink("../a/b/f3.dat", src.join("c/link")).unwrap();
+    sh(
+        &format!("cp -a {} copied", src.display()),
+        &laptop.mountpoint,
+    );
+    sh(
+        &format!(
+            "tar --format=posix -cf {0}/t.tar -C {0} src",
+            outside.path().display()
+        ),
+        outside.path(),
+    );
+    fs::create_dir(laptop.path("extracted")).unwrap();
+    sh(
+        &format!("tar xf {}/t.tar", outside.path().display()),
+        &laptop.path("extracted"),
+    );
+
+    // A git repository made in the drive.
+    let repo = laptop.path("repo");
+    fs::create_dir(&repo).unwrap();
+    sh(
+        "git init -q -b main . && git config user.email t@example.com && git config user.name Test",
+        &repo,
+    );
+    for round in 0..2 {
+        for i in 0..10 {
+            fs::write(
+                repo.join(format!("file{i}.txt")),
+                format!("round {round} file {i}\n").repeat(i + 1),
+            )
+            .unwrap();
+        }
+        sh(
+            &format!("git add -A && git commit -q -m 'round {round}'"),
+            &repo,
+        );
+    }
+    wait_quiet(&[&laptop], QUIET);
+
+    // A device that never saw the volume joins and gets the same tree.
+    let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
+    let both: [&Synced; 2] = [&laptop, &phone];
+    wait_quiet(&both, QUIET);
+    let tree = assert_same_trees(&both, "the new device's tree");
+    assert_eq!(
+        listing(&phone.path("copied")),
+        listing(&src),
+        "cp -a: the same entries, modes, mtimes and bytes as the source"
+    );
+    assert_eq!(
+        listing(&phone.path("extracted/src")),
+        listing(&src),
+        "tar x: the same entries, modes, mtimes and bytes as the source"
+    );
+    assert!(tree.contains_key("repo/.git/HEAD"));
+    let phone_repo = phone.path("repo");
+    sh("git fsck --full --strict", &phone_repo);
+    assert_eq!(sh("git log --oneline | wc -l", &phone_repo).trim(), "2");
+    let status = sh("git status --porcelain", &phone_repo);
+    assert!(
+        status.is_empty(),
+        "a clean work tree on the new device: {status}"
+    );
+}
+
+/// Asserts that a status does not claim `idle` while the drive holds work for the engine
+/// (the contract: idle means nothing pending and no local change since the last cycle).
+fn assert_idle_means_nothing_pending(m: &Synced, when: &str) -> serde_json::Value {
+    let s = m.status();
+    let pending: Vec<&str> = [
+        "unrecorded_files",
+        "pending_versions",
+        "pending_upload_bytes",
+        "pending_transactions",
+    ]
+    .into_iter()
+    .filter(|f| s[*f].as_u64() != Some(0))
+    .collect();
+    assert!(
+        s["idle"] == false || pending.is_empty(),
+        "{when}: status says idle while {pending:?} are not 0:\n{s:#}"
+    );
+    s
+}
+
+#[test]
+fn status_never_says_idle_while_local_changes_wait() {
+    let fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    wait_quiet(&[&laptop], QUIET);
+
+    // Right after a write is closed, and on every look until the engine is done with it.
+    write_big(&laptop.path("twenty.bin"), 20);
+    loop {
+        let s = assert_idle_means_nothing_pending(&laptop, "after a closed write");
+        if s["idle"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // After a crash, the new daemon does not show the dead one's status as its own.
+    write_big(&laptop.path("thirty.bin"), 30);
+    laptop.kill_daemon();
+    laptop.umount();
+    laptop.mount();
+    loop {
+        let s = assert_idle_means_nothing_pending(&laptop, "after kill -9 and a remount");
+        if s["idle"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(laptop.counter("pending_versions"), 0);
+}
