@@ -631,11 +631,12 @@ impl Ctx {
                     tree: self.mem.synced.clone(),
                     versions: std::collections::HashMap::new(),
                 };
+                // (It does not apply when the synced tree took it before a crash: push().)
                 match synced.apply(resp.seq, &req.ops, &mut self.mem.manifests) {
                     Ok(_) => self.set_synced(&synced.tree)?,
-                    Err(e) => tracing::warn!(
+                    Err(e) => tracing::info!(
                         "outbox transaction does not apply to the synced tree ({e}); the \
-                         planner merges it as a change of both sides"
+                         planner merges what differs as a change of both sides"
                     ),
                 }
                 self.state.remove_outbox(req.txn)?;
@@ -674,17 +675,19 @@ impl Ctx {
         let cursor = self.state.cursor()?;
         match self.remote.commit(&req) {
             Ok(resp) => {
-                self.state.remove_outbox(req.txn)?;
                 // The server holds these steps: record that before anything else can fail.
                 // Otherwise a pull that fails below (server gone) leaves this device's own
                 // commit looking like another device's change on the next cycle, and a file
-                // edited again meanwhile becomes a conflicted copy of itself.
+                // edited again meanwhile becomes a conflicted copy of itself. Before the
+                // outbox lets go of it: after a crash in between, the replay finds the
+                // synced tree already holding it.
                 for step in steps {
                     agreed
                         .apply_push(step)
                         .map_err(|e| SyncError::Inconsistent(format!("pushed step: {e}")))?;
                 }
                 self.set_synced(agreed)?;
+                self.state.remove_outbox(req.txn)?;
                 self.seen_head.fetch_max(resp.seq.0, Ordering::Relaxed);
                 if resp.seq.0 == cursor.0 + 1 {
                     // Nobody committed in between: the remote tree is ours plus these ops.
