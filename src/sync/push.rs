@@ -177,23 +177,43 @@ pub fn upload_missing(
         todo.iter().map(|w| u64::from(w.chunk.len)).sum(),
         Ordering::Relaxed,
     );
-    // Reading, checking and compressing (one thread) overlap with sending (this one).
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
-        let producer = scope.spawn(move || produce(drive, &todo, &tx));
-        let mut sent = Ok(());
-        for batch in rx {
+    // Reading, checking and compressing (one thread) overlap with sending (two requests in
+    // flight, so the server checks one batch while it makes the other durable).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+    let rx = std::sync::Mutex::new(Some(rx));
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let send = || -> Result<(), crate::remote::RemoteError> {
+        while !failed.load(Ordering::Relaxed) {
+            let next = match rx.lock() {
+                Ok(guard) => guard.as_ref().map(std::sync::mpsc::Receiver::recv),
+                Err(_) => None,
+            };
+            let Some(Ok(batch)) = next else {
+                return Ok(());
+            };
             if let Err(e) = remote.upload(batch.chunks.iter().map(|(id, p)| (*id, p))) {
-                // Dropping the receiver stops the producer at its next batch.
-                sent = Err(e);
-                break;
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
             }
             pending.fetch_sub(batch.raw, Ordering::Relaxed);
         }
-        let produced = producer
-            .join()
-            .map_err(|_| SyncError::Inconsistent("the upload reader panicked".into()))?;
-        sent?;
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || produce(drive, &todo, &tx));
+        let other = scope.spawn(send);
+        let mine = send();
+        let theirs = other.join();
+        // No one receives any more: a producer blocked on a full channel stops.
+        if let Ok(mut guard) = rx.lock() {
+            guard.take();
+        }
+        let produced = producer.join();
+        let (Ok(theirs), Ok(produced)) = (theirs, produced) else {
+            return Err(SyncError::Inconsistent("an upload thread panicked".into()));
+        };
+        mine?;
+        theirs?;
         let outcome = produced?;
         if outcome == Upload::Done {
             pending.store(0, Ordering::Relaxed);
