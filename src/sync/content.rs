@@ -143,7 +143,15 @@ fn write_content(
                     .map(|c| c.id)
                     .filter(|id| !have.contains(id) && seen.insert(*id))
                     .collect();
-                let supplied = remote.fetch(&need)?.into_iter().collect();
+                // Two requests in flight: the server reads and checks one half while the
+                // other travels.
+                let (first, second) = need.split_at(need.len() / 2);
+                let (a, b) = std::thread::scope(|s| {
+                    let other = s.spawn(|| remote.fetch(second));
+                    (remote.fetch(first), other.join())
+                });
+                let b = b.map_err(|_| SyncError::Inconsistent("a chunk fetch panicked".into()))?;
+                let supplied: HashMap<ChunkId, VerifiedChunk> = a?.into_iter().chain(b?).collect();
                 if tx.send(supplied).is_err() {
                     break;
                 }
@@ -166,6 +174,12 @@ fn write_content(
                 }
             };
             if let Err(e) = r {
+                written = Err(e.into());
+                break;
+            }
+            // Flushed window by window, while the next one is fetched, rather than all at
+            // the end.
+            if let Err(e) = out.flush().and_then(|()| out.get_ref().sync_data()) {
                 written = Err(e.into());
                 break;
             }
