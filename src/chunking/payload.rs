@@ -88,9 +88,33 @@ impl VerifiedChunk {
     }
 }
 
+/// Bytes sampled to judge whether a chunk is worth compressing.
+const SAMPLE: usize = 4096;
+/// A sample whose byte histogram is this close to uniform (chi-square against 256 equal
+/// bins; random bytes give about 255, text and code thousands) is left raw.
+const UNIFORM_CHI2: u64 = 350;
+
+/// True when the bytes look random (already compressed or encrypted): zstd would spend about
+/// a second per GiB to find nothing.
+fn looks_incompressible(bytes: &[u8]) -> bool {
+    let sample = &bytes[..bytes.len().min(SAMPLE)];
+    if sample.len() < SAMPLE {
+        return false;
+    }
+    let mut counts = [0u64; 256];
+    for &b in sample {
+        counts[usize::from(b)] += 1;
+    }
+    // chi2 = sum((c - n/256)^2) / (n/256), in integers: sum((256c - n)^2) / (256 n).
+    let n = sample.len() as u64;
+    let sum: u64 = counts.iter().map(|&c| (256 * c).abs_diff(n).pow(2)).sum();
+    sum / (256 * n) < UNIFORM_CHI2
+}
+
 /// Encodes chunk bytes as a payload: zstd at `level` if that is smaller, else raw.
 pub fn encode(bytes: &[u8], level: i32) -> Vec<u8> {
-    if let Ok(compressed) = zstd::bulk::compress(bytes, level)
+    if !looks_incompressible(bytes)
+        && let Ok(compressed) = zstd::bulk::compress(bytes, level)
         && compressed.len() < bytes.len()
     {
         let mut out = Vec::with_capacity(compressed.len() + 1);
@@ -156,6 +180,21 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_random_looking_chunks_skip_compression() {
+        let random = crate::chunking::seeded::seeded_bytes(16 << 10, 9);
+        assert!(looks_incompressible(&random));
+        let text = include_str!("payload.rs").as_bytes();
+        assert!(!looks_incompressible(text));
+        // Binary but structured (little-endian counters): zstd helps, so it is tried.
+        let counters: Vec<u8> = (0..4096u32).flat_map(u32::to_le_bytes).collect();
+        assert!(!looks_incompressible(&counters));
+        assert_eq!(encode(&counters, 3)[0], TAG_ZSTD);
+        assert_eq!(encode(&random, 3)[0], TAG_RAW);
+        // Too short to judge: compression is tried (and kept only if it helps).
+        assert!(!looks_incompressible(&random[..100]));
+    }
 
     #[test]
     fn compressible_chunk_round_trips_through_zstd() {
