@@ -153,8 +153,9 @@ struct Ctx {
     status_path: PathBuf,
     to_upload: AtomicU64,
     to_download: AtomicU64,
-    /// Refusals in a row (a refusal after a fresh pull means a bug: do not spin).
-    refusals: u32,
+    /// Cycles in a row cut short by a race or a refusal: each waits longer than the last, so
+    /// a situation that does not resolve itself costs little (it is logged every time).
+    setbacks: u32,
     /// The local tree the last plan was made from.
     last_local: Option<super::plan::Tree>,
     /// The remote tree was loaded from a snapshot in this run.
@@ -198,7 +199,7 @@ impl Engine {
             status_path,
             to_upload: AtomicU64::new(0),
             to_download: AtomicU64::new(0),
-            refusals: 0,
+            setbacks: 0,
             last_local: None,
             joined: false,
         };
@@ -401,6 +402,7 @@ impl Ctx {
         if plan.is_empty() {
             self.set_synced(&remote.tree)?;
             self.status.pending_transactions = 0;
+            self.setbacks = 0;
             return Ok(if busy_wait {
                 Next::Soon(BUSY_RETRY)
             } else if caught_up {
@@ -433,7 +435,7 @@ impl Ctx {
             .run(&plan.to_local, &local_before)?;
             if let Applied::Interrupted(why) = applied {
                 tracing::info!("local steps interrupted by a local change: {why}");
-                return Ok(Next::Soon(Duration::from_millis(50)));
+                return Ok(Next::Soon(self.setback()));
             }
             tracing::info!(
                 steps = plan.to_local.len(),
@@ -462,14 +464,14 @@ impl Ctx {
                 match self.push(batch, &mut agreed)? {
                     Pushed::Committed => {}
                     Pushed::Again => return Ok(Next::Again),
-                    Pushed::Later => return Ok(Next::Soon(BUSY_RETRY)),
+                    Pushed::Later => return Ok(Next::Soon(self.setback().max(BUSY_RETRY))),
                 }
                 self.status.pending_transactions =
                     self.status.pending_transactions.saturating_sub(1);
             }
             self.set_synced(&target)?;
-            self.refusals = 0;
         }
+        self.setbacks = 0;
         Ok(Next::Again)
     }
 }
@@ -532,6 +534,13 @@ impl Ctx {
             .map_err(|e| SyncError::Inconsistent(format!("planner: {e}")))?;
         self.last_local = Some(l);
         Ok((planned, r, held || local.unsettled))
+    }
+
+    /// One more cycle cut short: how long to wait before the next (50 ms, doubling, at most
+    /// 5 s).
+    fn setback(&mut self) -> Duration {
+        self.setbacks = self.setbacks.saturating_add(1);
+        (Duration::from_millis(50) * (1 << self.setbacks.min(7))).min(Duration::from_secs(5))
     }
 
     /// Makes `tree` the synced tree, writing only what changed.
@@ -710,11 +719,12 @@ impl Ctx {
             }
             Err(e) if is_refusal(&e) => {
                 self.state.remove_outbox(req.txn)?;
-                self.refusals += 1;
                 tracing::info!("commit refused ({e}); pulling and planning again");
-                if self.refusals > 3 {
+                // A refusal after a fresh pull should not happen twice: do not spin on it.
+                if self.setbacks >= 3 {
                     Ok(Pushed::Later)
                 } else {
+                    self.setbacks += 1;
                     Ok(Pushed::Again)
                 }
             }
