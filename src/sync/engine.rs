@@ -3,9 +3,9 @@
 //! steps, push the rest as difference transactions; again whenever either side changes.
 //!
 //! A second thread long-polls the change log only to wake the engine, so a local change is
-//! never stuck behind a long-poll. The synced tree moves in two steps, each once both sides
-//! hold it: to the remote tree once the local steps are applied, and to the target once the
-//! push is committed.
+//! never stuck behind a long-poll. The synced tree moves only to what both sides hold: to
+//! the remote tree once the local steps are applied, then by each pushed transaction as soon
+//! as the server has answered it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
