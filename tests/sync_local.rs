@@ -12,7 +12,7 @@ const WRITE: OpenMode = OpenMode {
 };
 
 #[test]
-fn manifests_follow_local_versions_and_wait_for_writers() {
+fn manifests_follow_local_versions_taken_at_each_fsync_or_close() {
     let dir = tempfile::tempdir().unwrap();
     let drive = Drive::open(StateDir::new(dir.path()).unwrap(), ME).unwrap();
     let params = ChunkerParams::default();
@@ -39,15 +39,23 @@ fn manifests_follow_local_versions_and_wait_for_writers() {
     let fh = drive.open_file(attr.ino, WRITE).unwrap().fh;
     drive.write(fh, 1_500_000, b"!", false).unwrap();
     data[1_500_000] = b'!';
-    // While the writer is open the version is not taken (its bytes may still change).
+    // A version written over before it is taken is not taken (its bytes changed since).
     drive.fsync(fh, false).unwrap();
-    let v2 = drive.pending_versions().pop().unwrap();
-    assert_eq!(take_version(&drive, node, &v2, &m1, params).unwrap(), None);
-    drive.release(fh).unwrap();
+    let stale = drive.pending_versions().pop().unwrap();
+    drive.write(fh, 1_500_001, b"?", false).unwrap();
+    data[1_500_001] = b'?';
+    assert_eq!(
+        take_version(&drive, node, &stale, &m1, params).unwrap(),
+        None
+    );
+    // Fsynced with the writer still open (a database between transactions): taken, since
+    // nothing was written after the fsync.
+    drive.fsync(fh, false).unwrap();
     let v2 = drive.pending_versions().pop().unwrap();
     let m2 = take_version(&drive, node, &v2, &m1, params)
         .unwrap()
         .unwrap();
+    drive.release(fh).unwrap();
     assert_eq!(m2, chunk_bytes(params, &data));
     let changed = m2.chunks.iter().filter(|c| !m1.chunks.contains(c)).count();
     assert!(changed <= 2, "a 1-byte edit changed {changed} chunks");

@@ -312,3 +312,43 @@ fn status_never_says_idle_while_local_changes_wait() {
     }
     assert_eq!(laptop.counter("pending_versions"), 0);
 }
+
+#[test]
+fn a_database_held_open_syncs_at_each_commit() {
+    let fx = support::fixture();
+    let laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
+    let both = [&laptop, &phone];
+
+    // A program keeps its database open, as a desktop application does; each COMMIT fsyncs.
+    let db = rusqlite::Connection::open(laptop.path("app.db")).unwrap();
+    db.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x INTEGER);")
+        .unwrap();
+    let count_on_phone = || {
+        let out = std::process::Command::new("sqlite3")
+            .arg(phone.path("app.db"))
+            .arg("SELECT count(*) FROM t")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for round in 1..=3 {
+        db.execute_batch("BEGIN").unwrap();
+        for i in 0..100 {
+            db.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        db.execute_batch("COMMIT").unwrap();
+        let want = (round * 100).to_string();
+        wait_for(&both, QUIET, &format!("{want} rows on the phone"), || {
+            count_on_phone() == want
+        });
+    }
+    drop(db);
+    wait_quiet(&both, QUIET);
+    let out = std::process::Command::new("sqlite3")
+        .arg(phone.path("app.db"))
+        .arg("PRAGMA integrity_check")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}

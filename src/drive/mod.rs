@@ -176,6 +176,25 @@ pub struct Drive {
     kernel_cache: Mutex<Option<Arc<dyn KernelCache>>>,
     /// Called after every change to the tree (the sync engine's wake-up).
     on_change: Mutex<Option<Hook>>,
+    /// Content changes between their syscall and the dirty range that records them: while
+    /// any is under way, a file open for writing may hold bytes no range names yet.
+    content_ops: AtomicU64,
+}
+
+/// Counts one content change under way, from before its syscall until its range is recorded.
+struct ContentOp<'a>(&'a AtomicU64);
+
+impl<'a> ContentOp<'a> {
+    fn start(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        ContentOp(count)
+    }
+}
+
+impl Drop for ContentOp<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What the drive calls after a change to its tree (cheap, non-blocking, any thread).
@@ -240,6 +259,7 @@ impl Drive {
             largest_write: AtomicU64::new(0),
             kernel_cache: Mutex::new(None),
             on_change: Mutex::new(None),
+            content_ops: AtomicU64::new(0),
         };
         if !clean {
             tracing::warn!("previous session did not end cleanly: checking backing files");
@@ -402,6 +422,7 @@ impl Drive {
 
     /// Changes attributes (chmod, chown, truncate, utimens); `fh` is the handle for ftruncate.
     pub fn setattr(&self, ino: Ino, set: SetAttr, fh: Option<u64>) -> DriveResult<Attr> {
+        let _op = set.size.map(|_| ContentOp::start(&self.content_ops));
         if let Some(size) = set.size {
             let (kind, id) = {
                 let t = lock(&self.tree);
@@ -761,6 +782,7 @@ impl Drive {
         data: &[u8],
         kill_suid_bits: bool,
     ) -> DriveResult<u32> {
+        let _op = ContentOp::start(&self.content_ops);
         let h = self.file(fh)?;
         h.file.write_all_at(data, offset)?;
         h.wrote.store(true, Ordering::Relaxed);
@@ -879,6 +901,7 @@ impl Drive {
 
     /// Preallocates, punches or zeroes a range (fallocate(2) modes the backing filesystem supports).
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> DriveResult<()> {
+        let _op = ContentOp::start(&self.content_ops);
         let h = self.file(fh)?;
         let (off, len) = match (i64::try_from(offset), i64::try_from(length)) {
             (Ok(o), Ok(l)) => (o, l),
@@ -1074,11 +1097,16 @@ impl Drive {
 
     /// Takes the pending version of `ino` only if it is still version `number` and the file
     /// has no newer writes: the sync engine computed its manifest from exactly those bytes.
+    /// A file still open for writing (a database after its fsync) is taken too, when nothing
+    /// was written since the version and no write anywhere is between its syscall and its
+    /// dirty range (so none can have slipped into the bytes read).
     pub fn take_pending_if(&self, ino: Ino, number: u64) -> DriveResult<bool> {
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
             let current = n.pending.as_ref().is_some_and(|p| p.number == number);
-            if !current || !n.dirty.is_empty() || n.open_by_mode.writers > 0 {
+            let writing = n.open_by_mode.writers > 0
+                && (self.content_ops.load(Ordering::SeqCst) > 0 || n.open_by_mode.passthrough > 0);
+            if !current || !n.dirty.is_empty() || writing {
                 return Ok(false);
             }
             n.pending = None;
