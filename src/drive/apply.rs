@@ -131,6 +131,14 @@ impl Drive {
         lock(&self.tree).ino_of(id).ok_or(DriveError::NotFound)
     }
 
+    /// Node `id`'s inode, directory and name, read under one lock.
+    fn place_of(&self, id: NodeId) -> DriveResult<(Ino, Ino, Vec<u8>)> {
+        let t = lock(&self.tree);
+        let ino = t.ino_of(id).ok_or(DriveError::NotFound)?;
+        let n = t.get(ino)?;
+        Ok((ino, n.parent, n.name.clone()))
+    }
+
     /// Creates node `id` as another device did.
     pub fn apply_create(
         &self,
@@ -266,13 +274,8 @@ impl Drive {
 
     /// Moves or renames node `id` as another device did.
     pub fn apply_move(&self, id: NodeId, new_parent: NodeId, new_name: &[u8]) -> DriveResult<()> {
-        let ino = self.resolve(id)?;
+        let (_, old_parent, old_name) = self.place_of(id)?;
         let new_parent_ino = self.resolve(new_parent)?;
-        let (old_parent, old_name) = {
-            let t = lock(&self.tree);
-            let n = t.get(ino)?;
-            (n.parent, n.name.clone())
-        };
         let stamp = now();
         self.mutate(|t| {
             t.rename(
@@ -295,12 +298,7 @@ impl Drive {
 
     /// Removes node `id` (a directory must be empty) as another device did.
     pub fn apply_delete(&self, id: NodeId) -> DriveResult<()> {
-        let ino = self.resolve(id)?;
-        let (parent, name) = {
-            let t = lock(&self.tree);
-            let n = t.get(ino)?;
-            (n.parent, n.name.clone())
-        };
+        let (ino, parent, name) = self.place_of(id)?;
         let stamp = now();
         self.mutate(|t| {
             let n = t.get(ino)?;

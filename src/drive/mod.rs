@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub use apply::{NodeView, RemoteAttrs, RemoteContent};
 pub use error::{DriveError, DriveResult};
@@ -175,7 +175,7 @@ pub struct Drive {
     /// Where to tell the kernel that cached entries or attributes went stale.
     kernel_cache: Mutex<Option<Arc<dyn KernelCache>>>,
     /// Called after every change to the tree (the sync engine's wake-up).
-    on_change: Mutex<Option<Hook>>,
+    on_change: OnceLock<Hook>,
     /// Content changes between their syscall and the dirty range that records them: while
     /// any is under way, a file open for writing may hold bytes no range names yet.
     content_ops: AtomicU64,
@@ -258,7 +258,7 @@ impl Drive {
             writes: AtomicU64::new(0),
             largest_write: AtomicU64::new(0),
             kernel_cache: Mutex::new(None),
-            on_change: Mutex::new(None),
+            on_change: OnceLock::new(),
             content_ops: AtomicU64::new(0),
         };
         if !clean {
@@ -347,7 +347,8 @@ impl Drive {
             let result = f(&mut tree);
             (result, self.persist(&mut tree))
         };
-        if changed && let Some(Hook(hook)) = lock(&self.on_change).as_ref() {
+        // Lock-free: this runs after every write request.
+        if changed && let Some(Hook(hook)) = self.on_change.get() {
             hook();
         }
         for (_, node) in reaped {
@@ -365,9 +366,11 @@ impl Drive {
         *lock(&self.kernel_cache) = Some(cache);
     }
 
-    /// Sets what to call after each change to the tree.
+    /// Sets what to call after each change to the tree (once: later calls are ignored).
     pub fn set_change_hook(&self, hook: ChangeHook) {
-        *lock(&self.on_change) = Some(Hook(hook));
+        if self.on_change.set(Hook(hook)).is_err() {
+            tracing::warn!("the drive's change hook is set already");
+        }
     }
 
     /// The kernel's caches, if mounted.

@@ -96,24 +96,32 @@ pub struct Engine {
 #[derive(Debug, Default)]
 struct Wake {
     rung: Mutex<bool>,
+    /// Mirrors `rung` (both change under its lock), so ringing a rung bell, as every write
+    /// request of a burst does, costs one atomic load and no lock.
+    hint: AtomicBool,
     cv: Condvar,
 }
 
 impl Wake {
     fn ring(&self) {
+        if self.hint.load(Ordering::Acquire) {
+            return;
+        }
         if let Ok(mut r) = self.rung.lock() {
             *r = true;
+            self.hint.store(true, Ordering::Release);
             self.cv.notify_all();
         }
     }
 
     fn is_rung(&self) -> bool {
-        self.rung.lock().map(|r| *r).unwrap_or(false)
+        self.hint.load(Ordering::Acquire)
     }
 
     fn clear(&self) {
         if let Ok(mut r) = self.rung.lock() {
             *r = false;
+            self.hint.store(false, Ordering::Release);
         }
     }
 
@@ -359,9 +367,14 @@ impl Ctx {
     /// While the server is away: how many transactions the local changes would make.
     fn estimate_pending(&mut self) {
         let outbox = u64::from(matches!(self.state.outbox(), Ok(Some(_))));
-        let planned = match self.plan_now() {
-            Ok((plan, _, _)) => plan.to_remote.len().div_ceil(PUSH_BATCH) as u64,
-            Err(_) => 0,
+        let known = self
+            .status
+            .device
+            .clone()
+            .and_then(|d| AccountName::new(d).ok());
+        let planned = match known.map(|device| self.plan_now(&device)) {
+            Some(Ok((plan, _, _))) => plan.to_remote.len().div_ceil(PUSH_BATCH) as u64,
+            Some(Err(_)) | None => 0,
         };
         self.status.pending_transactions = outbox + planned;
     }
@@ -393,7 +406,7 @@ impl Ctx {
         }
         self.pull(None)?;
         let started = Instant::now();
-        let (plan, remote, busy_wait) = self.plan_now_as(&device)?;
+        let (plan, remote, busy_wait) = self.plan_now(&device)?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "scanned and planned"
@@ -490,45 +503,32 @@ impl Ctx {
     /// The local and remote trees as planned now, with the plan and the remote tree it is
     /// against (files being written keep both contents out of the plan until they settle),
     /// and whether something waits on a busy file.
-    fn plan_now(&mut self) -> Result<(Plan, RemoteTree, bool), SyncError> {
-        let device = match &self.status.device {
-            Some(d) => AccountName::new(d.clone())
-                .map_err(|_| SyncError::Inconsistent(format!("bad device name {d:?}")))?,
-            None => return Err(SyncError::Inconsistent("device name not known yet".into())),
-        };
-        self.plan_now_as(&device)
-    }
-
-    fn plan_now_as(&mut self, device: &AccountName) -> Result<(Plan, RemoteTree, bool), SyncError> {
+    fn plan_now(&mut self, device: &AccountName) -> Result<(Plan, RemoteTree, bool), SyncError> {
         let local = scan(&self.drive, &mut self.mem, &mut self.state, self.params)?;
         let mut l = local.tree;
         let mut r = self.mem.remote.clone();
         let mut held = false;
         for id in &local.busy {
-            let (Some(le), Some(re), Some(se)) =
-                (l.get(*id), r.tree.get(*id), self.mem.synced.get(*id))
-            else {
+            // Remote content for a file being written waits until it is closed: both sides'
+            // content stays out of this plan.
+            let (true, Some(re), Some(se)) = (
+                l.get(*id).is_some(),
+                r.tree.get(*id),
+                self.mem.synced.get(*id),
+            ) else {
                 continue;
             };
-            if re.content != se.content || le.content != se.content {
-                // Remote content for a file being written waits until it is closed: keep
-                // both sides' content out of this plan.
-                if re.content != se.content {
-                    held = true;
-                    let c = se.content.clone();
-                    let _ = l.set_content(*id, c.clone());
-                    let _ = r.tree.set_content(*id, c);
-                }
+            if re.content != se.content {
+                held = true;
+                let c = se.content.clone();
+                let _ = l.set_content(*id, c.clone());
+                let _ = r.tree.set_content(*id, c);
             }
         }
         let secs = now_ms().div_euclid(1000);
         let stamp = ConflictStamp::from_unix_secs(secs)
             .map_err(|e| SyncError::Inconsistent(e.to_string()))?;
-        let seed = u128::from_le_bytes({
-            let mut b = [0u8; 16];
-            b.copy_from_slice(&NodeId::random().to_bytes());
-            b
-        });
+        let seed = u128::from_le_bytes(NodeId::random().to_bytes());
         let ctx = Context::new(device.clone(), stamp, seed);
         let planned = plan(&l, &self.mem.synced, &r.tree, &ctx)
             .map_err(|e| SyncError::Inconsistent(format!("planner: {e}")))?;

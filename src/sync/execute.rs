@@ -167,13 +167,7 @@ impl LocalRun<'_> {
                     .apply_create(node, entry.parent, name, &attrs, RemoteContent::Dir)?;
             }
             Content::Symlink { target } => {
-                self.drive.apply_create(
-                    node,
-                    entry.parent,
-                    name,
-                    &attrs,
-                    RemoteContent::Symlink(target.as_bytes()),
-                )?;
+                self.place_link(node, entry.parent, name, &attrs, target)?;
             }
             Content::File { manifest_id, .. } => {
                 let manifest = self.manifest(manifest_id)?;
@@ -258,6 +252,24 @@ impl LocalRun<'_> {
         self.remember(node, manifest)
     }
 
+    fn place_link(
+        &self,
+        node: NodeId,
+        parent: NodeId,
+        name: &[u8],
+        attrs: &RemoteAttrs,
+        target: &str,
+    ) -> Result<(), SyncError> {
+        self.drive.apply_create(
+            node,
+            parent,
+            name,
+            attrs,
+            RemoteContent::Symlink(target.as_bytes()),
+        )?;
+        Ok(())
+    }
+
     /// Records that the drive's file `node` now holds `manifest`.
     fn remember(&mut self, node: NodeId, manifest: &Manifest) -> Result<(), SyncError> {
         let drive_version = self.drive.node_view(node).map_or(0, |v| v.version);
@@ -296,25 +308,11 @@ impl LocalRun<'_> {
                 // The copy's manifest from its bytes: if the source changed since it was
                 // planned, the copy holds the newer bytes and is pushed as such.
                 let manifest = chunk_file(self.params, &std::fs::File::open(staged.path())?)?;
-                self.drive.apply_create(
-                    node,
-                    entry.parent,
-                    name,
-                    &attrs,
-                    RemoteContent::File(staged.path()),
-                )?;
-                staged.handed_over();
-                self.remember(node, &manifest)?;
+                self.place_file(node, entry, &attrs, staged, &manifest)?;
                 self.flush_placed()?;
             }
             Some(Content::Symlink { target }) => {
-                self.drive.apply_create(
-                    node,
-                    entry.parent,
-                    name,
-                    &attrs,
-                    RemoteContent::Symlink(target.as_bytes()),
-                )?;
+                self.place_link(node, entry.parent, name, &attrs, target)?;
             }
             Some(Content::Dir) | None => {
                 return Err(SyncError::Inconsistent(format!(
@@ -361,16 +359,10 @@ impl LocalRun<'_> {
                 let attrs = RemoteAttrs {
                     perm: v.perm,
                     mtime: v.mtime,
-                    xattrs: v.xattrs.clone(),
+                    xattrs: v.xattrs,
                 };
                 self.drive.apply_delete(node)?;
-                self.drive.apply_create(
-                    node,
-                    v.parent,
-                    &v.name,
-                    &attrs,
-                    RemoteContent::Symlink(target.as_bytes()),
-                )?;
+                self.place_link(node, v.parent, &v.name, &attrs, target)?;
                 Ok(())
             }
             Content::Dir => Ok(()),

@@ -298,10 +298,7 @@ impl SyncState {
         let tx = self.conn.transaction()?;
         put_manifests(&tx, manifests)?;
         write_rows(&tx, Table::Remote, rows)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('cursor', ?1)",
-            [cursor.0.to_string()],
-        )?;
+        set_cursor(&tx, cursor)?;
         tx.commit()?;
         Ok(())
     }
@@ -322,10 +319,7 @@ impl SyncState {
             .map(|(id, e)| Row::Put(id, e.clone(), remote.versions.get(&id).copied()))
             .collect();
         write_rows(&tx, Table::Remote, &rows)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('cursor', ?1)",
-            [cursor.0.to_string()],
-        )?;
+        set_cursor(&tx, cursor)?;
         tx.commit()?;
         Ok(())
     }
@@ -423,6 +417,14 @@ impl SyncState {
             .execute("DELETE FROM outbox WHERE txn = ?1", [&txn.to_bytes()[..]])?;
         Ok(())
     }
+}
+
+fn set_cursor(tx: &Transaction<'_>, cursor: Seq) -> Result<(), SyncError> {
+    tx.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('cursor', ?1)",
+        [cursor.0.to_string()],
+    )?;
+    Ok(())
 }
 
 fn put_manifests(tx: &Transaction<'_>, manifests: &[&Manifest]) -> Result<(), SyncError> {
