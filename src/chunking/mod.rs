@@ -4,7 +4,8 @@
 //!
 //! - Cut a file: [`chunk_file`], [`chunk_reader`] (streaming, bounded memory), [`chunk_bytes`],
 //!   or [`StreamChunker`] to see each chunk's bytes as it is cut.
-//! - Re-cut after writes: [`rechunk`] (same result as cutting the whole file).
+//! - Re-cut after writes: [`rechunk`] (same result as cutting the whole file), or
+//!   [`rechunk_with`] to see each new chunk's bytes as it is cut.
 //! - Compare and apply: [`diff`] gives a [`Diff`]; [`Diff::apply`] checks both manifest ids.
 //! - Rebuild content: [`reconstruct`] from a base file plus supplied chunks, verifying each.
 //! - Persist: [`Manifest::encode`]/[`Manifest::decode`] (canonical; [`Manifest::id`] hashes
@@ -29,6 +30,6 @@ pub use id::{ChunkId, IdParseError, ManifestId};
 pub use manifest::{ApplyError, ChunkRef, EditOp, Manifest, ManifestEdit};
 pub use params::{ChunkerParams, MAX_CHUNK_LEN, ParamsError};
 pub use payload::{PayloadError, VerifiedChunk};
-pub use rechunk::rechunk;
+pub use rechunk::{rechunk, rechunk_with};
 pub use reconstruct::{ChunkSource, ReconstructError, read_verified, reconstruct};
 pub use source::ReadAt;

@@ -33,6 +33,23 @@ pub fn rechunk<S: ReadAt + ?Sized>(
     file_len: u64,
     dirty: &[Range<u64>],
 ) -> Result<Manifest, ChunkError> {
+    rechunk_with(params, prev, file, file_len, dirty, |_, _| {})
+}
+
+/// [`rechunk`], handing each chunk it cuts anew to `cut` with its bytes (while they are in
+/// memory, e.g. to send them on). Chunks kept from `prev` are not handed out.
+pub fn rechunk_with<S, F>(
+    params: ChunkerParams,
+    prev: &Manifest,
+    file: &S,
+    file_len: u64,
+    dirty: &[Range<u64>],
+    mut cut: F,
+) -> Result<Manifest, ChunkError>
+where
+    S: ReadAt + ?Sized,
+    F: FnMut(ChunkRef, &[u8]),
+{
     for (index, c) in prev.chunks.iter().enumerate() {
         if c.len == 0 || c.len > params.max() {
             return Err(ChunkError::ForeignManifest {
@@ -75,10 +92,12 @@ pub fn rechunk<S: ReadAt + ?Sized>(
             let want = (file_len - pos).min(max as u64) as usize;
             let bytes = window.get(pos, want)?;
             let len = cutter.cut(bytes);
-            out.push(ChunkRef {
+            let chunk = ChunkRef {
                 id: ChunkId::of(&bytes[..len]),
                 len: len as u32,
-            });
+            };
+            cut(chunk, &bytes[..len]);
+            out.push(chunk);
             pos += len as u64;
             // A later range whose first byte we already cut over joins this one.
             while next < intervals.len() && intervals[next].0 <= pos {
@@ -240,6 +259,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, chunk_bytes(p, &new));
+    }
+
+    #[test]
+    fn rechunk_with_hands_out_each_new_chunk_with_its_bytes() {
+        let p = small();
+        let old = data(100_000, 9);
+        let prev = chunk_bytes(p, &old);
+        let mut new = old.clone();
+        new[60_000..60_003].copy_from_slice(&[1, 2, 3]);
+        let mut handed = Vec::new();
+        let got = rechunk_with(
+            p,
+            &prev,
+            &new,
+            new.len() as u64,
+            std::slice::from_ref(&(60_000..60_003)),
+            |c, b| {
+                assert_eq!(ChunkId::of(b), c.id);
+                assert_eq!(b.len(), c.len as usize);
+                handed.push(c);
+            },
+        )
+        .unwrap();
+        assert_eq!(got, chunk_bytes(p, &new));
+        // Exactly the chunks that are not the old ones at the same place, in file order.
+        let kept_before = got
+            .chunks
+            .iter()
+            .zip(&prev.chunks)
+            .take_while(|(a, b)| a == b);
+        let kept_after = got.chunks.iter().rev().zip(prev.chunks.iter().rev());
+        let (before, after) = (
+            kept_before.count(),
+            kept_after.take_while(|(a, b)| a == b).count(),
+        );
+        assert!(!handed.is_empty() && handed.len() < got.chunks.len() / 4);
+        assert_eq!(handed, got.chunks[before..got.chunks.len() - after]);
     }
 
     #[test]
