@@ -18,16 +18,23 @@ const QUIET: Duration = Duration::from_secs(120);
 const MIB: usize = 1 << 20;
 
 #[test]
-fn inserting_one_byte_into_64_mib_sends_and_fetches_at_most_256_kib() {
+fn a_new_file_is_sent_once_and_a_one_byte_insert_sends_at_most_256_kib() {
     let fx = support::fixture();
     let laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
     let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
     let both = [&laptop, &phone];
 
     let mut content = random_bytes(64, 64 * MIB);
+    let before = laptop.counter("bytes_uploaded");
     fs::write(laptop.path("big.bin"), &content).unwrap();
     wait_quiet(&both, QUIET);
     assert_eq!(hash_file(&phone.path("big.bin")), hash_bytes(&content));
+    // Sent while the scan cut it, and not again by the push.
+    let first = laptop.counter("bytes_uploaded") - before;
+    assert!(
+        (64 * MIB as u64..64 * MIB as u64 * 21 / 20).contains(&first),
+        "a new 64 MiB file took {first} bytes to upload"
+    );
 
     // A program rewrites the file with one byte inserted in the middle.
     let (up0, down0) = (

@@ -25,6 +25,7 @@ use super::SyncError;
 use super::execute::{Applied, LocalRun};
 use super::local::scan;
 use super::plan::{ConflictStamp, Context, Plan, plan};
+use super::preupload::with_early_upload;
 use super::pulled::tree_rows;
 use super::push::{Upload, build_ops, upload_missing};
 use super::state::{Loaded, RemoteTree, SyncState};
@@ -504,7 +505,13 @@ impl Ctx {
     /// against (files being written keep both contents out of the plan until they settle),
     /// and whether something waits on a busy file.
     fn plan_now(&mut self, device: &AccountName) -> Result<(Plan, RemoteTree, bool), SyncError> {
-        let local = scan(&self.drive, &mut self.mem, &mut self.state, self.params)?;
+        let (drive, mem, state, params) =
+            (&self.drive, &mut self.mem, &mut self.state, self.params);
+        let local = with_early_upload(&self.remote, |early| {
+            scan(drive, mem, state, params, &mut |c, bytes| {
+                early.offer(c, bytes)
+            })
+        })?;
         let mut l = local.tree;
         let mut r = self.mem.remote.clone();
         let mut held = false;

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
-use crate::chunking::{ChunkerParams, Manifest, chunk_file, rechunk};
+use crate::chunking::{ChunkRef, ChunkerParams, Manifest, rechunk_with};
 use crate::drive::{Drive, Ino, Kind, RecordedVersion};
 use crate::protocol::NodeId;
 
@@ -24,7 +24,7 @@ pub fn take_version(
     prev: &Manifest,
     params: ChunkerParams,
 ) -> Result<Option<Manifest>, SyncError> {
-    let manifest = manifest_of_version(drive, node, version, prev, params)?;
+    let manifest = manifest_of_version(drive, node, version, prev, params, &mut |_, _| {})?;
     // Only if nothing was written while we read does the manifest describe this version.
     if drive.take_pending_if(version.ino, version.number)? {
         Ok(Some(manifest))
@@ -33,17 +33,40 @@ pub fn take_version(
     }
 }
 
+/// A sink for the chunks a scan cuts anew, with their bytes.
+pub type NewChunks<'a> = dyn FnMut(ChunkRef, &[u8]) + 'a;
+
 fn manifest_of_version(
     drive: &Drive,
     node: NodeId,
     version: &RecordedVersion,
     prev: &Manifest,
     params: ChunkerParams,
+    cut: &mut NewChunks<'_>,
 ) -> Result<Manifest, SyncError> {
     let file = drive.open_content(node)?;
     let len = file.metadata()?.len();
     let dirty: Vec<Range<u64>> = version.ranges.ranges().iter().map(|&(s, e)| s..e).collect();
-    Ok(rechunk(params, prev, &file, len, &dirty)?)
+    Ok(rechunk_with(params, prev, &file, len, &dirty, cut)?)
+}
+
+/// A whole file's manifest, cut from its first byte.
+fn manifest_of_file(
+    drive: &Drive,
+    node: NodeId,
+    params: ChunkerParams,
+    cut: &mut NewChunks<'_>,
+) -> Result<Manifest, SyncError> {
+    let file = drive.open_content(node)?;
+    let len = file.metadata()?.len();
+    Ok(rechunk_with(
+        params,
+        &Manifest::default(),
+        &file,
+        len,
+        std::slice::from_ref(&(0..len)),
+        cut,
+    )?)
 }
 
 /// The local tree as of now.
@@ -60,12 +83,14 @@ pub struct LocalScan {
 }
 
 /// Takes every recorded version (its manifest stored before the drive lets go of it, so a
-/// crash in between loses nothing) and builds the local tree.
+/// crash in between loses nothing) and builds the local tree. Each chunk cut anew goes to
+/// `cut` with its bytes.
 pub fn scan(
     drive: &Drive,
     mem: &mut Loaded,
     state: &mut SyncState,
     params: ChunkerParams,
+    cut: &mut NewChunks<'_>,
 ) -> Result<LocalScan, SyncError> {
     let views = drive.view();
     let pending: HashMap<Ino, RecordedVersion> = drive
@@ -89,14 +114,11 @@ pub fn scan(
             let prev = known
                 .and_then(|c| mem.manifests.get(&c.manifest))
                 .unwrap_or(&empty);
-            manifest_of_version(drive, v.id, p, prev, params)
+            manifest_of_version(drive, v.id, p, prev, params, cut)
         } else if known.is_none() && !v.busy {
             // A file the engine never saw a version of (created empty, or from before the
             // drive was synced, or placed just before a crash): chunk it whole.
-            drive
-                .open_content(v.id)
-                .map_err(SyncError::from)
-                .and_then(|f| Ok(chunk_file(params, &f)?))
+            manifest_of_file(drive, v.id, params, cut)
         } else {
             continue;
         };

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::chunking::{ChunkId, ChunkRef, Manifest, ManifestId, diff, payload};
 use crate::drive::Drive;
-use crate::protocol::limits::{MAX_BATCH_BYTES, MAX_IDS_PER_REQUEST};
+use crate::protocol::limits::{MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_IDS_PER_REQUEST};
 use crate::protocol::{CreateOp, DeleteOp, MoveOp, NodeId, NodeKind, Op, Seq, SetAttrsOp, WriteOp};
 use crate::remote::Remote;
 
@@ -17,9 +17,12 @@ use super::plan::{Content, PushStep};
 use super::state::RemoteTree;
 
 /// zstd level for uploaded chunks.
-const ZSTD_LEVEL: i32 = 3;
+pub(super) const ZSTD_LEVEL: i32 = 3;
+/// Upload requests in flight: while some travel or get checked, the server makes others
+/// durable, and requests that wait are written with one fsync.
+pub(super) const SENDERS: usize = 4;
 /// Compressed bytes per upload request (the server takes up to MAX_BATCH_BYTES).
-const UPLOAD_BATCH_BYTES: usize = MAX_BATCH_BYTES - (2 << 20);
+pub(super) const UPLOAD_BATCH_BYTES: usize = MAX_BATCH_BYTES - (2 << 20);
 
 /// Where the bytes of a chunk to upload are: a local file and an offset in it.
 #[derive(Clone, Copy, Debug)]
@@ -177,9 +180,9 @@ pub fn upload_missing(
         todo.iter().map(|w| u64::from(w.chunk.len)).sum(),
         Ordering::Relaxed,
     );
-    // Reading, checking and compressing (one thread) overlap with sending (two requests in
-    // flight, so the server checks one batch while it makes the other durable).
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+    // Reading, checking and compressing (one thread) overlap with sending (SENDERS requests
+    // in flight).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(SENDERS);
     let rx = std::sync::Mutex::new(Some(rx));
     let failed = std::sync::atomic::AtomicBool::new(false);
     let send = || -> Result<(), crate::remote::RemoteError> {
@@ -191,19 +194,29 @@ pub fn upload_missing(
             let Some(Ok(batch)) = next else {
                 return Ok(());
             };
+            let started = std::time::Instant::now();
             if let Err(e) = remote.upload(batch.chunks.iter().map(|(id, p)| (*id, p))) {
                 failed.store(true, Ordering::Relaxed);
                 return Err(e);
             }
+            tracing::debug!(
+                chunks = batch.chunks.len(),
+                raw = batch.raw,
+                ms = started.elapsed().as_millis() as u64,
+                "upload batch sent"
+            );
             pending.fetch_sub(batch.raw, Ordering::Relaxed);
         }
         Ok(())
     };
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || produce(drive, &todo, &tx));
-        let other = scope.spawn(send);
+        let others: Vec<_> = (1..SENDERS).map(|_| scope.spawn(send)).collect();
         let mine = send();
-        let theirs = other.join();
+        let theirs: Result<Result<(), crate::remote::RemoteError>, _> = others
+            .into_iter()
+            .map(|o| o.join())
+            .try_fold(Ok(()), |acc, r| r.map(|r| acc.and(r)));
         // No one receives any more: a producer blocked on a full channel stops.
         if let Ok(mut guard) = rx.lock() {
             guard.take();
@@ -260,7 +273,10 @@ fn produce(
             return Ok(Upload::Changed(node));
         }
         let p = payload::encode(&bytes, ZSTD_LEVEL);
-        if batch_bytes + p.len() > UPLOAD_BATCH_BYTES && !batch.chunks.is_empty() {
+        // One batch, one request: full at the server's byte or chunk limit.
+        let full =
+            batch_bytes + p.len() > UPLOAD_BATCH_BYTES || batch.chunks.len() == MAX_BATCH_CHUNKS;
+        if full && !batch.chunks.is_empty() {
             let full = std::mem::replace(
                 &mut batch,
                 Batch {

@@ -1,0 +1,113 @@
+//! Sending new chunks while the scan cuts them: their bytes are read and hashed once, and the
+//! network and the server work while the rest of a large file is still being cut.
+//!
+//! Only whole batches go early; what is left when the scan ends (a small edit, the tail of a
+//! large file) goes with the push as before, which asks the server again what it lacks. So a
+//! failed or refused early upload costs nothing but the attempt: it is a head start, never
+//! the record of what the server holds.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use crate::chunking::{ChunkId, ChunkRef, payload};
+use crate::protocol::limits::MAX_BATCH_CHUNKS;
+use crate::remote::Remote;
+
+use super::push::{SENDERS, UPLOAD_BATCH_BYTES, ZSTD_LEVEL};
+
+/// Raw chunks waiting to be sent, at most one upload request's worth.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<(ChunkId, Vec<u8>)>,
+    bytes: usize,
+}
+
+/// The scan's side: collects new chunks and hands full batches to the senders.
+pub struct Early<'a> {
+    tx: Option<SyncSender<Batch>>,
+    batch: Batch,
+    seen: HashSet<ChunkId>,
+    failed: &'a AtomicBool,
+}
+
+impl Early<'_> {
+    /// A chunk just cut, with its bytes.
+    pub fn offer(&mut self, chunk: ChunkRef, bytes: &[u8]) {
+        if self.failed.load(Ordering::Relaxed) || !self.seen.insert(chunk.id) {
+            return;
+        }
+        self.batch.bytes += bytes.len();
+        self.batch.chunks.push((chunk.id, bytes.to_vec()));
+        if self.batch.chunks.len() == MAX_BATCH_CHUNKS || self.batch.bytes >= UPLOAD_BATCH_BYTES {
+            let full = std::mem::take(&mut self.batch);
+            if let Some(tx) = &self.tx
+                && tx.send(full).is_err()
+            {
+                self.tx = None;
+            }
+        }
+    }
+}
+
+/// Runs `scan` with an [`Early`] whose full batches are sent as it goes (the chunks the
+/// server lacks, compressed, [`SENDERS`] requests in flight), and waits for them to be sent.
+pub fn with_early_upload<R>(remote: &Remote, scan: impl FnOnce(&mut Early<'_>) -> R) -> R {
+    let failed = AtomicBool::new(false);
+    let (tx, rx) = sync_channel::<Batch>(SENDERS);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        for _ in 0..SENDERS {
+            scope.spawn(|| send_batches(remote, &rx, &failed));
+        }
+        let mut early = Early {
+            tx: Some(tx),
+            batch: Batch::default(),
+            seen: HashSet::new(),
+            failed: &failed,
+        };
+        // The senders end once the channel closes, when `early` (and its sender) is dropped.
+        scan(&mut early)
+    })
+}
+
+fn send_batches(remote: &Remote, rx: &Mutex<Receiver<Batch>>, failed: &AtomicBool) {
+    loop {
+        let batch = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(batch) = batch else { return };
+        if failed.load(Ordering::Relaxed) {
+            continue; // drain, so the scan never blocks on a full channel
+        }
+        if let Err(e) = send(remote, batch) {
+            tracing::debug!("early upload stopped: {e}");
+            failed.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends the chunks of `batch` the server lacks; those it holds are not even compressed.
+fn send(remote: &Remote, batch: Batch) -> Result<(), crate::remote::RemoteError> {
+    let started = std::time::Instant::now();
+    let ids: Vec<ChunkId> = batch.chunks.iter().map(|(id, _)| *id).collect();
+    let lacking: HashSet<ChunkId> = remote.missing(&ids)?.into_iter().collect();
+    let payloads: Vec<(ChunkId, Vec<u8>)> = batch
+        .chunks
+        .into_iter()
+        .filter(|(id, _)| lacking.contains(id))
+        .map(|(id, bytes)| (id, payload::encode(&bytes, ZSTD_LEVEL)))
+        .collect();
+    if !payloads.is_empty() {
+        remote.upload(payloads.iter().map(|(id, p)| (*id, p)))?;
+    }
+    tracing::debug!(
+        offered = ids.len(),
+        sent = payloads.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "early upload batch"
+    );
+    Ok(())
+}
