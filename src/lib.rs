@@ -3,6 +3,7 @@
 pub mod chunking;
 pub mod cli;
 pub mod drive;
+pub mod durability;
 pub mod fs;
 pub mod protocol;
 pub mod remote;
