@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::chunking::{ChunkId, ChunkRef, Manifest, VerifiedChunk, reconstruct};
 use crate::drive::Drive;
+use crate::durability::start_writeback;
 use crate::protocol::{NodeId, TxnId};
 use crate::remote::Remote;
 
@@ -160,7 +161,10 @@ fn write_content(
         });
         let mut written = Ok(());
         for window in &windows {
-            let Ok(mut supplied) = rx.recv() else {
+            let started = std::time::Instant::now();
+            let received = rx.recv();
+            let waited = started.elapsed();
+            let Ok(mut supplied) = received else {
                 break; // the fetcher failed: its error is reported below
             };
             let part = Manifest {
@@ -177,12 +181,22 @@ fn write_content(
                 written = Err(e.into());
                 break;
             }
-            // Flushed window by window, while the next one is fetched, rather than all at
-            // the end.
-            if let Err(e) = out.flush().and_then(|()| out.get_ref().sync_data()) {
+            // Writeback of this window starts now, without waiting for it: the disk works
+            // while the next window is written, and the one fsync at the end waits for the
+            // rest.
+            if let Err(e) = out
+                .flush()
+                .and_then(|()| start_writeback(out.get_ref(), 0, 0))
+            {
                 written = Err(e.into());
                 break;
             }
+            tracing::debug!(
+                chunks = window.len(),
+                waited_ms = waited.as_millis() as u64,
+                written_ms = (started.elapsed() - waited).as_millis() as u64,
+                "window written"
+            );
         }
         drop(rx);
         fetcher
