@@ -132,6 +132,7 @@ async fn store_chunks(
     let chunks = state.chunks.clone();
     let meta = state.meta.clone();
     blocking(move || {
+        let started = std::time::Instant::now();
         let mut verified = Vec::with_capacity(entries.len());
         for (id, payload) in entries {
             let v =
@@ -139,9 +140,18 @@ async fn store_chunks(
             verified.push(v);
         }
         let ids: Vec<ChunkId> = verified.iter().map(VerifiedPayload::id).collect();
+        let verified_at = started.elapsed();
         // Chunk bytes durable first, then the holding: a holding never names absent bytes.
         chunks.put(verified)?;
+        let stored_at = started.elapsed();
         meta.record_chunks(vol, &ids)?;
+        tracing::debug!(
+            chunks = ids.len(),
+            verify_ms = verified_at.as_millis() as u64,
+            store_ms = (stored_at - verified_at).as_millis() as u64,
+            record_ms = (started.elapsed() - stored_at).as_millis() as u64,
+            "chunks stored"
+        );
         Ok(u32::try_from(ids.len()).unwrap_or(u32::MAX))
     })
     .await

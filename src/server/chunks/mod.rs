@@ -3,6 +3,7 @@
 //! S3-compatible one can sit beside it.
 
 mod packdir;
+mod packwriter;
 
 use std::sync::Arc;
 
@@ -76,6 +77,35 @@ pub enum ChunkStoreError {
         #[source]
         source: PayloadError,
     },
+}
+
+impl ChunkStoreError {
+    /// The same error again, for another caller of a put that failed as a group.
+    pub(crate) fn clone_shared(&self) -> Self {
+        match self {
+            Self::Io { path, source } => Self::Io {
+                path: path.clone(),
+                source: source.clone(),
+            },
+            Self::Index(e) => Self::Index(e.clone()),
+            Self::WriterGone => Self::WriterGone,
+            Self::Corrupt { id, source } => Self::Corrupt {
+                id: *id,
+                source: match source {
+                    PayloadError::Empty => PayloadError::Empty,
+                    PayloadError::UnknownTag(t) => PayloadError::UnknownTag(*t),
+                    PayloadError::TooLarge { limit } => PayloadError::TooLarge { limit: *limit },
+                    PayloadError::Zstd(io) => {
+                        PayloadError::Zstd(std::io::Error::new(io.kind(), io.to_string()))
+                    }
+                    PayloadError::HashMismatch { expected, actual } => PayloadError::HashMismatch {
+                        expected: *expected,
+                        actual: *actual,
+                    },
+                },
+            },
+        }
+    }
 }
 
 impl From<rusqlite::Error> for ChunkStoreError {

@@ -1,0 +1,249 @@
+//! The pack store's write path: one thread appends each group of waiting puts to packs,
+//! starting writeback as it goes so the disk works while the group is still being written,
+//! then makes the group durable (one fdatasync per pack it touched, one fsync per new pack's
+//! directory), and only then commits its index rows and answers its callers.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{IoSlice, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, params};
+
+use super::packdir::{ENTRY_HEADER, PACK_MAGIC, PACK_TARGET_SIZE, fsync_dir, io_err, pack_path};
+use super::{ChunkStoreError, VerifiedPayload};
+use crate::chunking::ChunkId;
+use crate::durability::start_writeback;
+
+/// Most put requests folded into one group (one fsync per pack touched).
+const MAX_GROUP: usize = 64;
+/// Writeback of a pack starts every this many bytes.
+const WRITEBACK_STEP: u64 = 4 << 20;
+
+/// The answer a put waits for.
+pub(super) type Reply = SyncSender<Result<(), ChunkStoreError>>;
+
+/// Chunks to store, and where to say when they are durable.
+pub(super) struct PutJob {
+    pub(super) chunks: Vec<VerifiedPayload>,
+    pub(super) reply: Reply,
+}
+
+/// Starts the writer thread; puts go to `rx`'s sender, and the thread ends when it is
+/// dropped.
+pub(super) fn start(
+    root: PathBuf,
+    next_no: u64,
+    conn: Connection,
+    rx: Receiver<PutJob>,
+) -> Result<JoinHandle<()>, ChunkStoreError> {
+    let mut writer = Writer {
+        root: root.clone(),
+        conn,
+        current: None,
+        next_no,
+    };
+    std::thread::Builder::new()
+        .name("pack-writer".into())
+        .spawn(move || writer.run(&rx))
+        .map_err(|e| io_err(&root, e))
+}
+
+/// One index row: chunk id, pack, offset of the payload, payload length.
+type Row = (ChunkId, u64, u64, usize);
+
+/// What a group wrote and must make durable before its rows are committed.
+#[derive(Default)]
+struct Unsynced {
+    packs: Vec<(PathBuf, Arc<File>)>,
+    dirs: Vec<PathBuf>,
+}
+
+struct OpenPack {
+    no: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    size: u64,
+    /// Writeback was started for the bytes below this offset.
+    kicked: u64,
+}
+
+struct Writer {
+    root: PathBuf,
+    conn: Connection,
+    current: Option<OpenPack>,
+    next_no: u64,
+}
+
+impl Writer {
+    fn run(&mut self, rx: &Receiver<PutJob>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let result = self.store_group(&jobs);
+            if result.is_err() {
+                // The pack's tail may hold a partial entry: never append to it again.
+                self.current = None;
+            }
+            for job in jobs {
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(e.clone_shared()),
+                };
+                // The caller may have gone away; then nobody needs the answer.
+                let _ = job.reply.send(answer);
+            }
+        }
+    }
+
+    /// Writes the group, makes it durable, then commits its index rows.
+    fn store_group(&mut self, jobs: &[PutJob]) -> Result<(), ChunkStoreError> {
+        let started = std::time::Instant::now();
+        let mut unsynced = Unsynced::default();
+        let rows = self.write_group(jobs, &mut unsynced)?;
+        let written = started.elapsed();
+        for (path, file) in &unsynced.packs {
+            file.sync_data().map_err(|e| io_err(path, e))?;
+        }
+        for dir in &unsynced.dirs {
+            fsync_dir(dir)?;
+        }
+        let synced = started.elapsed();
+        // Only now, with the bytes durable, may index rows point at them.
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR IGNORE INTO chunks (id, pack, offset, len) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (id, pack, offset, len) in &rows {
+                ins.execute(params![
+                    &id.as_bytes()[..],
+                    i64::try_from(*pack).unwrap_or(i64::MAX),
+                    i64::try_from(*offset).unwrap_or(i64::MAX),
+                    i64::try_from(*len).unwrap_or(i64::MAX)
+                ])?;
+            }
+        }
+        tx.commit()?;
+        tracing::debug!(
+            puts = jobs.len(),
+            rows = rows.len(),
+            write_ms = written.as_millis() as u64,
+            sync_ms = (synced - written).as_millis() as u64,
+            index_ms = (started.elapsed() - synced).as_millis() as u64,
+            "pack group stored"
+        );
+        Ok(())
+    }
+
+    /// Appends the group's new chunks to packs and returns their index rows; `unsynced`
+    /// receives what must be made durable before the rows are committed.
+    fn write_group(
+        &mut self,
+        jobs: &[PutJob],
+        unsynced: &mut Unsynced,
+    ) -> Result<Vec<Row>, ChunkStoreError> {
+        let mut ids = HashSet::new();
+        let mut todo: Vec<&VerifiedPayload> = Vec::new();
+        {
+            let mut exists = self
+                .conn
+                .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+            for chunk in jobs.iter().flat_map(|j| &j.chunks) {
+                let id = chunk.id();
+                if !ids.insert(id) || exists.exists([&id.as_bytes()[..]])? {
+                    continue;
+                }
+                todo.push(chunk);
+            }
+        }
+        let mut rows = Vec::with_capacity(todo.len());
+        for chunk in todo {
+            let payload = chunk.payload();
+            let entry = ENTRY_HEADER + payload.len() as u64;
+            let pack = self.pack_for(entry, unsynced)?;
+            let mut header = [0u8; ENTRY_HEADER as usize];
+            header[..32].copy_from_slice(chunk.id().as_bytes());
+            header[32..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            write_entry(&pack.file, &header, payload).map_err(|e| io_err(&pack.path, e))?;
+            rows.push((chunk.id(), pack.no, pack.size + ENTRY_HEADER, payload.len()));
+            pack.size += entry;
+            if pack.size - pack.kicked >= WRITEBACK_STEP {
+                // Only a head start for the fdatasync, which reports any failure.
+                let _ = start_writeback(&pack.file, pack.kicked, pack.size - pack.kicked);
+                pack.kicked = pack.size;
+            }
+        }
+        if let Some(p) = &self.current
+            && !unsynced.packs.iter().any(|(path, _)| *path == p.path)
+        {
+            unsynced.packs.push((p.path.clone(), p.file.clone()));
+        }
+        Ok(rows)
+    }
+
+    /// The open pack, rotated first if `entry` bytes would take it past the target size.
+    fn pack_for(
+        &mut self,
+        entry: u64,
+        unsynced: &mut Unsynced,
+    ) -> Result<&mut OpenPack, ChunkStoreError> {
+        let rotate = match &self.current {
+            Some(p) => p.size > PACK_MAGIC.len() as u64 && p.size + entry > PACK_TARGET_SIZE,
+            None => true,
+        };
+        if rotate {
+            if let Some(old) = self.current.take()
+                && !unsynced.packs.iter().any(|(path, _)| *path == old.path)
+            {
+                unsynced.packs.push((old.path, old.file));
+            }
+            let no = self.next_no;
+            self.next_no += 1;
+            let path = pack_path(&self.root, no);
+            let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+            let new_dir = !dir.exists();
+            std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+            let mut file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            file.write_all(PACK_MAGIC).map_err(|e| io_err(&path, e))?;
+            // The new file's directory entry must be durable before the index names it.
+            if !unsynced.dirs.contains(&dir) {
+                unsynced.dirs.push(dir);
+            }
+            if new_dir {
+                unsynced.dirs.push(self.root.join("packs"));
+            }
+            self.current = Some(OpenPack {
+                no,
+                path,
+                file: Arc::new(file),
+                size: PACK_MAGIC.len() as u64,
+                kicked: 0,
+            });
+        }
+        self.current.as_mut().ok_or(ChunkStoreError::WriterGone)
+    }
+}
+
+/// Appends header and payload with one system call where the kernel takes both at once.
+fn write_entry(mut file: &File, header: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let n = file.write_vectored(&[IoSlice::new(header), IoSlice::new(payload)])?;
+    if n < header.len() {
+        file.write_all(&header[n..])?;
+        file.write_all(payload)
+    } else {
+        file.write_all(&payload[n - header.len()..])
+    }
+}
