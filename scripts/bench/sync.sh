@@ -181,6 +181,9 @@ rm -f "$W/A/edit.bin" "$W/prev" "$W/rsync-dest/file"
 say "(b) $GIB_MB MiB of new random data: A -> B, and rsync -a between two local directories"
 mkdir -p "$W/src" "$W/rsync-a"
 head -c $((GIB_MB << 20)) /dev/urandom >"$W/src/new.bin"
+# Both copies start from the same clean state: the source written out, as before rsync below
+# (otherwise the kernel writes the source back while the drives work, at their expense).
+sync
 c=$(quiet); read -r upA0 _ _ downB0 <<<"$c"
 timeline=()
 if [ "$TIMELINE" = 1 ]; then timeline=("$DD" "$W/A" "$W/stateA" "$W/B" "$W/stateB"); fi
