@@ -128,6 +128,24 @@ pub fn encode(bytes: &[u8], level: i32) -> Vec<u8> {
     out
 }
 
+/// Checks that a payload decodes to at most `limit` bytes hashing to `expected`, without
+/// copying a raw payload's bytes.
+pub fn check(payload: &[u8], expected: ChunkId, limit: usize) -> Result<(), PayloadError> {
+    match payload.split_first() {
+        Some((&TAG_RAW, body)) => {
+            if body.len() > limit {
+                return Err(PayloadError::TooLarge { limit });
+            }
+            let actual = ChunkId::of(body);
+            if actual != expected {
+                return Err(PayloadError::HashMismatch { expected, actual });
+            }
+            Ok(())
+        }
+        _ => decode(payload, expected, limit).map(|_| ()),
+    }
+}
+
 /// Decodes a payload, refusing output over `limit` bytes or not hashing to `expected`.
 pub fn decode(
     payload: &[u8],
@@ -205,6 +223,34 @@ mod tests {
         assert!(payload.len() < 100);
         let back = decode(&payload, chunk.id(), 65536).expect("decodes");
         assert_eq!(back.bytes(), &bytes[..]);
+    }
+
+    #[test]
+    fn check_agrees_with_decode_on_both_encodings() {
+        let random: Vec<u8> = (0..8192u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for bytes in [random, vec![7u8; 10_000]] {
+            let id = ChunkId::of(&bytes);
+            let payload = encode(&bytes, DEFAULT_ZSTD_LEVEL);
+            check(&payload, id, 65536).expect("checks");
+            assert!(matches!(
+                check(&payload, ChunkId::of(b"other"), 65536),
+                Err(PayloadError::HashMismatch { .. })
+            ));
+            assert!(matches!(
+                check(&payload, id, 100),
+                Err(PayloadError::TooLarge { limit: 100 })
+            ));
+        }
+        assert!(matches!(
+            check(&[], ChunkId::of(b""), 10),
+            Err(PayloadError::Empty)
+        ));
+        assert!(matches!(
+            check(&[9, 1, 2], ChunkId::of(b""), 10),
+            Err(PayloadError::UnknownTag(9))
+        ));
     }
 
     #[test]

@@ -54,6 +54,26 @@ pub fn push_entry(out: &mut Vec<u8>, id: &ChunkId, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Starts an entry whose payload the caller appends to `out` next; returns the mark to hand
+/// to [`end_entry`] once it has.
+pub fn begin_entry(out: &mut Vec<u8>, id: &ChunkId) -> usize {
+    let mark = out.len();
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(&[0; 4]);
+    mark
+}
+
+/// Ends the entry begun at `mark`: its length is what was appended since.
+pub fn end_entry(out: &mut [u8], mark: usize) {
+    let start = mark + ENTRY_HEADER;
+    // Payloads are bounded by MAX_CHUNK_PAYLOAD, far below u32::MAX.
+    let len = (out.len() - start) as u32;
+    out[mark + 32..start].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Bytes before each payload: the chunk id and the payload length.
+pub const ENTRY_HEADER: usize = 36;
+
 /// Starts a batch of `count` entries.
 pub fn start_batch(count: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(8);
@@ -121,6 +141,19 @@ mod tests {
     use proptest::prelude::{any, proptest};
 
     use super::*;
+
+    #[test]
+    fn entries_begun_and_ended_in_place_decode_like_pushed_ones() {
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        let mut out = start_batch(2);
+        let mark = begin_entry(&mut out, &a);
+        out.extend_from_slice(b"payload a");
+        end_entry(&mut out, mark);
+        let mark = begin_entry(&mut out, &b);
+        end_entry(&mut out, mark);
+        let pushed = encode_batch([(&a, &b"payload a"[..]), (&b, &b""[..])].into_iter());
+        assert_eq!(out, pushed);
+    }
 
     #[test]
     fn batches_round_trip() {

@@ -134,4 +134,13 @@ pub trait ChunkStore: Send + Sync {
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, ChunkStoreError>;
     /// Whether `id` is stored.
     fn contains(&self, id: &ChunkId) -> Result<bool, ChunkStoreError>;
+    /// Appends the payload stored for `id` to `out`, verified like [`ChunkStore::get`];
+    /// false (and `out` unchanged) if not stored.
+    fn append(&self, id: &ChunkId, out: &mut Vec<u8>) -> Result<bool, ChunkStoreError> {
+        let Some(payload) = self.get(id)? else {
+            return Ok(false);
+        };
+        out.extend_from_slice(&payload);
+        Ok(true)
+    }
 }

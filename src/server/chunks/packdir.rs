@@ -218,17 +218,31 @@ impl ChunkStore for PackDirStore {
     }
 
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, ChunkStoreError> {
+        let mut buf = Vec::new();
+        Ok(self.append(id, &mut buf)?.then_some(buf))
+    }
+
+    fn append(&self, id: &ChunkId, out: &mut Vec<u8>) -> Result<bool, ChunkStoreError> {
         let Some((pack, offset, len)) = self.locate(id)? else {
-            return Ok(None);
+            return Ok(false);
         };
         let file = self.pack_file(pack)?;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)
-            .map_err(|e| io_err(&pack_path(&self.root, pack), e))?;
-        // Served bytes must still match their id: a flipped bit on disk is an error, not data.
-        payload::decode(&buf, *id, MAX_CHUNK_SIZE)
-            .map_err(|source| ChunkStoreError::Corrupt { id: *id, source })?;
-        Ok(Some(buf))
+        let start = out.len();
+        out.resize(start + len, 0);
+        let read = file
+            .read_exact_at(&mut out[start..], offset)
+            .map_err(|e| io_err(&pack_path(&self.root, pack), e))
+            // Served bytes must still match their id: a flipped bit on disk is an error,
+            // not data.
+            .and_then(|()| {
+                payload::check(&out[start..], *id, MAX_CHUNK_SIZE)
+                    .map_err(|source| ChunkStoreError::Corrupt { id: *id, source })
+            });
+        if let Err(e) = read {
+            out.truncate(start);
+            return Err(e);
+        }
+        Ok(true)
     }
 
     fn contains(&self, id: &ChunkId) -> Result<bool, ChunkStoreError> {
