@@ -35,7 +35,7 @@ impl std::fmt::Debug for VerifiedPayload {
 impl VerifiedPayload {
     /// Decodes `payload` (bounded by [`MAX_CHUNK_SIZE`]) and checks its BLAKE3 against `id`.
     pub fn verify(id: ChunkId, payload: Bytes) -> Result<Self, PayloadError> {
-        payload::decode(&payload, id, MAX_CHUNK_SIZE)?;
+        payload::check(&payload, id, MAX_CHUNK_SIZE)?;
         Ok(Self { id, payload })
     }
 
