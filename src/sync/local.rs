@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
-use crate::chunking::{ChunkRef, ChunkerParams, Manifest, rechunk_with};
+use crate::chunking::{ChunkId, ChunkRef, ChunkerParams, Manifest, rechunk_with};
 use crate::drive::{Drive, Ino, Kind, RecordedVersion};
 use crate::protocol::NodeId;
 
@@ -83,8 +83,8 @@ pub struct LocalScan {
 }
 
 /// Takes every recorded version (its manifest stored before the drive lets go of it, so a
-/// crash in between loses nothing) and builds the local tree. Each chunk cut anew goes to
-/// `cut` with its bytes.
+/// crash in between loses nothing) and builds the local tree. Each chunk cut anew that its
+/// file did not have before goes to `cut` with its bytes.
 pub fn scan(
     drive: &Drive,
     mem: &mut Loaded,
@@ -114,7 +114,14 @@ pub fn scan(
             let prev = known
                 .and_then(|c| mem.manifests.get(&c.manifest))
                 .unwrap_or(&empty);
-            manifest_of_version(drive, v.id, p, prev, params, cut)
+            // Chunks the file had before are not new, even where they were cut again (the
+            // tail after an insert): only the others go to `cut`.
+            let had: HashSet<ChunkId> = prev.chunks.iter().map(|c| c.id).collect();
+            manifest_of_version(drive, v.id, p, prev, params, &mut |c, bytes| {
+                if !had.contains(&c.id) {
+                    cut(c, bytes);
+                }
+            })
         } else if known.is_none() && !v.busy {
             // A file the engine never saw a version of (created empty, or from before the
             // drive was synced, or placed just before a crash): chunk it whole.
