@@ -68,6 +68,9 @@ pub enum ChunkStoreError {
     /// The writer thread is gone.
     #[error("chunk writer is not running")]
     WriterGone,
+    /// Another put was storing some of the same chunks at the same time, and failed.
+    #[error("a concurrent write of the same chunks failed")]
+    Concurrent,
     /// A stored payload no longer matches its id (disk corruption); it is not served.
     #[error("stored chunk {id} is corrupt: {source}")]
     Corrupt {
@@ -89,6 +92,7 @@ impl ChunkStoreError {
             },
             Self::Index(e) => Self::Index(e.clone()),
             Self::WriterGone => Self::WriterGone,
+            Self::Concurrent => Self::Concurrent,
             Self::Corrupt { id, source } => Self::Corrupt {
                 id: *id,
                 source: match source {
@@ -120,7 +124,8 @@ impl ChunkStoreError {
         match self {
             ChunkStoreError::Io { .. }
             | ChunkStoreError::Index(_)
-            | ChunkStoreError::WriterGone => true,
+            | ChunkStoreError::WriterGone
+            | ChunkStoreError::Concurrent => true,
             ChunkStoreError::Corrupt { .. } => false,
         }
     }

@@ -47,7 +47,7 @@ pub struct PackDirStore {
     readers: ReaderPool,
     files: Mutex<HashMap<u64, Arc<File>>>,
     writer: Option<Sender<PutJob>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for PackDirStore {
@@ -133,14 +133,16 @@ impl PackDirStore {
                 r.get(0)
             })?;
         let next_no = highest_pack_on_disk(root)?.max(u64::try_from(indexed).unwrap_or(0)) + 1;
+        drop(conn);
         let (tx, rx) = mpsc::channel::<PutJob>();
-        let thread = packwriter::start(root.to_path_buf(), next_no, conn, rx)?;
+        let threads =
+            packwriter::start(root.to_path_buf(), next_no, || open_index(&index_path), rx)?;
         Ok(Self {
             root: root.to_path_buf(),
             readers: ReaderPool::default(),
             files: Mutex::new(HashMap::new()),
             writer: Some(tx),
-            thread: Some(thread),
+            threads,
         })
     }
 
@@ -193,12 +195,12 @@ impl PackDirStore {
 
 impl Drop for PackDirStore {
     fn drop(&mut self) {
-        // Closing the channel ends the writer.
+        // Closing the channel ends the writers.
         self.writer.take();
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!("pack writer thread panicked");
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a pack writer thread panicked");
+            }
         }
     }
 }

@@ -1,14 +1,19 @@
-//! The pack store's write path: one thread appends each group of waiting puts to packs,
+//! The pack store's write path: a writer thread appends each group of waiting puts to packs,
 //! starting writeback as it goes so the disk works while the group is still being written,
 //! then makes the group durable (one fdatasync per pack it touched, one fsync per new pack's
 //! directory), and only then commits its index rows and answers its callers.
+//!
+//! [`WRITERS`] writers take groups in turn, each with a pack of its own, so one writes while
+//! another waits for the disk. A chunk another writer is storing is not written again: the
+//! group claims it, and answers only once that writer's group is durable (or fails with it).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, params};
@@ -18,6 +23,8 @@ use super::{ChunkStoreError, VerifiedPayload};
 use crate::chunking::ChunkId;
 use crate::durability::start_writeback;
 
+/// Writer threads.
+pub(super) const WRITERS: usize = 2;
 /// Most put requests folded into one group (one fsync per pack touched).
 const MAX_GROUP: usize = 64;
 /// Writeback of a pack starts every this many bytes.
@@ -32,24 +39,83 @@ pub(super) struct PutJob {
     pub(super) reply: Reply,
 }
 
-/// Starts the writer thread; puts go to `rx`'s sender, and the thread ends when it is
-/// dropped.
+/// Starts the writer threads; puts go to `rx`'s sender, and the threads end when it is
+/// dropped. `conn` opens a connection to the index (one per writer); `next_no` is the
+/// number of the next pack to create.
 pub(super) fn start(
     root: PathBuf,
     next_no: u64,
-    conn: Connection,
+    conn: impl Fn() -> Result<Connection, ChunkStoreError>,
     rx: Receiver<PutJob>,
-) -> Result<JoinHandle<()>, ChunkStoreError> {
-    let mut writer = Writer {
-        root: root.clone(),
-        conn,
-        current: None,
-        next_no,
-    };
-    std::thread::Builder::new()
-        .name("pack-writer".into())
-        .spawn(move || writer.run(&rx))
-        .map_err(|e| io_err(&root, e))
+) -> Result<Vec<JoinHandle<()>>, ChunkStoreError> {
+    let rx = Arc::new(Mutex::new(rx));
+    let next_no = Arc::new(AtomicU64::new(next_no));
+    let claims: Arc<Claims> = Arc::default();
+    (0..WRITERS)
+        .map(|_| {
+            let mut writer = Writer {
+                root: root.clone(),
+                conn: conn()?,
+                current: None,
+                next_no: next_no.clone(),
+                claims: claims.clone(),
+            };
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name("pack-writer".into())
+                .spawn(move || writer.run(&rx))
+                .map_err(|e| io_err(&root, e))
+        })
+        .collect()
+}
+
+/// How a group's store ended: unset while it runs, then whether its chunks are durable.
+#[derive(Default)]
+struct Outcome {
+    durable: Mutex<Option<bool>>,
+    ended: Condvar,
+}
+
+impl Outcome {
+    fn set(&self, durable: bool) {
+        *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = Some(durable);
+        self.ended.notify_all();
+    }
+
+    fn wait(&self) -> bool {
+        let mut d = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(durable) = *d {
+                return durable;
+            }
+            d = self.ended.wait(d).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Chunks some writer is storing now, with its group's outcome.
+type Claims = Mutex<HashMap<ChunkId, Arc<Outcome>>>;
+
+/// A group's claims on its chunks, given up (and its outcome set) when dropped, so a writer
+/// that fails or panics never leaves another waiting.
+struct Claim<'a> {
+    claims: &'a Claims,
+    mine: Arc<Outcome>,
+    ids: Vec<ChunkId>,
+    durable: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in &self.ids {
+            if claims.get(id).is_some_and(|o| Arc::ptr_eq(o, &self.mine)) {
+                claims.remove(id);
+            }
+        }
+        drop(claims);
+        self.mine.set(self.durable);
+    }
 }
 
 /// One index row: chunk id, pack, offset of the payload, payload length.
@@ -75,23 +141,44 @@ struct Writer {
     root: PathBuf,
     conn: Connection,
     current: Option<OpenPack>,
-    next_no: u64,
+    /// Shared by the writers: the number of the next pack any of them creates.
+    next_no: Arc<AtomicU64>,
+    claims: Arc<Claims>,
 }
 
 impl Writer {
-    fn run(&mut self, rx: &Receiver<PutJob>) {
-        while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
+    fn run(&mut self, rx: &Mutex<Receiver<PutJob>>) {
+        loop {
+            let jobs = {
+                let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+                let Ok(first) = rx.recv() else { return };
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
                 }
-            }
-            let result = self.store_group(&jobs);
+                jobs
+            };
+            let claims = self.claims.clone();
+            let mut claim = Claim {
+                claims: &claims,
+                mine: Arc::default(),
+                ids: Vec::new(),
+                durable: false,
+            };
+            let mut others = Vec::new();
+            let mut result = self.store_group(&jobs, &mut claim, &mut others);
             if result.is_err() {
                 // The pack's tail may hold a partial entry: never append to it again.
                 self.current = None;
+            }
+            claim.durable = result.is_ok();
+            drop(claim);
+            // Chunks another writer was storing are ours only once its group is durable.
+            if result.is_ok() && !others.iter().all(|o| o.wait()) {
+                result = Err(ChunkStoreError::Concurrent);
             }
             for job in jobs {
                 let answer = match &result {
@@ -104,11 +191,17 @@ impl Writer {
         }
     }
 
-    /// Writes the group, makes it durable, then commits its index rows.
-    fn store_group(&mut self, jobs: &[PutJob]) -> Result<(), ChunkStoreError> {
+    /// Writes the group, makes it durable, then commits its index rows. Chunks it claims go
+    /// to `claim`; the outcomes of groups storing its other chunks go to `others`.
+    fn store_group(
+        &mut self,
+        jobs: &[PutJob],
+        claim: &mut Claim<'_>,
+        others: &mut Vec<Arc<Outcome>>,
+    ) -> Result<(), ChunkStoreError> {
         let started = std::time::Instant::now();
         let mut unsynced = Unsynced::default();
-        let rows = self.write_group(jobs, &mut unsynced)?;
+        let rows = self.write_group(jobs, claim, others, &mut unsynced)?;
         let written = started.elapsed();
         for (path, file) in &unsynced.packs {
             file.sync_data().map_err(|e| io_err(path, e))?;
@@ -149,10 +242,12 @@ impl Writer {
     fn write_group(
         &mut self,
         jobs: &[PutJob],
+        claim: &mut Claim<'_>,
+        others: &mut Vec<Arc<Outcome>>,
         unsynced: &mut Unsynced,
     ) -> Result<Vec<Row>, ChunkStoreError> {
         let mut ids = HashSet::new();
-        let mut todo: Vec<&VerifiedPayload> = Vec::new();
+        let mut unstored: Vec<&VerifiedPayload> = Vec::new();
         {
             let mut exists = self
                 .conn
@@ -162,7 +257,25 @@ impl Writer {
                 if !ids.insert(id) || exists.exists([&id.as_bytes()[..]])? {
                     continue;
                 }
-                todo.push(chunk);
+                unstored.push(chunk);
+            }
+        }
+        let mut todo: Vec<&VerifiedPayload> = Vec::with_capacity(unstored.len());
+        {
+            let mut claims = claim.claims.lock().unwrap_or_else(PoisonError::into_inner);
+            for chunk in unstored {
+                match claims.get(&chunk.id()) {
+                    Some(other) => {
+                        if !others.iter().any(|o| Arc::ptr_eq(o, other)) {
+                            others.push(other.clone());
+                        }
+                    }
+                    None => {
+                        claims.insert(chunk.id(), claim.mine.clone());
+                        claim.ids.push(chunk.id());
+                        todo.push(chunk);
+                    }
+                }
             }
         }
         let mut rows = Vec::with_capacity(todo.len());
@@ -206,8 +319,7 @@ impl Writer {
             {
                 unsynced.packs.push((old.path, old.file));
             }
-            let no = self.next_no;
-            self.next_no += 1;
+            let no = self.next_no.fetch_add(1, Ordering::Relaxed);
             let path = pack_path(&self.root, no);
             let dir = path.parent().unwrap_or(&self.root).to_path_buf();
             let new_dir = !dir.exists();
