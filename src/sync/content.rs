@@ -1,12 +1,13 @@
 //! Rebuilding a file's content from the chunks this device already has (the base version's
 //! backing file) plus the chunks it fetches, into a staged file the drive then renames in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use crate::chunking::{ChunkId, ChunkRef, Manifest, VerifiedChunk, reconstruct};
+use crate::chunking::{ChunkId, ChunkRef, Manifest, VerifiedChunk, read_verified, reconstruct};
 use crate::drive::Drive;
 use crate::durability::start_writeback;
 use crate::protocol::{NodeId, TxnId};
@@ -58,17 +59,8 @@ pub fn materialize(
     target: &Manifest,
 ) -> Result<Staged, SyncError> {
     let staged = Staged::new(drive)?;
-    let result = write_content(drive, remote, base, target, staged.path());
-    match result {
-        Ok(()) => Ok(staged),
-        // The base file changed under us (a local edit raced the remote one): start over
-        // from fetched chunks only.
-        Err(SyncError::Reconstruct(_)) if base.is_some() => {
-            write_content(drive, remote, None, target, staged.path())?;
-            Ok(staged)
-        }
-        Err(e) => Err(e),
-    }
+    write_content(drive, remote, base, target, staged.path())?;
+    Ok(staged)
 }
 
 /// Writes a new file's content to a staged file from chunks already fetched (`supplied`
@@ -95,8 +87,25 @@ pub fn sync_staging(drive: &Drive) -> Result<(), SyncError> {
     Ok(())
 }
 
-/// Fetched chunks are held for at most this many bytes of content at once.
-const WINDOW_BYTES: u64 = 64 << 20;
+/// Chunks asked for in one go by one fetcher (about this many bytes of content).
+const PART_BYTES: u64 = 32 << 20;
+/// Fetchers working at once: each asks for a part, checks each chunk as it arrives and
+/// writes it where it goes, so the network, the hashing and the writes overlap.
+const FETCHERS: usize = 2;
+
+/// Where each distinct chunk of a manifest goes: its length and its offsets, in file order.
+fn placements(target: &Manifest) -> (Vec<ChunkRef>, HashMap<ChunkId, Vec<u64>>) {
+    let mut order = Vec::new();
+    let mut places: HashMap<ChunkId, Vec<u64>> = HashMap::new();
+    for (offset, c) in target.offsets() {
+        let at = places.entry(c.id).or_default();
+        if at.is_empty() {
+            order.push(c);
+        }
+        at.push(offset);
+    }
+    (order, places)
+}
 
 fn write_content(
     drive: &Drive,
@@ -105,109 +114,111 @@ fn write_content(
     target: &Manifest,
     path: &std::path::Path,
 ) -> Result<(), SyncError> {
-    let empty = Manifest::default();
-    let (base_manifest, base_file) = match base {
-        Some((node, m)) => (m, Some(drive.open_content(node)?)),
-        None => (&empty, None),
-    };
-    let have: HashSet<ChunkId> = base_manifest.chunks.iter().map(|c| c.id).collect();
+    let (order, places) = placements(target);
     let file = File::create(path)?;
-    let mut out = BufWriter::new(&file);
-    // Window by window, so a large file never sits in memory whole; the next window is
-    // fetched (one thread) while this one is written (this thread).
-    let mut windows: Vec<&[ChunkRef]> = Vec::new();
-    let mut rest = &target.chunks[..];
+    file.set_len(target.size())?;
+    let put = |chunk: &[u8], id: &ChunkId| -> std::io::Result<u64> {
+        let at = places.get(id).map_or(&[][..], Vec::as_slice);
+        for &offset in at {
+            file.write_all_at(chunk, offset)?;
+        }
+        Ok(chunk.len() as u64 * at.len() as u64)
+    };
+    // What the base version's file holds is read from it (and checked); the rest is fetched.
+    let in_base: HashMap<ChunkId, u64> = match base {
+        Some((_, m)) => m.offsets().map(|(offset, c)| (c.id, offset)).collect(),
+        None => HashMap::new(),
+    };
+    let base_file = match base {
+        Some((node, _)) => Some(drive.open_content(node)?),
+        None => None,
+    };
+    let mut need: Vec<ChunkRef> = order
+        .iter()
+        .filter(|c| !in_base.contains_key(&c.id))
+        .copied()
+        .collect();
+    let mut written = fetch_into(remote, &need, &put, &file)?;
+    need.clear();
+    if let Some(base_file) = &base_file {
+        for (c, offset) in order
+            .iter()
+            .filter_map(|c| in_base.get(&c.id).map(|&offset| (c, offset)))
+        {
+            match read_verified(base_file, offset, c)? {
+                Some(chunk) => written += put(chunk.bytes(), &c.id)?,
+                // The base file changed under us (a local edit raced the remote one).
+                None => need.push(*c),
+            }
+        }
+    }
+    written += fetch_into(remote, &need, &put, &file)?;
+    if written != target.size() {
+        return Err(SyncError::Inconsistent(format!(
+            "rebuilt {written} bytes of a {} byte file",
+            target.size()
+        )));
+    }
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Fetches `need` in parts, [`FETCHERS`] at once, handing each checked chunk to `put`;
+/// returns the bytes `put` wrote. Writeback starts after each part.
+fn fetch_into(
+    remote: &Remote,
+    need: &[ChunkRef],
+    put: &(dyn Fn(&[u8], &ChunkId) -> std::io::Result<u64> + Sync),
+    file: &File,
+) -> Result<u64, SyncError> {
+    let mut parts: Vec<&[ChunkRef]> = Vec::new();
+    let mut rest = need;
     while !rest.is_empty() {
         let mut bytes = 0u64;
         let n = rest
             .iter()
             .take_while(|c| {
-                let fits = bytes == 0 || bytes + u64::from(c.len) <= WINDOW_BYTES;
                 bytes += u64::from(c.len);
-                fits
+                bytes <= PART_BYTES
             })
             .count()
             .max(1);
-        let (window, tail) = rest.split_at(n);
-        windows.push(window);
+        let (part, tail) = rest.split_at(n);
+        parts.push(part);
         rest = tail;
     }
-    std::thread::scope(|scope| -> Result<(), SyncError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<HashMap<ChunkId, VerifiedChunk>>(1);
-        let have = &have;
-        let windows_ref = &windows;
-        let fetcher = scope.spawn(move || -> Result<(), SyncError> {
-            for window in windows_ref {
-                let mut seen = HashSet::new();
-                let need: Vec<ChunkId> = window
-                    .iter()
-                    .map(|c| c.id)
-                    .filter(|id| !have.contains(id) && seen.insert(*id))
-                    .collect();
-                // Two requests in flight: the server reads and checks one half while the
-                // other travels.
-                let (first, second) = need.split_at(need.len() / 2);
-                let (a, b) = std::thread::scope(|s| {
-                    let other = s.spawn(|| remote.fetch(second));
-                    (remote.fetch(first), other.join())
-                });
-                let b = b.map_err(|_| SyncError::Inconsistent("a chunk fetch panicked".into()))?;
-                let supplied: HashMap<ChunkId, VerifiedChunk> = a?.into_iter().chain(b?).collect();
-                if tx.send(supplied).is_err() {
-                    break;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> Result<u64, SyncError> {
+        let mut written = 0u64;
+        while let Some(part) = parts.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            let ids: Vec<ChunkId> = part.iter().map(|c| c.id).collect();
+            let mut failed = None;
+            remote.fetch_each(&ids, |chunk| {
+                if failed.is_none() {
+                    match put(chunk.bytes(), &chunk.id()) {
+                        Ok(n) => written += n,
+                        Err(e) => failed = Some(e),
+                    }
                 }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
             }
-            Ok(())
-        });
-        let mut written = Ok(());
-        for window in &windows {
-            let started = std::time::Instant::now();
-            let received = rx.recv();
-            let waited = started.elapsed();
-            let Ok(mut supplied) = received else {
-                break; // the fetcher failed: its error is reported below
-            };
-            let part = Manifest {
-                chunks: window.to_vec(),
-            };
-            let r = match &base_file {
-                Some(f) => reconstruct(base_manifest, f, &mut supplied, &part, &mut out),
-                None => {
-                    let no_base: &[u8] = &[];
-                    reconstruct(&empty, no_base, &mut supplied, &part, &mut out)
-                }
-            };
-            if let Err(e) = r {
-                written = Err(e.into());
-                break;
-            }
-            // Writeback of this window starts now, without waiting for it: the disk works
-            // while the next window is written, and the one fsync at the end waits for the
-            // rest.
-            if let Err(e) = out
-                .flush()
-                .and_then(|()| start_writeback(out.get_ref(), 0, 0))
-            {
-                written = Err(e.into());
-                break;
-            }
-            tracing::debug!(
-                chunks = window.len(),
-                waited_ms = waited.as_millis() as u64,
-                written_ms = (started.elapsed() - waited).as_millis() as u64,
-                "window written"
-            );
+            // Only a head start for the fsync at the end, which reports any failure.
+            let _ = start_writeback(file, 0, 0);
         }
-        drop(rx);
-        fetcher
-            .join()
-            .map_err(|_| SyncError::Inconsistent("the chunk fetcher panicked".into()))??;
-        written
-    })?;
-    out.flush()?;
-    drop(out);
-    file.sync_all()?;
-    Ok(())
+        Ok(written)
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..FETCHERS).map(|_| scope.spawn(work)).collect();
+        let mut written = work()?;
+        for other in others {
+            written += other
+                .join()
+                .map_err(|_| SyncError::Inconsistent("a chunk fetcher panicked".into()))??;
+        }
+        Ok(written)
+    })
 }
 
 fn write_from(
