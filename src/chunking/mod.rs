@@ -29,7 +29,7 @@ pub use encoding::{DecodeError, MAX_MANIFEST_CHUNKS};
 pub use id::{ChunkId, IdParseError, ManifestId};
 pub use manifest::{ApplyError, ChunkRef, EditOp, Manifest, ManifestEdit};
 pub use params::{ChunkerParams, MAX_CHUNK_LEN, ParamsError};
-pub use payload::{PayloadError, VerifiedChunk};
+pub use payload::{PayloadError, VerifiedChunk, VerifiedSlice};
 pub use rechunk::{rechunk, rechunk_with};
 pub use reconstruct::{ChunkSource, ReconstructError, read_verified, reconstruct};
 pub use source::ReadAt;

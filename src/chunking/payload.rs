@@ -128,22 +128,111 @@ pub fn encode(bytes: &[u8], level: i32) -> Vec<u8> {
     out
 }
 
+/// Chunk bytes checked against their id, borrowed from a payload or a decode buffer: what a
+/// batch reader hands out without copying each chunk.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifiedSlice<'a> {
+    id: ChunkId,
+    bytes: &'a [u8],
+}
+
+impl<'a> VerifiedSlice<'a> {
+    /// The chunk id.
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// The chunk's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> VerifiedChunk {
+        VerifiedChunk {
+            id: self.id,
+            bytes: self.bytes.to_vec(),
+        }
+    }
+}
+
+/// A payload split at its tag, a raw body already checked against the limit.
+enum Body<'a> {
+    Raw(&'a [u8]),
+    Zstd(&'a [u8]),
+}
+
+fn body(payload: &[u8], limit: usize) -> Result<Body<'_>, PayloadError> {
+    match payload.split_first().ok_or(PayloadError::Empty)? {
+        (&TAG_RAW, body) if body.len() > limit => Err(PayloadError::TooLarge { limit }),
+        (&TAG_RAW, body) => Ok(Body::Raw(body)),
+        (&TAG_ZSTD, body) => Ok(Body::Zstd(body)),
+        (&other, _) => Err(PayloadError::UnknownTag(other)),
+    }
+}
+
+/// Inflates one zstd frame into `out` (cleared first), refusing more than `limit` bytes.
+fn inflate(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), PayloadError> {
+    out.clear();
+    // A first frame that says it holds more than `limit` is refused before any work.
+    if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(body)
+        && declared > limit as u64
+    {
+        return Err(PayloadError::TooLarge { limit });
+    }
+    // Stream through a bounded reader: the frame header's claimed size is not trusted.
+    let mut decoder = zstd::stream::read::Decoder::new(body).map_err(PayloadError::Zstd)?;
+    // Nor its window size: a frame of a few bytes could otherwise make the decoder allocate a
+    // 128 MiB window. A frame for at most `limit` bytes never needs more than the next power
+    // of two (one more bit as margin).
+    let window_log = (usize::BITS - limit.saturating_sub(1).leading_zeros()).clamp(10, 30);
+    decoder
+        .window_log_max(window_log + 1)
+        .map_err(PayloadError::Zstd)?;
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(out)
+        .map_err(PayloadError::Zstd)?;
+    if out.len() > limit {
+        return Err(PayloadError::TooLarge { limit });
+    }
+    Ok(())
+}
+
+fn verify(bytes: &[u8], expected: ChunkId) -> Result<(), PayloadError> {
+    let actual = ChunkId::of(bytes);
+    if actual != expected {
+        return Err(PayloadError::HashMismatch { expected, actual });
+    }
+    Ok(())
+}
+
+/// Decodes a payload as [`decode`] does, but hands out its bytes in place: a raw payload's
+/// body, or a compressed one inflated into `scratch` (reused from call to call).
+pub fn decode_into<'a>(
+    payload: &'a [u8],
+    expected: ChunkId,
+    limit: usize,
+    scratch: &'a mut Vec<u8>,
+) -> Result<VerifiedSlice<'a>, PayloadError> {
+    let bytes: &'a [u8] = match body(payload, limit)? {
+        Body::Raw(bytes) => bytes,
+        Body::Zstd(frame) => {
+            inflate(frame, limit, scratch)?;
+            scratch
+        }
+    };
+    verify(bytes, expected)?;
+    Ok(VerifiedSlice {
+        id: expected,
+        bytes,
+    })
+}
+
 /// Checks that a payload decodes to at most `limit` bytes hashing to `expected`, without
 /// copying a raw payload's bytes.
 pub fn check(payload: &[u8], expected: ChunkId, limit: usize) -> Result<(), PayloadError> {
-    match payload.split_first() {
-        Some((&TAG_RAW, body)) => {
-            if body.len() > limit {
-                return Err(PayloadError::TooLarge { limit });
-            }
-            let actual = ChunkId::of(body);
-            if actual != expected {
-                return Err(PayloadError::HashMismatch { expected, actual });
-            }
-            Ok(())
-        }
-        _ => decode(payload, expected, limit).map(|_| ()),
-    }
+    decode_into(payload, expected, limit, &mut Vec::new()).map(|_| ())
 }
 
 /// Decodes a payload, refusing output over `limit` bytes or not hashing to `expected`.
@@ -152,47 +241,19 @@ pub fn decode(
     expected: ChunkId,
     limit: usize,
 ) -> Result<VerifiedChunk, PayloadError> {
-    let (&tag, body) = payload.split_first().ok_or(PayloadError::Empty)?;
-    let bytes = match tag {
-        TAG_RAW => {
-            if body.len() > limit {
-                return Err(PayloadError::TooLarge { limit });
-            }
-            body.to_vec()
-        }
-        TAG_ZSTD => {
-            // A first frame that says it holds more than `limit` is refused before any work.
-            if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(body)
-                && declared > limit as u64
-            {
-                return Err(PayloadError::TooLarge { limit });
-            }
-            // Stream through a bounded reader: the frame header's claimed size is not trusted.
-            let mut decoder = zstd::stream::read::Decoder::new(body).map_err(PayloadError::Zstd)?;
-            // Nor its window size: a frame of a few bytes could otherwise make the decoder
-            // allocate a 128 MiB window. A frame for at most `limit` bytes never needs more
-            // than the next power of two (one more bit as margin).
-            let window_log = (usize::BITS - limit.saturating_sub(1).leading_zeros()).clamp(10, 30);
-            decoder
-                .window_log_max(window_log + 1)
-                .map_err(PayloadError::Zstd)?;
+    let bytes = match body(payload, limit)? {
+        Body::Raw(bytes) => bytes.to_vec(),
+        Body::Zstd(frame) => {
             let mut out = Vec::new();
-            decoder
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(PayloadError::Zstd)?;
-            if out.len() > limit {
-                return Err(PayloadError::TooLarge { limit });
-            }
+            inflate(frame, limit, &mut out)?;
             out
         }
-        other => return Err(PayloadError::UnknownTag(other)),
     };
-    let actual = ChunkId::of(&bytes);
-    if actual != expected {
-        return Err(PayloadError::HashMismatch { expected, actual });
-    }
-    Ok(VerifiedChunk { id: actual, bytes })
+    verify(&bytes, expected)?;
+    Ok(VerifiedChunk {
+        id: expected,
+        bytes,
+    })
 }
 
 #[cfg(test)]
@@ -250,6 +311,30 @@ mod tests {
         assert!(matches!(
             check(&[9, 1, 2], ChunkId::of(b""), 10),
             Err(PayloadError::UnknownTag(9))
+        ));
+    }
+
+    #[test]
+    fn decode_into_borrows_raw_bodies_and_inflates_into_the_scratch() {
+        let random = crate::chunking::seeded::seeded_bytes(16 << 10, 3);
+        let raw = encode(&random, DEFAULT_ZSTD_LEVEL);
+        let mut scratch = b"stale".to_vec();
+        let got = decode_into(&raw, ChunkId::of(&random), 65536, &mut scratch).expect("raw");
+        assert_eq!(got.bytes(), &random[..]);
+        assert!(std::ptr::eq(got.bytes().as_ptr(), raw[1..].as_ptr()));
+        assert_eq!(got.to_owned(), VerifiedChunk::new(random.clone()));
+
+        let same = vec![7u8; 10_000];
+        let packed = encode(&same, DEFAULT_ZSTD_LEVEL);
+        let got = decode_into(&packed, ChunkId::of(&same), 65536, &mut scratch).expect("zstd");
+        assert_eq!(got.bytes(), &same[..]);
+        assert_eq!(
+            scratch, same,
+            "inflated into the scratch, which was emptied first"
+        );
+        assert!(matches!(
+            decode_into(&packed, ChunkId::of(&random), 65536, &mut scratch),
+            Err(PayloadError::HashMismatch { .. })
         ));
     }
 
