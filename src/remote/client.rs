@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::RemoteError;
 use super::wire::{LimitedSink, Outgoing, WireCounters, decode_body};
-use crate::chunking::{ChunkId, VerifiedChunk, payload};
+use crate::chunking::{ChunkId, VerifiedChunk, VerifiedSlice, payload};
 use crate::protocol::framing::{self, BATCH_MEDIA_TYPE};
 use crate::protocol::limits::{
     MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHANGES_LIMIT, MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE,
@@ -320,18 +320,33 @@ impl Remote {
     /// `body.chunks`.
     pub fn fetch(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, VerifiedChunk)>, RemoteError> {
         let mut out = Vec::with_capacity(ids.len());
-        self.fetch_each(ids, |chunk| out.push((chunk.id(), chunk)))?;
+        self.fetch_each(ids, |chunk| out.push((chunk.id(), chunk.to_owned())))?;
         Ok(out)
     }
 
     /// Downloads these chunks in the order asked (repeated ids once), handing each to `each`
     /// as soon as it is verified; returns how many were handed over. On an error, the chunks
     /// handed over before it are good and the rest did not come.
-    pub fn fetch_each<F>(&self, ids: &[ChunkId], mut each: F) -> Result<usize, RemoteError>
+    pub fn fetch_each<F>(&self, ids: &[ChunkId], each: F) -> Result<usize, RemoteError>
     where
-        F: FnMut(VerifiedChunk),
+        F: FnMut(VerifiedSlice<'_>),
+    {
+        self.fetch_each_buffered(ids, &mut Vec::new(), each)
+    }
+
+    /// [`Remote::fetch_each`] reading each batch into `answer`, a buffer the caller keeps from
+    /// call to call (a batch is tens of MiB: fresh memory costs a page fault per 4 KiB).
+    pub fn fetch_each_buffered<F>(
+        &self,
+        ids: &[ChunkId],
+        answer: &mut Vec<u8>,
+        mut each: F,
+    ) -> Result<usize, RemoteError>
+    where
+        F: FnMut(VerifiedSlice<'_>),
     {
         let ids = unique(ids);
+        let mut scratch = Vec::new();
         let path = self.vol_path("chunks/fetch");
         let mut rest: &[ChunkId] = &ids;
         let mut done = 0;
@@ -339,14 +354,15 @@ impl Remote {
             let ask = &rest[..rest.len().min(MAX_BATCH_CHUNKS)];
             let req = ChunkIdsRequest { ids: ask.to_vec() };
             let (body, _) = self.json_body(&req)?;
-            let answer = self.call(
+            self.call_into(
                 Method::POST,
                 &path,
                 Some(body),
                 transfer_timeout(MAX_BATCH_BYTES),
                 FETCH_ANSWER_LIMIT,
+                answer,
             )?;
-            let entries = framing::decode_batch(&answer).map_err(|e| {
+            let entries = framing::decode_batch(answer).map_err(|e| {
                 RemoteError::Protocol(format!(
                     "server at {} sent a malformed chunk batch: {e}",
                     self.server
@@ -368,12 +384,13 @@ impl Remote {
                         self.server
                     )));
                 }
-                let chunk = payload::decode(payload, *wanted, MAX_CHUNK_SIZE).map_err(|e| {
-                    RemoteError::Protocol(format!(
-                        "server at {} sent chunk {wanted} that fails verification: {e}",
-                        self.server
-                    ))
-                })?;
+                let chunk = payload::decode_into(payload, *wanted, MAX_CHUNK_SIZE, &mut scratch)
+                    .map_err(|e| {
+                        RemoteError::Protocol(format!(
+                            "server at {} sent chunk {wanted} that fails verification: {e}",
+                            self.server
+                        ))
+                    })?;
                 each(chunk);
                 done += 1;
             }
@@ -512,6 +529,22 @@ impl Remote {
         timeout: Duration,
         limit: usize,
     ) -> Result<Vec<u8>, RemoteError> {
+        let mut answer = Vec::new();
+        self.call_into(method, path, body, timeout, limit, &mut answer)?;
+        Ok(answer)
+    }
+
+    /// [`Remote::call`] into a caller's buffer, which keeps its capacity from call to call: a
+    /// batch of chunks is tens of MiB, and fresh memory costs a page fault per 4 KiB.
+    fn call_into(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Outgoing>,
+        timeout: Duration,
+        limit: usize,
+        answer: &mut Vec<u8>,
+    ) -> Result<(), RemoteError> {
         let url = format!("{}{path}", self.server);
         let mut req = self
             .http
@@ -545,18 +578,20 @@ impl Remote {
                 ))
             })?),
         };
-        let mut sink = LimitedSink::new(limit);
+        let expected = resp.content_length();
+        let mut sink = LimitedSink::new(answer, limit, expected);
         let copied = resp.copy_to(&mut sink);
-        self.wire.received(sink.seen);
-        tracing::debug!(%method, path, status, sent, received = sink.seen, "remote call");
-        if sink.overflowed {
+        let (seen, overflowed) = (sink.seen, sink.overflowed);
+        self.wire.received(seen);
+        tracing::debug!(%method, path, status, sent, received = seen, "remote call");
+        if overflowed {
             return Err(RemoteError::Protocol(format!(
                 "server at {} sent an answer to {path} over {limit} bytes",
                 self.server
             )));
         }
         copied.map_err(network)?;
-        let answer = decode_body(sink.buf, encoding.as_deref(), limit).map_err(|e| {
+        *answer = decode_body(std::mem::take(answer), encoding.as_deref(), limit).map_err(|e| {
             RemoteError::Protocol(format!(
                 "server at {} sent an unreadable answer to {path}: {e}",
                 self.server
@@ -567,10 +602,10 @@ impl Remote {
                 &self.server,
                 self.volume.as_str(),
                 status,
-                &answer,
+                answer,
             ));
         }
-        Ok(answer)
+        Ok(())
     }
 }
 

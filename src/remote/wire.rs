@@ -87,10 +87,11 @@ impl Outgoing {
     }
 }
 
-/// A writer that collects an answer body and refuses to grow past a limit.
-pub struct LimitedSink {
+/// A writer that collects an answer body into a caller's buffer and refuses to grow past a
+/// limit.
+pub struct LimitedSink<'a> {
     /// What was written so far.
-    pub buf: Vec<u8>,
+    pub buf: &'a mut Vec<u8>,
     limit: usize,
     /// True once a write would have passed the limit.
     pub overflowed: bool,
@@ -98,11 +99,17 @@ pub struct LimitedSink {
     pub seen: usize,
 }
 
-impl LimitedSink {
-    /// An empty sink accepting at most `limit` bytes.
-    pub fn new(limit: usize) -> Self {
+impl<'a> LimitedSink<'a> {
+    /// A sink that empties `buf` and accepts at most `limit` bytes into it. `expected` (a
+    /// Content-Length, not trusted beyond the limit) is reserved up front, so a large answer
+    /// is not copied again each time the buffer doubles.
+    pub fn new(buf: &'a mut Vec<u8>, limit: usize, expected: Option<u64>) -> Self {
+        buf.clear();
+        if let Some(n) = expected {
+            buf.reserve(usize::try_from(n).unwrap_or(usize::MAX).min(limit));
+        }
         Self {
-            buf: Vec::new(),
+            buf,
             limit,
             overflowed: false,
             seen: 0,
@@ -110,7 +117,7 @@ impl LimitedSink {
     }
 }
 
-impl Write for LimitedSink {
+impl Write for LimitedSink<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.seen += data.len();
         if self.buf.len() + data.len() > self.limit {
@@ -211,11 +218,14 @@ mod tests {
 
     #[test]
     fn sink_stops_at_its_limit() {
-        let mut sink = LimitedSink::new(4);
+        let mut buf = b"left over".to_vec();
+        // A Content-Length over the limit reserves no more than the limit.
+        let mut sink = LimitedSink::new(&mut buf, 4, Some(1 << 40));
         sink.write_all(b"abc").unwrap();
         assert!(sink.write_all(b"de").is_err());
         assert!(sink.overflowed);
-        assert_eq!(sink.buf, b"abc");
         assert_eq!(sink.seen, 5);
+        assert_eq!(buf, b"abc");
+        assert!(buf.capacity() < 1 << 20);
     }
 }
