@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 
 use crate::chunking::{ChunkId, ChunkRef, Manifest, VerifiedChunk, read_verified, reconstruct};
 use crate::drive::Drive;
@@ -91,7 +92,7 @@ pub fn sync_staging(drive: &Drive) -> Result<(), SyncError> {
 const PART_BYTES: u64 = 32 << 20;
 /// Fetchers working at once: each asks for a part, checks each chunk as it arrives and
 /// writes it where it goes, so the network, the hashing and the writes overlap.
-const FETCHERS: usize = 2;
+const FETCHERS: usize = 3;
 
 /// Where each distinct chunk of a manifest goes: its length and its offsets, in file order.
 fn placements(target: &Manifest) -> (Vec<ChunkRef>, HashMap<ChunkId, Vec<u64>>) {
@@ -117,8 +118,12 @@ fn write_content(
     let (order, places) = placements(target);
     let file = File::create(path)?;
     file.set_len(target.size())?;
+    // Writes to one file go one at a time in the kernel anyway (the inode lock); taking turns
+    // here lets the other fetcher sleep instead of spinning on that lock.
+    let writing = Mutex::new(());
     let put = |chunk: &[u8], id: &ChunkId| -> std::io::Result<u64> {
         let at = places.get(id).map_or(&[][..], Vec::as_slice);
+        let _turn = writing.lock().unwrap_or_else(PoisonError::into_inner);
         for &offset in at {
             file.write_all_at(chunk, offset)?;
         }
@@ -138,7 +143,9 @@ fn write_content(
         .filter(|c| !in_base.contains_key(&c.id))
         .copied()
         .collect();
+    let started = std::time::Instant::now();
     let mut written = fetch_into(remote, &need, &put, &file)?;
+    let fetched = started.elapsed();
     need.clear();
     if let Some(base_file) = &base_file {
         for (c, offset) in order
@@ -159,7 +166,15 @@ fn write_content(
             target.size()
         )));
     }
+    let rebuilt = started.elapsed();
     file.sync_all()?;
+    tracing::debug!(
+        bytes = written,
+        fetch_ms = fetched.as_millis(),
+        rebuild_ms = rebuilt.as_millis(),
+        fsync_ms = (started.elapsed() - rebuilt).as_millis(),
+        "content rebuilt"
+    );
     Ok(())
 }
 
@@ -190,10 +205,11 @@ fn fetch_into(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || -> Result<u64, SyncError> {
         let mut written = 0u64;
+        let mut answer = Vec::new();
         while let Some(part) = parts.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
             let ids: Vec<ChunkId> = part.iter().map(|c| c.id).collect();
             let mut failed = None;
-            remote.fetch_each(&ids, |chunk| {
+            remote.fetch_each_buffered(&ids, &mut answer, |chunk| {
                 if failed.is_none() {
                     match put(chunk.bytes(), &chunk.id()) {
                         Ok(n) => written += n,
