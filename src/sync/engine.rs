@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunking::{ChunkerParams, Manifest};
 use crate::drive::Drive;
 use crate::protocol::limits::COMMIT_FORMAT;
-use crate::protocol::{AccountName, CommitRequest, NodeId, Seq, TxnId};
+use crate::protocol::{AccountName, ChangesResponse, CommitRequest, NodeId, Seq, TxnId};
 use crate::remote::{Remote, RemoteError};
 
 use super::SyncError;
@@ -156,8 +156,8 @@ struct Ctx {
     params: ChunkerParams,
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
-    /// The head the waker last saw.
-    seen_head: Arc<AtomicU64>,
+    /// What the waker's long-poll saw.
+    polled: Arc<Polled>,
     status: EngineStatus,
     status_path: PathBuf,
     to_upload: AtomicU64,
@@ -169,6 +169,27 @@ struct Ctx {
     last_local: Option<super::plan::Tree>,
     /// The remote tree was loaded from a snapshot in this run.
     joined: bool,
+}
+
+/// What the waker's long-poll saw, shared with the engine.
+#[derive(Default)]
+struct Polled {
+    /// The highest server head seen.
+    head: AtomicU64,
+    /// The page the last long-poll brought, with the seq it asked after: the engine's next
+    /// pull starts from it rather than asking the server again (a large change is megabytes).
+    page: Mutex<Option<(Seq, ChangesResponse)>>,
+}
+
+impl Polled {
+    /// The polled page of the changes after `cursor`, if that is what it holds.
+    fn take_page(&self, cursor: Seq) -> Option<ChangesResponse> {
+        let mut page = self.page.lock().unwrap_or_else(PoisonError::into_inner);
+        match page.take() {
+            Some((after, p)) if after == cursor => Some(p),
+            _ => None,
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -194,7 +215,10 @@ impl Engine {
             let wake = Arc::clone(&wake);
             drive.set_change_hook(Arc::new(move || wake.ring()));
         }
-        let seen_head = Arc::new(AtomicU64::new(status.cursor));
+        let polled = Arc::new(Polled {
+            head: AtomicU64::new(status.cursor),
+            page: Mutex::new(None),
+        });
         let mut ctx = Ctx {
             drive,
             remote: remote.clone(),
@@ -203,7 +227,7 @@ impl Engine {
             params: ChunkerParams::default(),
             stop: Arc::clone(&stop),
             wake: Arc::clone(&wake),
-            seen_head: Arc::clone(&seen_head),
+            polled: Arc::clone(&polled),
             status,
             status_path,
             to_upload: AtomicU64::new(0),
@@ -219,7 +243,7 @@ impl Engine {
             let (stop, wake) = (Arc::clone(&stop), Arc::clone(&wake));
             std::thread::Builder::new()
                 .name("sync-waker".into())
-                .spawn(move || waker(remote, stop, wake, seen_head))?;
+                .spawn(move || waker(remote, stop, wake, polled))?;
         }
         let thread = std::thread::Builder::new()
             .name("sync".into())
@@ -255,15 +279,20 @@ impl Engine {
 }
 
 /// Long-polls the change log and rings when the head moves past what was seen.
-fn waker(remote: Remote, stop: Arc<AtomicBool>, wake: Arc<Wake>, seen: Arc<AtomicU64>) {
+fn waker(remote: Remote, stop: Arc<AtomicBool>, wake: Arc<Wake>, polled: Arc<Polled>) {
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
-        let after = Seq(seen.load(Ordering::Relaxed));
+        let after = Seq(polled.head.load(Ordering::Relaxed));
         match remote.changes(after, POLL_WAIT_SECS, 1) {
             Ok(page) => {
                 backoff = Duration::from_secs(1);
                 if page.head > after {
-                    seen.fetch_max(page.head.0, Ordering::Relaxed);
+                    let head = page.head.0;
+                    if !page.changes.is_empty() {
+                        *polled.page.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some((after, page));
+                    }
+                    polled.head.fetch_max(head, Ordering::Relaxed);
                     wake.ring();
                 }
             }
@@ -579,7 +608,7 @@ impl Ctx {
         self.joined = true;
         self.status.cursor = snap.seq.0;
         self.status.server_head = self.status.server_head.max(snap.seq.0);
-        self.seen_head.fetch_max(snap.seq.0, Ordering::Relaxed);
+        self.polled.head.fetch_max(snap.seq.0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -590,9 +619,13 @@ impl Ctx {
             if until.is_some_and(|u| cursor >= u) {
                 return Ok(());
             }
-            let page = self.remote.changes(cursor, 0, PAGE)?;
-            self.status.server_head = page.head.0;
-            self.seen_head.fetch_max(page.head.0, Ordering::Relaxed);
+            let page = match self.polled.take_page(cursor) {
+                Some(page) => page,
+                None => self.remote.changes(cursor, 0, PAGE)?,
+            };
+            // A polled page may be older than the head already seen.
+            self.status.server_head = self.status.server_head.max(page.head.0);
+            self.polled.head.fetch_max(page.head.0, Ordering::Relaxed);
             for change in &page.changes {
                 let rows =
                     match self
@@ -704,7 +737,7 @@ impl Ctx {
                 }
                 self.set_synced(agreed)?;
                 self.state.remove_outbox(req.txn)?;
-                self.seen_head.fetch_max(resp.seq.0, Ordering::Relaxed);
+                self.polled.head.fetch_max(resp.seq.0, Ordering::Relaxed);
                 if resp.seq.0 == cursor.0 + 1 {
                     // Nobody committed in between: the remote tree is ours plus these ops.
                     let rows =
