@@ -107,6 +107,8 @@ now() { date +%s.%N; }
 elapsed() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.3f", e - s }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "na" }'; }
 field() { sed -n "s/.*$1=\\([0-9.]*\\).*/\\1/p" <<<"$2"; }
+# CPU seconds (user + system, all threads) a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # --- server, user, devices, volume, two mounts -------------------------------------------
 say "starting deltadrive serve on 127.0.0.1 (port chosen by the OS)"
@@ -120,9 +122,11 @@ for _ in $(seq 200); do [ -s "$W/addr" ] && break; sleep 0.05; done
 [ -s "$W/addr" ] || { say "the server did not start"; cat "$W/server.log" >&2; exit 1; }
 URL="http://$(cat "$W/addr")"
 say "server at $URL (pid $SERVER_PID)"
+declare -A DAEMON_PID
 for s in A B; do
     mkdir -p "$W/$s"
-    "$DD" mount "$W/$s" --state "$W/state$s" --server "$URL" --volume vol --token-file "$W/token$s" >/dev/null
+    out=$("$DD" mount "$W/$s" --state "$W/state$s" --server "$URL" --volume vol --token-file "$W/token$s")
+    DAEMON_PID[$s]=$(sed -n 's/.*pid \([0-9]*\)).*/\1/p' <<<"$out")
 done
 say "mounted A=$W/A and B=$W/B"
 quiet() { probe quiet "$DD" "$W/A" "$W/stateA" "$W/B" "$W/stateB" || { diagnose; exit 1; }; }
@@ -185,13 +189,16 @@ head -c $((GIB_MB << 20)) /dev/urandom >"$W/src/new.bin"
 # (otherwise the kernel writes the source back while the drives work, at their expense).
 sync
 c=$(quiet); read -r upA0 _ _ downB0 <<<"$c"
+cpu0=("$(cpu_s "$SERVER_PID")" "$(cpu_s "${DAEMON_PID[A]}")" "$(cpu_s "${DAEMON_PID[B]}")")
 timeline=()
 if [ "$TIMELINE" = 1 ]; then timeline=("$DD" "$W/A" "$W/stateA" "$W/B" "$W/stateB"); fi
 big=$(probe big "$W/src/new.bin" "$W/A" "$W/B" "${timeline[@]}") || { diagnose; exit 1; }
 c=$(quiet); read -r upA1 _ _ downB1 <<<"$c"
+cpu1=("$(cpu_s "$SERVER_PID")" "$(cpu_s "${DAEMON_PID[A]}")" "$(cpu_s "${DAEMON_PID[B]}")")
 DD_S=$(field visible_on_B_s "$big")
 echo "deltadrive $(head -n 1 <<<"$big") A_uploaded=$((upA1 - upA0)) B_downloaded=$((downB1 - downB0))"
 [ "$TIMELINE" = 1 ] && echo "deltadrive $(sed -n 2p <<<"$big") (final bytes_uploaded of A and bytes_downloaded of B first seen, from the start of the copy)"
+echo "deltadrive cpu_s: server=$(elapsed "${cpu0[0]}" "${cpu1[0]}") A=$(elapsed "${cpu0[1]}" "${cpu1[1]}") B=$(elapsed "${cpu0[2]}" "${cpu1[2]}") (CPU seconds, user + system, from the copy until both engines were quiet)"
 sync
 s=$(now); rsync -a "$W/src/" "$W/rsync-a/"; e=$(now)
 RSYNC_S=$(elapsed "$s" "$e")
