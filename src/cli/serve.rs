@@ -8,7 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::server::{self, AppState, Notifier};
+use crate::server::{self, AnswerPool, AppState, Notifier};
+
+/// Batched-download answer buffers (up to ~33 MiB each) kept for the next requests.
+const FETCH_BUFFERS_KEPT: usize = 4;
 
 /// Arguments of `deltadrive serve`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +59,7 @@ async fn serve(
         meta,
         chunks,
         notifier: Arc::new(Notifier::default()),
+        answers: AnswerPool::new(FETCH_BUFFERS_KEPT),
         shutdown: stop_rx.clone(),
     };
     tokio::spawn(async move {

@@ -77,9 +77,15 @@ pub const ENTRY_HEADER: usize = 36;
 /// Starts a batch of `count` entries.
 pub fn start_batch(count: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(8);
+    write_batch_header(&mut out, count);
+    out
+}
+
+/// Starts a batch of `count` entries in `out`, which must be empty.
+pub fn write_batch_header(out: &mut Vec<u8>, count: u32) {
+    debug_assert!(out.is_empty());
     out.extend_from_slice(&BATCH_MAGIC);
     out.extend_from_slice(&count.to_be_bytes());
-    out
 }
 
 /// Encodes a whole batch.

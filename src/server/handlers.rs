@@ -241,13 +241,18 @@ pub async fn fetch_chunks(
             format!("{} ids, more than {MAX_BATCH_CHUNKS}", req.ids.len()),
         ));
     }
-    let (meta, chunks) = (state.meta.clone(), state.chunks.clone());
+    let (meta, chunks, answers) = (
+        state.meta.clone(),
+        state.chunks.clone(),
+        state.answers.clone(),
+    );
     let body = blocking(move || {
         let missing = meta.missing_chunks(vol, &req.ids)?;
         if !missing.is_empty() {
             return Err(not_held(missing));
         }
-        let mut out = framing::start_batch(0);
+        let mut out = answers.take();
+        framing::write_batch_header(&mut out, 0);
         // Room for the whole answer up front (pages are only touched as it fills), so it is
         // never copied while it grows.
         out.reserve(
@@ -273,7 +278,7 @@ pub async fn fetch_chunks(
             count += 1;
         }
         out[4..8].copy_from_slice(&count.to_be_bytes());
-        Ok(out)
+        Ok(answers.into_bytes(out))
     })
     .await?;
     Ok(([(CONTENT_TYPE, BATCH_MEDIA_TYPE)], body).into_response())

@@ -4,6 +4,7 @@
 //! Layering: this module uses `protocol` and `chunking` only, never `fs`, `drive`, `sync` or
 //! `remote`. Handlers see the stores as `dyn MetaStore` and `dyn ChunkStore`.
 
+mod answers;
 pub mod auth;
 pub mod chunks;
 mod error;
@@ -28,6 +29,7 @@ use tower_http::decompression::RequestDecompressionLayer;
 use crate::protocol::limits::{
     MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_JSON_BODY,
 };
+pub use answers::AnswerPool;
 pub use chunks::{ChunkStore, ChunkStoreError, PackDirStore, VerifiedPayload};
 pub use error::ApiError;
 pub use meta::{MetaError, MetaStore, SqliteMeta};
@@ -42,6 +44,8 @@ pub struct AppState {
     pub chunks: Arc<dyn ChunkStore>,
     /// Long-poll wake-ups.
     pub notifier: Arc<Notifier>,
+    /// Buffers for batched chunk downloads.
+    pub answers: Arc<AnswerPool>,
     /// Turns true when the server is shutting down, ending long-polls early.
     pub shutdown: watch::Receiver<bool>,
 }
