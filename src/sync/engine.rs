@@ -7,6 +7,7 @@
 //! the remote tree once the local steps are applied, then by each pushed transaction as soon
 //! as the server has answered it.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunking::{ChunkerParams, Manifest};
+use crate::chunking::{ChunkId, ChunkerParams, Manifest};
 use crate::drive::Drive;
 use crate::protocol::limits::COMMIT_FORMAT;
 use crate::protocol::{AccountName, ChangesResponse, CommitRequest, NodeId, Seq, TxnId};
@@ -169,6 +170,8 @@ struct Ctx {
     last_local: Option<super::plan::Tree>,
     /// The remote tree was loaded from a snapshot in this run.
     joined: bool,
+    /// Chunks the server said it holds during this cycle's scan (the early upload's).
+    held: HashSet<ChunkId>,
 }
 
 /// What the waker's long-poll saw, shared with the engine.
@@ -235,6 +238,7 @@ impl Engine {
             setbacks: 0,
             last_local: None,
             joined: false,
+            held: HashSet::new(),
         };
         // The status file may be a dead daemon's (idle, after a crash): this one is not idle
         // until its first cycle says so.
@@ -536,11 +540,13 @@ impl Ctx {
     fn plan_now(&mut self, device: &AccountName) -> Result<(Plan, RemoteTree, bool), SyncError> {
         let (drive, mem, state, params) =
             (&self.drive, &mut self.mem, &mut self.state, self.params);
-        let local = with_early_upload(&self.remote, |early| {
+        let (local, held) = with_early_upload(&self.remote, |early| {
             scan(drive, mem, state, params, &mut |c, bytes| {
                 early.offer(c, bytes)
             })
-        })?;
+        });
+        let local = local?;
+        self.held = held;
         let mut l = local.tree;
         let mut r = self.mem.remote.clone();
         let mut held = false;
@@ -708,7 +714,13 @@ impl Ctx {
         agreed: &mut super::plan::Tree,
     ) -> Result<Pushed, SyncError> {
         let (ops, chunks) = build_ops(steps, &self.mem.remote, &self.mem.manifests)?;
-        match upload_missing(&self.drive, &self.remote, &chunks, &self.to_upload)? {
+        match upload_missing(
+            &self.drive,
+            &self.remote,
+            &chunks,
+            &self.held,
+            &self.to_upload,
+        )? {
             Upload::Done => {}
             Upload::Changed(node) => {
                 tracing::debug!(%node, "file changed during upload; planning again");

@@ -2,12 +2,14 @@
 //! network and the server work while the rest of a large file is still being cut.
 //!
 //! Only whole batches go early; what is left when the scan ends (a small edit, the tail of a
-//! large file) goes with the push as before, which asks the server again what it lacks. So a
-//! failed or refused early upload costs nothing but the attempt: it is a head start, never
-//! the record of what the server holds.
+//! large file) goes with the push, which asks the server what it lacks of the rest. A failed
+//! or refused early upload costs nothing but the attempt. What it does learn (chunks the
+//! server said it holds, or stored and answered for) is handed to that same cycle's push, so
+//! a large file's chunks are not asked about twice; the commit still checks every one.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -53,13 +55,18 @@ impl Early<'_> {
 
 /// Runs `scan` with an [`Early`] whose full batches are sent as it goes (the chunks the
 /// server lacks, compressed, [`SENDERS`] requests in flight), and waits for them to be sent.
-pub fn with_early_upload<R>(remote: &Remote, scan: impl FnOnce(&mut Early<'_>) -> R) -> R {
+/// Also returns the chunks the server holds by its own answers.
+pub fn with_early_upload<R>(
+    remote: &Remote,
+    scan: impl FnOnce(&mut Early<'_>) -> R,
+) -> (R, HashSet<ChunkId>) {
     let failed = AtomicBool::new(false);
+    let held = Mutex::new(HashSet::new());
     let (tx, rx) = sync_channel::<Batch>(SENDERS);
     let rx = Mutex::new(rx);
-    std::thread::scope(|scope| {
+    let out = std::thread::scope(|scope| {
         for _ in 0..SENDERS {
-            scope.spawn(|| send_batches(remote, &rx, &failed));
+            scope.spawn(|| send_batches(remote, &rx, &failed, &held));
         }
         let mut early = Early {
             tx: Some(tx),
@@ -69,10 +76,19 @@ pub fn with_early_upload<R>(remote: &Remote, scan: impl FnOnce(&mut Early<'_>) -
         };
         // The senders end once the channel closes, when `early` (and its sender) is dropped.
         scan(&mut early)
-    })
+    });
+    (
+        out,
+        held.into_inner().unwrap_or_else(PoisonError::into_inner),
+    )
 }
 
-fn send_batches(remote: &Remote, rx: &Mutex<Receiver<Batch>>, failed: &AtomicBool) {
+fn send_batches(
+    remote: &Remote,
+    rx: &Mutex<Receiver<Batch>>,
+    failed: &AtomicBool,
+    held: &Mutex<HashSet<ChunkId>>,
+) {
     loop {
         let batch = match rx.lock() {
             Ok(rx) => rx.recv(),
@@ -82,15 +98,22 @@ fn send_batches(remote: &Remote, rx: &Mutex<Receiver<Batch>>, failed: &AtomicBoo
         if failed.load(Ordering::Relaxed) {
             continue; // drain, so the scan never blocks on a full channel
         }
-        if let Err(e) = send(remote, batch) {
-            tracing::debug!("early upload stopped: {e}");
-            failed.store(true, Ordering::Relaxed);
+        match send(remote, batch) {
+            Ok(ids) => held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(ids),
+            Err(e) => {
+                tracing::debug!("early upload stopped: {e}");
+                failed.store(true, Ordering::Relaxed);
+            }
         }
     }
 }
 
 /// Sends the chunks of `batch` the server lacks; those it holds are not even compressed.
-fn send(remote: &Remote, batch: Batch) -> Result<(), crate::remote::RemoteError> {
+/// Returns the batch's ids: all held by the server once it answered.
+fn send(remote: &Remote, batch: Batch) -> Result<Vec<ChunkId>, crate::remote::RemoteError> {
     let started = std::time::Instant::now();
     let ids: Vec<ChunkId> = batch.chunks.iter().map(|(id, _)| *id).collect();
     let lacking: HashSet<ChunkId> = remote.missing(&ids)?.into_iter().collect();
@@ -109,5 +132,5 @@ fn send(remote: &Remote, batch: Batch) -> Result<(), crate::remote::RemoteError>
         ms = started.elapsed().as_millis() as u64,
         "early upload batch"
     );
-    Ok(())
+    Ok(ids)
 }

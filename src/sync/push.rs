@@ -157,16 +157,21 @@ pub enum Upload {
     Changed(NodeId),
 }
 
-/// Uploads the chunks of `wanted` the server lacks, reading them from the local files.
-/// `pending` counts down the bytes still to send (for `status`).
+/// Uploads the chunks of `wanted` the server lacks, reading them from the local files; those
+/// in `held` (the server said so moments ago) are not asked about. `pending` counts down the
+/// bytes still to send (for `status`).
 pub fn upload_missing(
     drive: &Drive,
     remote: &Remote,
     wanted: &[ChunkAt],
+    held: &HashSet<ChunkId>,
     pending: &AtomicU64,
 ) -> Result<Upload, SyncError> {
     let mut seen = HashSet::new();
-    let unique: Vec<&ChunkAt> = wanted.iter().filter(|w| seen.insert(w.chunk.id)).collect();
+    let unique: Vec<&ChunkAt> = wanted
+        .iter()
+        .filter(|w| !held.contains(&w.chunk.id) && seen.insert(w.chunk.id))
+        .collect();
     let mut missing: HashSet<ChunkId> = HashSet::new();
     for part in unique.chunks(MAX_IDS_PER_REQUEST) {
         let ids: Vec<ChunkId> = part.iter().map(|w| w.chunk.id).collect();
