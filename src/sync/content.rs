@@ -130,13 +130,12 @@ fn write_content(
         Ok(chunk.len() as u64 * at.len() as u64)
     };
     // What the base version's file holds is read from it (and checked); the rest is fetched.
-    let in_base: HashMap<ChunkId, u64> = match base {
-        Some((_, m)) => m.offsets().map(|(offset, c)| (c.id, offset)).collect(),
-        None => HashMap::new(),
-    };
-    let base_file = match base {
-        Some((node, _)) => Some(drive.open_content(node)?),
-        None => None,
+    let (in_base, base_file): (HashMap<ChunkId, u64>, _) = match base {
+        Some((node, m)) => (
+            m.offsets().map(|(offset, c)| (c.id, offset)).collect(),
+            Some(drive.open_content(node)?),
+        ),
+        None => (HashMap::new(), None),
     };
     let mut need: Vec<ChunkRef> = order
         .iter()

@@ -220,7 +220,7 @@ impl Engine {
         }
         let polled = Arc::new(Polled {
             head: AtomicU64::new(status.cursor),
-            page: Mutex::new(None),
+            ..Polled::default()
         });
         let mut ctx = Ctx {
             drive,

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::Scope;
 
 use crate::chunking::{ChunkId, ChunkRef, payload};
 use crate::protocol::limits::MAX_BATCH_CHUNKS;
@@ -26,23 +27,41 @@ struct Batch {
     bytes: usize,
 }
 
-/// The scan's side: collects new chunks and hands full batches to the senders.
-pub struct Early<'a> {
+/// What the sender threads share with the scan.
+struct Shared<'e> {
+    remote: &'e Remote,
+    rx: Mutex<Receiver<Batch>>,
+    failed: AtomicBool,
+    held: Mutex<HashSet<ChunkId>>,
+}
+
+/// The scan's side: collects new chunks and hands full batches to the senders, started
+/// with the first full batch (most scans cut too little for one and start none).
+pub struct Early<'s, 'e> {
+    scope: &'s Scope<'s, 'e>,
+    shared: &'e Shared<'e>,
+    senders_started: bool,
     tx: Option<SyncSender<Batch>>,
     batch: Batch,
     seen: HashSet<ChunkId>,
-    failed: &'a AtomicBool,
 }
 
-impl Early<'_> {
+impl Early<'_, '_> {
     /// A chunk just cut, with its bytes.
     pub fn offer(&mut self, chunk: ChunkRef, bytes: &[u8]) {
-        if self.failed.load(Ordering::Relaxed) || !self.seen.insert(chunk.id) {
+        if self.shared.failed.load(Ordering::Relaxed) || !self.seen.insert(chunk.id) {
             return;
         }
         self.batch.bytes += bytes.len();
         self.batch.chunks.push((chunk.id, bytes.to_vec()));
         if self.batch.chunks.len() == MAX_BATCH_CHUNKS || self.batch.bytes >= UPLOAD_BATCH_BYTES {
+            if !self.senders_started {
+                self.senders_started = true;
+                for _ in 0..SENDERS {
+                    let shared = self.shared;
+                    self.scope.spawn(move || send_batches(shared));
+                }
+            }
             let full = std::mem::take(&mut self.batch);
             if let Some(tx) = &self.tx
                 && tx.send(full).is_err()
@@ -58,37 +77,38 @@ impl Early<'_> {
 /// Also returns the chunks the server holds by its own answers.
 pub fn with_early_upload<R>(
     remote: &Remote,
-    scan: impl FnOnce(&mut Early<'_>) -> R,
+    scan: impl FnOnce(&mut Early<'_, '_>) -> R,
 ) -> (R, HashSet<ChunkId>) {
-    let failed = AtomicBool::new(false);
-    let held = Mutex::new(HashSet::new());
     let (tx, rx) = sync_channel::<Batch>(SENDERS);
-    let rx = Mutex::new(rx);
+    let shared = Shared {
+        remote,
+        rx: Mutex::new(rx),
+        failed: AtomicBool::new(false),
+        held: Mutex::new(HashSet::new()),
+    };
     let out = std::thread::scope(|scope| {
-        for _ in 0..SENDERS {
-            scope.spawn(|| send_batches(remote, &rx, &failed, &held));
-        }
         let mut early = Early {
+            scope,
+            shared: &shared,
+            senders_started: false,
             tx: Some(tx),
             batch: Batch::default(),
             seen: HashSet::new(),
-            failed: &failed,
         };
         // The senders end once the channel closes, when `early` (and its sender) is dropped.
         scan(&mut early)
     });
-    (
-        out,
-        held.into_inner().unwrap_or_else(PoisonError::into_inner),
-    )
+    let held = shared.held.into_inner();
+    (out, held.unwrap_or_else(PoisonError::into_inner))
 }
 
-fn send_batches(
-    remote: &Remote,
-    rx: &Mutex<Receiver<Batch>>,
-    failed: &AtomicBool,
-    held: &Mutex<HashSet<ChunkId>>,
-) {
+fn send_batches(shared: &Shared<'_>) {
+    let Shared {
+        remote,
+        rx,
+        failed,
+        held,
+    } = shared;
     loop {
         let batch = match rx.lock() {
             Ok(rx) => rx.recv(),
