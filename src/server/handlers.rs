@@ -292,16 +292,25 @@ pub async fn commit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CommitResponse>, ApiError> {
     let vol = volume(&state, &caller, &path_param(vol)?).await?;
+    let started = std::time::Instant::now();
     let body = body_bytes(body)?;
     let req = parse_commit(&body)?;
     check_ops(&req)?;
+    let parsed = started.elapsed();
     let meta = state.meta.clone();
     let device = caller.0.device;
     let txn = req.txn;
     let outcome = blocking(move || Ok(meta.commit(vol, device, &req)?)).await?;
     Ok(Json(match outcome {
         CommitOutcome::Applied(seq) => {
-            tracing::debug!(vol = vol.0, seq = seq.0, %txn, "commit applied");
+            tracing::debug!(
+                vol = vol.0,
+                seq = seq.0,
+                %txn,
+                parse_ms = parsed.as_millis() as u64,
+                ms = started.elapsed().as_millis() as u64,
+                "commit applied"
+            );
             state.notifier.committed(vol, seq);
             CommitResponse {
                 seq,
