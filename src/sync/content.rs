@@ -178,7 +178,9 @@ fn write_content(
 }
 
 /// Fetches `need` in parts, [`FETCHERS`] at once, handing each checked chunk to `put`;
-/// returns the bytes `put` wrote. Writeback starts after each part.
+/// returns the bytes `put` wrote. After each part a flusher thread starts writeback of what
+/// is written so far: the fetchers never wait for the disk, and the fsync at the end finds
+/// little left to write.
 fn fetch_into(
     remote: &Remote,
     need: &[ChunkRef],
@@ -202,7 +204,9 @@ fn fetch_into(
         rest = tail;
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || -> Result<u64, SyncError> {
+    // One pending kick is enough: a writeback started later covers everything before it.
+    let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
+    let work = |kick: std::sync::mpsc::SyncSender<()>| -> Result<u64, SyncError> {
         let mut written = 0u64;
         let mut answer = Vec::new();
         while let Some(part) = parts.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
@@ -219,14 +223,25 @@ fn fetch_into(
             if let Some(e) = failed {
                 return Err(e.into());
             }
-            // Only a head start for the fsync at the end, which reports any failure.
-            let _ = start_writeback(file, 0, 0);
+            let _ = kick.try_send(());
         }
         Ok(written)
     };
     std::thread::scope(|scope| {
-        let others: Vec<_> = (1..FETCHERS).map(|_| scope.spawn(work)).collect();
-        let mut written = work()?;
+        scope.spawn(move || {
+            while kicked.recv().is_ok() {
+                // Only a head start for the fsync at the end, which reports any failure.
+                let _ = start_writeback(file, 0, 0);
+            }
+        });
+        // Each fetcher holds a sender: the flusher ends when the last fetcher does.
+        let others: Vec<_> = (1..FETCHERS)
+            .map(|_| {
+                let kick = kick.clone();
+                scope.spawn(move || work(kick))
+            })
+            .collect();
+        let mut written = work(kick)?;
         for other in others {
             written += other
                 .join()
