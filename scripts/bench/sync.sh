@@ -109,6 +109,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
 field() { sed -n "s/.*$1=\\([0-9.]*\\).*/\\1/p" <<<"$2"; }
 # CPU seconds (user + system, all threads) a process has used so far.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+minflt() { awk '{ print $10 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # --- server, user, devices, volume, two mounts -------------------------------------------
 say "starting deltadrive serve on 127.0.0.1 (port chosen by the OS)"
@@ -190,15 +191,18 @@ head -c $((GIB_MB << 20)) /dev/urandom >"$W/src/new.bin"
 sync
 c=$(quiet); read -r upA0 _ _ downB0 <<<"$c"
 cpu0=("$(cpu_s "$SERVER_PID")" "$(cpu_s "${DAEMON_PID[A]}")" "$(cpu_s "${DAEMON_PID[B]}")")
+flt0=("$(minflt "$SERVER_PID")" "$(minflt "${DAEMON_PID[A]}")" "$(minflt "${DAEMON_PID[B]}")")
 timeline=()
 if [ "$TIMELINE" = 1 ]; then timeline=("$DD" "$W/A" "$W/stateA" "$W/B" "$W/stateB"); fi
 big=$(probe big "$W/src/new.bin" "$W/A" "$W/B" "${timeline[@]}") || { diagnose; exit 1; }
 c=$(quiet); read -r upA1 _ _ downB1 <<<"$c"
 cpu1=("$(cpu_s "$SERVER_PID")" "$(cpu_s "${DAEMON_PID[A]}")" "$(cpu_s "${DAEMON_PID[B]}")")
+flt1=("$(minflt "$SERVER_PID")" "$(minflt "${DAEMON_PID[A]}")" "$(minflt "${DAEMON_PID[B]}")")
 DD_S=$(field visible_on_B_s "$big")
 echo "deltadrive $(head -n 1 <<<"$big") A_uploaded=$((upA1 - upA0)) B_downloaded=$((downB1 - downB0))"
 [ "$TIMELINE" = 1 ] && echo "deltadrive $(sed -n 2p <<<"$big") (final bytes_uploaded of A and bytes_downloaded of B first seen, from the start of the copy)"
 echo "deltadrive cpu_s: server=$(elapsed "${cpu0[0]}" "${cpu1[0]}") A=$(elapsed "${cpu0[1]}" "${cpu1[1]}") B=$(elapsed "${cpu0[2]}" "${cpu1[2]}") (CPU seconds, user + system, from the copy until both engines were quiet)"
+echo "deltadrive page_faults: server=$((flt1[0] - flt0[0])) A=$((flt1[1] - flt0[1])) B=$((flt1[2] - flt0[2])) (minor faults, same span)"
 sync
 s=$(now); rsync -a "$W/src/" "$W/rsync-a/"; e=$(now)
 RSYNC_S=$(elapsed "$s" "$e")

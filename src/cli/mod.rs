@@ -2,6 +2,7 @@
 //! `main` parses and calls [`run`].
 
 pub mod admin;
+mod heap;
 mod mount;
 mod mounts;
 pub mod serve;
@@ -52,6 +53,7 @@ pub fn init_logging() {
 /// Runs the parsed command; the error is printed by `main` as one line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging();
+    heap::keep_big_buffers();
     match cli.command {
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => umount::run(args),
