@@ -229,6 +229,12 @@ pub fn decode_into<'a>(
     })
 }
 
+/// Checks a payload's shape only: a known tag, and a raw body within `limit` bytes. Neither
+/// inflates nor hashes: for a store handing out bytes its receiver verifies.
+pub fn check_shape(payload: &[u8], limit: usize) -> Result<(), PayloadError> {
+    body(payload, limit).map(|_| ())
+}
+
 /// Checks that a payload decodes to at most `limit` bytes hashing to `expected`, without
 /// copying a raw payload's bytes.
 pub fn check(payload: &[u8], expected: ChunkId, limit: usize) -> Result<(), PayloadError> {
@@ -310,6 +316,24 @@ mod tests {
         ));
         assert!(matches!(
             check(&[9, 1, 2], ChunkId::of(b""), 10),
+            Err(PayloadError::UnknownTag(9))
+        ));
+    }
+
+    #[test]
+    fn check_shape_looks_at_tag_and_raw_length_only() {
+        let bytes = vec![3u8; 100];
+        let raw = [&[TAG_RAW][..], &bytes].concat();
+        check_shape(&raw, 100).expect("a raw body within the limit");
+        assert!(matches!(
+            check_shape(&raw, 99),
+            Err(PayloadError::TooLarge { limit: 99 })
+        ));
+        // No hashing: a body that matches no id passes; the receiver's decode refuses it.
+        check_shape(&[TAG_RAW, 1, 2, 3], 10).expect("shape only");
+        assert!(matches!(check_shape(&[], 10), Err(PayloadError::Empty)));
+        assert!(matches!(
+            check_shape(&[9], 10),
             Err(PayloadError::UnknownTag(9))
         ));
     }
