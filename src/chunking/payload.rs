@@ -113,19 +113,30 @@ fn looks_incompressible(bytes: &[u8]) -> bool {
 
 /// Encodes chunk bytes as a payload: zstd at `level` if that is smaller, else raw.
 pub fn encode(bytes: &[u8], level: i32) -> Vec<u8> {
-    if !looks_incompressible(bytes)
-        && let Ok(compressed) = zstd::bulk::compress(bytes, level)
-        && compressed.len() < bytes.len()
-    {
-        let mut out = Vec::with_capacity(compressed.len() + 1);
-        out.push(TAG_ZSTD);
-        out.extend_from_slice(&compressed);
-        return out;
-    }
     let mut out = Vec::with_capacity(bytes.len() + 1);
+    encode_into(bytes, level, &mut out);
+    out
+}
+
+/// Appends the payload [`encode`] gives to `out`: a raw chunk is copied once, straight to
+/// where it is sent from.
+pub fn encode_into(bytes: &[u8], level: i32, out: &mut Vec<u8>) {
+    let start = out.len();
+    if !looks_incompressible(bytes) {
+        let bound = zstd::zstd_safe::compress_bound(bytes.len());
+        out.resize(start + 1 + bound, 0);
+        out[start] = TAG_ZSTD;
+        match zstd::bulk::compress_to_buffer(bytes, &mut out[start + 1..], level) {
+            Ok(n) if n < bytes.len() => {
+                out.truncate(start + 1 + n);
+                return;
+            }
+            _ => out.truncate(start),
+        }
+    }
+    out.reserve(bytes.len() + 1);
     out.push(TAG_RAW);
     out.extend_from_slice(bytes);
-    out
 }
 
 /// Chunk bytes checked against their id, borrowed from a payload or a decode buffer: what a
@@ -360,6 +371,20 @@ mod tests {
             decode_into(&packed, ChunkId::of(&random), 65536, &mut scratch),
             Err(PayloadError::HashMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn encode_into_appends_what_encode_gives() {
+        let random: Vec<u8> = (0..8192u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for bytes in [random, vec![7u8; 10_000], b"short".to_vec()] {
+            let mut out = b"before".to_vec();
+            encode_into(&bytes, DEFAULT_ZSTD_LEVEL, &mut out);
+            assert_eq!(&out[..6], b"before");
+            assert_eq!(out[6..], encode(&bytes, DEFAULT_ZSTD_LEVEL)[..]);
+            check(&out[6..], ChunkId::of(&bytes), 65536).expect("decodes to the chunk");
+        }
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub fn end_entry(out: &mut [u8], mark: usize) {
 
 /// Bytes before each payload: the chunk id and the payload length.
 pub const ENTRY_HEADER: usize = 36;
+/// Bytes before the first entry: the magic and the entry count.
+pub const BATCH_HEADER: usize = 8;
 
 /// Starts a batch of `count` entries.
 pub fn start_batch(count: u32) -> Vec<u8> {

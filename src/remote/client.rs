@@ -13,6 +13,7 @@ use reqwest::header::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::batch::UploadBatch;
 use super::error::RemoteError;
 use super::wire::{LimitedSink, Outgoing, WireCounters, decode_body};
 use crate::chunking::{ChunkId, VerifiedChunk, VerifiedSlice, payload};
@@ -44,11 +45,8 @@ const JSON_ANSWER_LIMIT: usize = 256 << 20;
 const SNAPSHOT_ANSWER_LIMIT: usize = 1 << 31;
 /// Largest batched-download answer: the server stops before passing MAX_BATCH_BYTES, and one
 /// entry always comes, so this can never be reached by a well-behaved server.
-const FETCH_ANSWER_LIMIT: usize = MAX_BATCH_BYTES + MAX_CHUNK_PAYLOAD + 36 + 8;
-/// Bytes of batch framing per entry: chunk id (32) and length (4).
-const ENTRY_HEADER: usize = 36;
-/// Bytes of batch framing before the first entry: magic (4) and count (4).
-const BATCH_HEADER: usize = 8;
+const FETCH_ANSWER_LIMIT: usize =
+    MAX_BATCH_BYTES + MAX_CHUNK_PAYLOAD + framing::ENTRY_HEADER + framing::BATCH_HEADER;
 
 /// A client of one volume on a `deltadrive serve`, authenticated as one device.
 #[derive(Clone)]
@@ -122,21 +120,6 @@ fn transfer_timeout(bytes: usize) -> Duration {
 /// An error for a request refused before sending because it is over a protocol limit.
 fn too_large(message: String) -> RemoteError {
     RemoteError::TooLarge(Box::new(ErrorBody::new(ErrorCode::TooLarge, message)))
-}
-
-/// A batch upload body under construction.
-struct Batch {
-    body: Vec<u8>,
-    count: u32,
-}
-
-impl Batch {
-    fn new() -> Self {
-        Self {
-            body: framing::start_batch(0),
-            count: 0,
-        }
-    }
 }
 
 impl Remote {
@@ -264,7 +247,7 @@ impl Remote {
         P: AsRef<[u8]>,
     {
         let mut seen = HashSet::new();
-        let mut batch = Batch::new();
+        let mut batch = UploadBatch::default();
         let mut sent = 0;
         for (id, payload) in chunks {
             let payload = payload.as_ref();
@@ -282,35 +265,38 @@ impl Remote {
                 body.chunks.push(id);
                 return Err(RemoteError::TooLarge(Box::new(body)));
             }
-            let full = batch.count as usize == MAX_BATCH_CHUNKS
-                || (batch.count > 0
-                    && batch.body.len() + ENTRY_HEADER + payload.len() > MAX_BATCH_BYTES);
+            let full = batch.count() == MAX_BATCH_CHUNKS
+                || (!batch.is_empty() && batch.would_pass(payload.len(), MAX_BATCH_BYTES));
             if full {
-                sent += self.send_batch(std::mem::replace(&mut batch, Batch::new()))?;
+                sent += self.upload_batch(std::mem::take(&mut batch))?;
             }
-            framing::push_entry(&mut batch.body, &id, payload);
-            batch.count += 1;
+            batch.push_payload(&id, payload);
         }
-        if batch.count > 0 {
-            sent += self.send_batch(batch)?;
+        if !batch.is_empty() {
+            sent += self.upload_batch(batch)?;
         }
         Ok(sent)
     }
 
-    fn send_batch(&self, mut batch: Batch) -> Result<usize, RemoteError> {
-        batch.body[4..BATCH_HEADER].copy_from_slice(&batch.count.to_be_bytes());
-        let timeout = transfer_timeout(batch.body.len());
+    /// Sends one batch built by the caller, as one request; returns how many chunks went.
+    ///
+    /// The caller keeps it within the limits ([`MAX_BATCH_CHUNKS`] entries,
+    /// [`MAX_BATCH_BYTES`] of body) and sends each chunk once; the server refuses a batch
+    /// over them as a whole.
+    pub fn upload_batch(&self, batch: UploadBatch) -> Result<usize, RemoteError> {
+        let (body, count) = batch.into_body();
+        let timeout = transfer_timeout(body.len());
         let path = self.vol_path("chunks");
-        let body = Outgoing::raw(batch.body, BATCH_MEDIA_TYPE);
+        let body = Outgoing::raw(body, BATCH_MEDIA_TYPE);
         let answer = self.call(Method::POST, &path, Some(body), timeout, JSON_ANSWER_LIMIT)?;
         let answer: UploadResponse = self.parse(&path, &answer)?;
-        if answer.stored != batch.count {
+        if answer.stored != count {
             return Err(RemoteError::Protocol(format!(
                 "server at {} acknowledged {} of {} uploaded chunks",
-                self.server, answer.stored, batch.count
+                self.server, answer.stored, count
             )));
         }
-        Ok(batch.count as usize)
+        Ok(count as usize)
     }
 
     /// Downloads these chunks, verified, in the order asked (repeated ids once).

@@ -25,9 +25,11 @@
 //! enable reqwest's `rustls` (or `native-tls`) feature in Cargo.toml and drop that refusal in
 //! `client.rs` (`parse_server`); nothing else changes.
 
+mod batch;
 mod client;
 mod error;
 mod wire;
 
+pub use batch::UploadBatch;
 pub use client::Remote;
 pub use error::RemoteError;

@@ -8,23 +8,25 @@
 //! a large file's chunks are not asked about twice; the commit still checks every one.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::Scope;
 
-use crate::chunking::{ChunkId, ChunkRef, payload};
+use crate::chunking::{ChunkId, ChunkRef};
 use crate::protocol::limits::MAX_BATCH_CHUNKS;
-use crate::remote::Remote;
+use crate::remote::{Remote, UploadBatch};
 
 use super::push::{SENDERS, UPLOAD_BATCH_BYTES, ZSTD_LEVEL};
 
-/// Raw chunks waiting to be sent, at most one upload request's worth.
+/// Raw chunks waiting to be sent, at most one upload request's worth, their bytes end to end
+/// in one buffer.
 #[derive(Default)]
 struct Batch {
-    chunks: Vec<(ChunkId, Vec<u8>)>,
-    bytes: usize,
+    chunks: Vec<(ChunkId, Range<usize>)>,
+    data: Vec<u8>,
 }
 
 /// What the sender threads share with the scan.
@@ -52,9 +54,14 @@ impl Early<'_, '_> {
         if self.shared.failed.load(Ordering::Relaxed) || !self.seen.insert(chunk.id) {
             return;
         }
-        self.batch.bytes += bytes.len();
-        self.batch.chunks.push((chunk.id, bytes.to_vec()));
-        if self.batch.chunks.len() == MAX_BATCH_CHUNKS || self.batch.bytes >= UPLOAD_BATCH_BYTES {
+        let batch = &mut self.batch;
+        if batch.data.capacity() == 0 {
+            batch.data.reserve(UPLOAD_BATCH_BYTES);
+        }
+        let at = batch.data.len();
+        batch.data.extend_from_slice(bytes);
+        batch.chunks.push((chunk.id, at..batch.data.len()));
+        if batch.chunks.len() == MAX_BATCH_CHUNKS || batch.data.len() >= UPLOAD_BATCH_BYTES {
             if !self.senders_started {
                 self.senders_started = true;
                 for _ in 0..SENDERS {
@@ -137,18 +144,20 @@ fn send(remote: &Remote, batch: Batch) -> Result<Vec<ChunkId>, crate::remote::Re
     let started = std::time::Instant::now();
     let ids: Vec<ChunkId> = batch.chunks.iter().map(|(id, _)| *id).collect();
     let lacking: HashSet<ChunkId> = remote.missing(&ids)?.into_iter().collect();
-    let payloads: Vec<(ChunkId, Vec<u8>)> = batch
-        .chunks
-        .into_iter()
-        .filter(|(id, _)| lacking.contains(id))
-        .map(|(id, bytes)| (id, payload::encode(&bytes, ZSTD_LEVEL)))
-        .collect();
-    if !payloads.is_empty() {
-        remote.upload(payloads.iter().map(|(id, p)| (*id, p)))?;
+    // Raw payloads are at most one byte longer than their chunk: the batch fits.
+    let mut upload = UploadBatch::with_capacity(batch.data.len() + batch.chunks.len() * 64);
+    for (id, at) in &batch.chunks {
+        if lacking.contains(id) {
+            upload.push_chunk(id, &batch.data[at.clone()], ZSTD_LEVEL);
+        }
+    }
+    let sent = upload.count();
+    if !upload.is_empty() {
+        remote.upload_batch(upload)?;
     }
     tracing::debug!(
         offered = ids.len(),
-        sent = payloads.len(),
+        sent,
         ms = started.elapsed().as_millis() as u64,
         "early upload batch"
     );

@@ -6,11 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::chunking::{ChunkId, ChunkRef, Manifest, ManifestId, diff, payload};
+use crate::chunking::{ChunkId, ChunkRef, Manifest, ManifestId, diff};
 use crate::drive::Drive;
 use crate::protocol::limits::{MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_IDS_PER_REQUEST};
 use crate::protocol::{CreateOp, DeleteOp, MoveOp, NodeId, NodeKind, Op, Seq, SetAttrsOp, WriteOp};
-use crate::remote::Remote;
+use crate::remote::{Remote, UploadBatch};
 
 use super::SyncError;
 use super::plan::{Content, PushStep};
@@ -187,7 +187,7 @@ pub fn upload_missing(
     );
     // Reading, checking and compressing (one thread) overlap with sending (SENDERS requests
     // in flight).
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(SENDERS);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<UploadBatch>(SENDERS);
     let rx = std::sync::Mutex::new(Some(rx));
     let failed = std::sync::atomic::AtomicBool::new(false);
     let send = || -> Result<(), crate::remote::RemoteError> {
@@ -200,17 +200,18 @@ pub fn upload_missing(
                 return Ok(());
             };
             let started = std::time::Instant::now();
-            if let Err(e) = remote.upload(batch.chunks.iter().map(|(id, p)| (*id, p))) {
+            let (chunks, raw) = (batch.count(), batch.raw_len());
+            if let Err(e) = remote.upload_batch(batch) {
                 failed.store(true, Ordering::Relaxed);
                 return Err(e);
             }
             tracing::debug!(
-                chunks = batch.chunks.len(),
-                raw = batch.raw,
+                chunks,
+                raw,
                 ms = started.elapsed().as_millis() as u64,
                 "upload batch sent"
             );
-            pending.fetch_sub(batch.raw, Ordering::Relaxed);
+            pending.fetch_sub(raw, Ordering::Relaxed);
         }
         Ok(())
     };
@@ -240,25 +241,17 @@ pub fn upload_missing(
     })
 }
 
-/// Compressed chunks ready to send, and their raw size.
-struct Batch {
-    chunks: Vec<(ChunkId, Vec<u8>)>,
-    raw: u64,
-}
-
-/// Reads each chunk back from its local file, checks it against its id, compresses it and
-/// hands batches to `tx`.
+/// Reads each chunk back from its local file, checks it against its id, and encodes it
+/// into the batch it goes with; hands full batches to `tx`.
 fn produce(
     drive: &Drive,
     todo: &[&ChunkAt],
-    tx: &std::sync::mpsc::SyncSender<Batch>,
+    tx: &std::sync::mpsc::SyncSender<UploadBatch>,
 ) -> Result<Upload, SyncError> {
     let mut files: HashMap<NodeId, std::fs::File> = HashMap::new();
-    let mut batch = Batch {
-        chunks: Vec::new(),
-        raw: 0,
-    };
-    let mut batch_bytes = 0usize;
+    let new_batch = || UploadBatch::with_capacity(UPLOAD_BATCH_BYTES);
+    let mut batch = new_batch();
+    let mut bytes = Vec::new();
     for w in todo {
         let ChunkAt {
             chunk: c,
@@ -273,33 +266,22 @@ fn produce(
                 Err(err) => return Err(err.into()),
             },
         };
-        let mut bytes = vec![0u8; c.len as usize];
+        bytes.resize(c.len as usize, 0);
         if file.read_exact_at(&mut bytes, off).is_err() || ChunkId::of(&bytes) != c.id {
             return Ok(Upload::Changed(node));
         }
-        let p = payload::encode(&bytes, ZSTD_LEVEL);
-        // One batch, one request: full at the server's byte or chunk limit.
-        let full =
-            batch_bytes + p.len() > UPLOAD_BATCH_BYTES || batch.chunks.len() == MAX_BATCH_CHUNKS;
-        if full && !batch.chunks.is_empty() {
-            let full = std::mem::replace(
-                &mut batch,
-                Batch {
-                    chunks: Vec::new(),
-                    raw: 0,
-                },
-            );
-            if tx.send(full).is_err() {
-                // The sender gave up (its error is the one reported).
-                return Ok(Upload::Done);
-            }
-            batch_bytes = 0;
+        // One batch, one request: full at the server's byte or chunk limit (a payload is at
+        // most one byte longer than its chunk).
+        let full = batch.count() == MAX_BATCH_CHUNKS
+            || batch.would_pass(bytes.len() + 1, UPLOAD_BATCH_BYTES);
+        if full && !batch.is_empty() && tx.send(std::mem::replace(&mut batch, new_batch())).is_err()
+        {
+            // The sender gave up (its error is the one reported).
+            return Ok(Upload::Done);
         }
-        batch_bytes += p.len();
-        batch.raw += u64::from(c.len);
-        batch.chunks.push((c.id, p));
+        batch.push_chunk(&c.id, &bytes, ZSTD_LEVEL);
     }
-    if !batch.chunks.is_empty() {
+    if !batch.is_empty() {
         let _ = tx.send(batch);
     }
     Ok(Upload::Done)
