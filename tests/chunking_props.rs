@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use deltadrive::chunking::{
-    ChunkId, ChunkerParams, Manifest, ManifestEdit, VerifiedChunk, chunk_bytes, diff, payload,
-    rechunk, reconstruct,
+    ChunkId, ChunkerParams, Manifest, ManifestEdit, VerifiedChunk, chunk_bytes, chunk_bytes_plain,
+    diff, payload, rechunk, reconstruct,
 };
 use proptest::collection::vec;
 use proptest::prelude::any;
@@ -141,6 +141,36 @@ fn supplied(data: &[u8], m: &Manifest, base: &Manifest) -> HashMap<ChunkId, Veri
             (v.id(), v)
         })
         .collect()
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 128, ..Config::default() })]
+
+    /// The one-pass cut + hash gives what cutting then hashing gives, for any valid sizes
+    /// (those it does not cover fall back to the plain path) and any content, random or
+    /// repetitive (all-equal runs force maximum-size cuts).
+    #[test]
+    fn fused_chunking_equals_cut_then_hash(
+        min_log in 6u32..14,
+        avg_extra in 0u32..4,
+        max_extra in 0u32..4,
+        len in 0usize..(3 << 20),
+        seed in any::<u64>(),
+        runs in 0usize..4,
+    ) {
+        let min = 1u32 << min_log;
+        let avg = (min << avg_extra).max(256);
+        let max = (avg << max_extra).max(1024);
+        let p = ChunkerParams::new(min, avg, max).unwrap();
+        let mut data = seeded_bytes(len, seed);
+        for r in 0..runs {
+            // A stretch of one byte value somewhere: no cut point inside it.
+            let at = (seed as usize).wrapping_mul(r + 1) % (len + 1);
+            let end = (at + (200 << 10)).min(len);
+            data[at..end].fill(r as u8);
+        }
+        prop_assert_eq!(chunk_bytes(p, &data), chunk_bytes_plain(p, &data));
+    }
 }
 
 fn small() -> ChunkerParams {

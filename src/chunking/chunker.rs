@@ -66,8 +66,28 @@ fn chunk_ref(bytes: &[u8]) -> ChunkRef {
     }
 }
 
-/// Chunks bytes already in memory.
+/// Chunks bytes already in memory (cutting and hashing in one pass where the CPU allows).
 pub fn chunk_bytes(params: ChunkerParams, data: &[u8]) -> Manifest {
+    let (min, avg, max) = (
+        params.min() as usize,
+        params.avg() as usize,
+        params.max() as usize,
+    );
+    if let Some(cut) = super::fused::chunk_and_hash(data, min, avg, max) {
+        let chunks = cut
+            .into_iter()
+            .map(|(len, id)| ChunkRef {
+                id: ChunkId::from_bytes(id),
+                len,
+            })
+            .collect();
+        return Manifest { chunks };
+    }
+    chunk_bytes_plain(params, data)
+}
+
+/// [`chunk_bytes`] the plain way: each cut, then its hash.
+pub fn chunk_bytes_plain(params: ChunkerParams, data: &[u8]) -> Manifest {
     let cutter = params.cutter();
     let mut chunks = Vec::with_capacity(data.len() / params.avg() as usize + 1);
     let mut pos = 0;

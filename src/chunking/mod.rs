@@ -3,7 +3,9 @@
 //! Pure library code: no FUSE, no network, no database (see DESIGN.md).
 //!
 //! - Cut a file: [`chunk_file`], [`chunk_reader`] (streaming, bounded memory), [`chunk_bytes`],
-//!   or [`StreamChunker`] to see each chunk's bytes as it is cut.
+//!   or [`StreamChunker`] to see each chunk's bytes as it is cut. [`chunk_bytes`] and
+//!   [`rechunk`] cut and hash long stretches in one pass (module `fused`, AVX2);
+//!   [`chunk_bytes_plain`] is the cut-then-hash reference they are tested against.
 //! - Re-cut after writes: [`rechunk`] (same result as cutting the whole file), or
 //!   [`rechunk_with`] to see each new chunk's bytes as it is cut.
 //! - Compare and apply: [`diff`] gives a [`Diff`]; [`Diff::apply`] checks both manifest ids.
@@ -14,6 +16,7 @@
 mod chunker;
 mod diff;
 mod encoding;
+mod fused;
 mod id;
 mod manifest;
 mod params;
@@ -23,7 +26,9 @@ mod reconstruct;
 pub mod seeded;
 mod source;
 
-pub use chunker::{Chunk, ChunkError, StreamChunker, chunk_bytes, chunk_file, chunk_reader};
+pub use chunker::{
+    Chunk, ChunkError, StreamChunker, chunk_bytes, chunk_bytes_plain, chunk_file, chunk_reader,
+};
 pub use diff::{Diff, DiffError, diff};
 pub use encoding::{DecodeError, MAX_MANIFEST_CHUNKS};
 pub use id::{ChunkId, IdParseError, ManifestId};

@@ -12,6 +12,7 @@
 //!
 //! [`chunk_bytes`]: super::chunk_bytes
 
+use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 
@@ -84,21 +85,31 @@ where
         }
         // The output covers [0, pos) while cutting anew.
         let mut pos = off;
+        // Chunks already cut and hashed in one pass, the first starting at `pos`.
+        let mut ahead: VecDeque<ChunkRef> = VecDeque::new();
         loop {
             if pos == file_len {
                 return Ok(Manifest { chunks: out });
             }
-            // `pos < file_len` here, so the window is 1..=max bytes.
-            let want = (file_len - pos).min(max as u64) as usize;
-            let bytes = window.get(pos, want)?;
-            let len = cutter.cut(bytes);
-            let chunk = ChunkRef {
-                id: ChunkId::of(&bytes[..len]),
-                len: len as u32,
+            if ahead.is_empty() && dirty_end.saturating_sub(pos) >= FUSED_MIN_BYTES {
+                cut_ahead(params, &mut window, pos, file_len, &mut ahead)?;
+            }
+            let chunk = match ahead.pop_front() {
+                Some(chunk) => chunk,
+                None => {
+                    // `pos < file_len` here, so the window is 1..=max bytes.
+                    let want = (file_len - pos).min(max as u64) as usize;
+                    let bytes = window.get(pos, want)?;
+                    let len = cutter.cut(bytes);
+                    ChunkRef {
+                        id: ChunkId::of(&bytes[..len]),
+                        len: len as u32,
+                    }
+                }
             };
-            cut(chunk, &bytes[..len]);
+            cut(chunk, window.get(pos, chunk.len as usize)?);
             out.push(chunk);
-            pos += len as u64;
+            pos += u64::from(chunk.len);
             // A later range whose first byte we already cut over joins this one.
             while next < intervals.len() && intervals[next].0 <= pos {
                 dirty_end = dirty_end.max(intervals[next].1);
@@ -117,6 +128,48 @@ where
     }
     out.extend_from_slice(&old[k..]);
     Ok(Manifest { chunks: out })
+}
+
+/// Stretches to cut anew at least this long (a new or rewritten file, not a small edit) go
+/// through the one-pass cut + hash, a window at a time.
+const FUSED_MIN_BYTES: u64 = 1 << 20;
+/// Bytes cut and hashed in one pass at a time.
+const FUSED_WINDOW: u64 = 8 << 20;
+
+/// Cuts and hashes the window at `pos` in one pass into `ahead`, keeping only the chunks
+/// whose cut is final: those with `max` bytes after their start inside the window, or all
+/// of them when it reaches the end of the file. Leaves `ahead` empty where the one-pass
+/// path does not apply (the caller then cuts chunk by chunk).
+fn cut_ahead<S: ReadAt + ?Sized>(
+    params: ChunkerParams,
+    window: &mut Window<'_, S>,
+    pos: u64,
+    file_len: u64,
+    ahead: &mut VecDeque<ChunkRef>,
+) -> Result<(), ChunkError> {
+    let n = (file_len - pos).min(FUSED_WINDOW) as usize;
+    let bytes = window.get(pos, n)?;
+    let (min, avg, max) = (
+        params.min() as usize,
+        params.avg() as usize,
+        params.max() as usize,
+    );
+    let Some(cuts) = super::fused::chunk_and_hash(bytes, min, avg, max) else {
+        return Ok(());
+    };
+    let at_eof = pos + n as u64 == file_len;
+    let mut start = 0usize;
+    for (len, id) in cuts {
+        if !at_eof && start + max > n {
+            break;
+        }
+        ahead.push_back(ChunkRef {
+            id: ChunkId::from_bytes(id),
+            len,
+        });
+        start += len as usize;
+    }
+    Ok(())
 }
 
 /// The dirty ranges clipped to the file, with a length change added, sorted and merged.
@@ -240,6 +293,34 @@ mod tests {
             changed_intervals(&[Range { start: 9, end: 3 }], 30, 30),
             Err(ChunkError::ReversedRange { start: 9, end: 3 })
         ));
+    }
+
+    #[test]
+    fn long_stretches_cut_in_one_pass_match_cutting_chunk_by_chunk() {
+        use crate::chunking::chunk_bytes_plain;
+        let p = ChunkerParams::default();
+        // Three windows and a tail, with a run of one byte value across a window's end.
+        let mut old = data(20 << 20, 11);
+        old[(8 << 20) - 100_000..(8 << 20) + 100_000].fill(9);
+        let whole = chunk_bytes_plain(p, &old);
+        let new_file = rechunk(p, &Manifest::default(), &old[..], old.len() as u64, &[]).unwrap();
+        assert_eq!(new_file, whole);
+        // A 3 MiB rewrite in the middle: cut in one pass, then back in step with the old cuts.
+        let mut new = old.clone();
+        new[(9 << 20)..(12 << 20)].copy_from_slice(&data(3 << 20, 12));
+        let dirty = [Range {
+            start: 9u64 << 20,
+            end: 12u64 << 20,
+        }];
+        let mut handed = 0u64;
+        let got = rechunk_with(p, &whole, &new[..], new.len() as u64, &dirty, |c, b| {
+            assert_eq!(ChunkId::of(b), c.id);
+            handed += u64::from(c.len);
+        })
+        .unwrap();
+        assert_eq!(got, chunk_bytes_plain(p, &new));
+        // Only about the rewritten stretch was cut anew, not the rest of the file.
+        assert!(handed < 4 << 20, "{handed} bytes cut anew");
     }
 
     #[test]
