@@ -4,7 +4,6 @@ use std::fs::File;
 use std::io::{self, Read};
 
 use super::params::{ChunkerParams, Cutter};
-use super::source::ReadAt;
 use super::{ChunkId, ChunkRef, Manifest};
 
 /// Why chunking a file failed.
@@ -110,29 +109,15 @@ pub fn chunk_reader<R: Read>(params: ChunkerParams, reader: R) -> Result<Manifes
     Ok(Manifest { chunks })
 }
 
-/// Chunks a whole file from offset 0 (positional reads: the file's cursor is not used).
+/// Chunks a whole file, as long as it is now, from offset 0 (positional reads: the file's
+/// cursor is not used). Cut and hashed in one pass, 8 MiB at a time, where the CPU allows.
 pub fn chunk_file(params: ChunkerParams, file: &File) -> Result<Manifest, ChunkError> {
-    chunk_reader(
-        params,
-        PositionalReader {
-            source: file,
-            pos: 0,
-        },
-    )
-}
-
-/// Adapts positional reads to [`Read`], starting at offset 0.
-struct PositionalReader<S> {
-    source: S,
-    pos: u64,
-}
-
-impl<S: ReadAt> Read for PositionalReader<S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.source.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
+    let len = file
+        .metadata()
+        .map_err(|source| ChunkError::Read { offset: 0, source })?
+        .len();
+    // Against an empty previous manifest the whole file is one stretch to cut anew.
+    super::rechunk(params, &Manifest::default(), file, len, &[])
 }
 
 /// Cuts a stream into chunks one at a time, in bounded memory, handing out each chunk's bytes.
