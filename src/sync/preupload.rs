@@ -19,7 +19,7 @@ use crate::chunking::{ChunkId, ChunkRef};
 use crate::protocol::limits::MAX_BATCH_CHUNKS;
 use crate::remote::{Remote, UploadBatch};
 
-use super::push::{SENDERS, UPLOAD_BATCH_BYTES, ZSTD_LEVEL};
+use super::push::{QUEUED, SENDERS, UPLOAD_BATCH_BYTES, ZSTD_LEVEL};
 
 /// Raw chunks waiting to be sent, at most one upload request's worth, their bytes end to end
 /// in one buffer.
@@ -86,7 +86,7 @@ pub fn with_early_upload<R>(
     remote: &Remote,
     scan: impl FnOnce(&mut Early<'_, '_>) -> R,
 ) -> (R, HashSet<ChunkId>) {
-    let (tx, rx) = sync_channel::<Batch>(SENDERS);
+    let (tx, rx) = sync_channel::<Batch>(QUEUED);
     let shared = Shared {
         remote,
         rx: Mutex::new(rx),
@@ -152,6 +152,8 @@ fn send(remote: &Remote, batch: Batch) -> Result<Vec<ChunkId>, crate::remote::Re
         }
     }
     let sent = upload.count();
+    // The raw copy is not needed while the request travels.
+    drop(batch);
     if !upload.is_empty() {
         remote.upload_batch(upload)?;
     }

@@ -19,8 +19,11 @@ use super::state::RemoteTree;
 /// zstd level for uploaded chunks.
 pub(super) const ZSTD_LEVEL: i32 = 3;
 /// Upload requests in flight: while some travel or get checked, the server makes others
-/// durable, and requests that wait are written with one fsync.
-pub(super) const SENDERS: usize = 4;
+/// durable (each request waits ~100 ms on the server's fsyncs; eight hide that latency).
+pub(super) const SENDERS: usize = 8;
+/// Full batches waiting for a sender: enough to keep them busy, few enough that a large
+/// upload holds at most (SENDERS + QUEUED + 1) batches (~20 MiB each) in memory.
+pub(super) const QUEUED: usize = 2;
 /// Compressed bytes per upload request (the server takes up to MAX_BATCH_BYTES).
 pub(super) const UPLOAD_BATCH_BYTES: usize = MAX_BATCH_BYTES - (2 << 20);
 
@@ -187,7 +190,7 @@ pub fn upload_missing(
     );
     // Reading, checking and compressing (one thread) overlap with sending (SENDERS requests
     // in flight).
-    let (tx, rx) = std::sync::mpsc::sync_channel::<UploadBatch>(SENDERS);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<UploadBatch>(QUEUED);
     let rx = std::sync::Mutex::new(Some(rx));
     let failed = std::sync::atomic::AtomicBool::new(false);
     let send = || -> Result<(), crate::remote::RemoteError> {

@@ -24,7 +24,7 @@ use crate::chunking::ChunkId;
 use crate::durability::start_writeback;
 
 /// Writer threads.
-pub(super) const WRITERS: usize = 2;
+pub(super) const WRITERS: usize = 4;
 /// Most put requests folded into one group (one fsync per pack touched).
 const MAX_GROUP: usize = 64;
 /// Writeback of a pack starts every this many bytes.
