@@ -203,7 +203,7 @@ impl Store {
     /// Opens (creating if needed) the store at `path` and loads every node.
     ///
     /// Returns the store, the nodes, and whether the previous session shut down cleanly.
-    /// The store is marked unclean until [`Store::mark_clean`].
+    /// The store is marked unclean until [`Store::close`] is called with `clean`.
     pub fn open(
         path: &Path,
         root_owner: (u32, u32),
