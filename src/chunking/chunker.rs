@@ -67,19 +67,7 @@ fn chunk_ref(bytes: &[u8]) -> ChunkRef {
 
 /// Chunks bytes already in memory (cutting and hashing in one pass where the CPU allows).
 pub fn chunk_bytes(params: ChunkerParams, data: &[u8]) -> Manifest {
-    let (min, avg, max) = (
-        params.min() as usize,
-        params.avg() as usize,
-        params.max() as usize,
-    );
-    if let Some(cut) = super::fused::chunk_and_hash(data, min, avg, max) {
-        let chunks = cut
-            .into_iter()
-            .map(|(len, id)| ChunkRef {
-                id: ChunkId::from_bytes(id),
-                len,
-            })
-            .collect();
+    if let Some(chunks) = super::fused::chunk_refs(params, data) {
         return Manifest { chunks };
     }
     chunk_bytes_plain(params, data)

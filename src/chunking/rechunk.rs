@@ -149,25 +149,17 @@ fn cut_ahead<S: ReadAt + ?Sized>(
 ) -> Result<(), ChunkError> {
     let n = (file_len - pos).min(FUSED_WINDOW) as usize;
     let bytes = window.get(pos, n)?;
-    let (min, avg, max) = (
-        params.min() as usize,
-        params.avg() as usize,
-        params.max() as usize,
-    );
-    let Some(cuts) = super::fused::chunk_and_hash(bytes, min, avg, max) else {
+    let Some(chunks) = super::fused::chunk_refs(params, bytes) else {
         return Ok(());
     };
-    let at_eof = pos + n as u64 == file_len;
+    let (at_eof, max) = (pos + n as u64 == file_len, params.max() as usize);
     let mut start = 0usize;
-    for (len, id) in cuts {
+    for c in chunks {
         if !at_eof && start + max > n {
             break;
         }
-        ahead.push_back(ChunkRef {
-            id: ChunkId::from_bytes(id),
-            len,
-        });
-        start += len as usize;
+        ahead.push_back(c);
+        start += c.len as usize;
     }
     Ok(())
 }

@@ -144,7 +144,8 @@ fn send(remote: &Remote, batch: Batch) -> Result<Vec<ChunkId>, crate::remote::Re
     let started = std::time::Instant::now();
     let ids: Vec<ChunkId> = batch.chunks.iter().map(|(id, _)| *id).collect();
     let lacking: HashSet<ChunkId> = remote.missing(&ids)?.into_iter().collect();
-    // Raw payloads are at most one byte longer than their chunk: the batch fits.
+    // Per entry: its 36-byte header, the tag byte, and slack for the compressor's output
+    // bound while it works; a raw payload is one byte longer than its chunk.
     let mut upload = UploadBatch::with_capacity(batch.data.len() + batch.chunks.len() * 64);
     for (id, at) in &batch.chunks {
         if lacking.contains(id) {

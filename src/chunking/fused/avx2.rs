@@ -54,6 +54,22 @@ unsafe fn xor(a: __m256i, b: __m256i) -> __m256i {
 pub unsafe fn set1(x: u32) -> __m256i {
     unsafe { _mm256_set1_epi32(x as i32) }
 }
+/// The BLAKE3 IV in all 8 lanes: the key every leaf and parent starts from.
+#[inline(always)]
+pub unsafe fn iv8() -> [__m256i; 8] {
+    unsafe {
+        [
+            set1(IV[0]),
+            set1(IV[1]),
+            set1(IV[2]),
+            set1(IV[3]),
+            set1(IV[4]),
+            set1(IV[5]),
+            set1(IV[6]),
+            set1(IV[7]),
+        ]
+    }
+}
 #[inline(always)]
 #[cfg(test)]
 unsafe fn rot16(x: __m256i) -> __m256i {

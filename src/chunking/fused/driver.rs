@@ -593,16 +593,7 @@ impl<'a> Driver<'a> {
         // SAFETY: AVX2 is this fn's contract (target_feature); each pointer use inside
         // keeps the module's invariants, stated where it happens.
         unsafe {
-            let mut cv = [
-                set1(IV[0]),
-                set1(IV[1]),
-                set1(IV[2]),
-                set1(IV[3]),
-                set1(IV[4]),
-                set1(IV[5]),
-                set1(IV[6]),
-                set1(IV[7]),
-            ];
+            let mut cv = iv8();
             let l = lanes;
             let ctr_lo = _mm256_setr_epi32(
                 l[0].counter as i32,
@@ -718,16 +709,7 @@ impl<'a> Driver<'a> {
                     dsts[i] = self.dummy.at(i);
                 }
             }
-            let mut cv = [
-                set1(IV[0]),
-                set1(IV[1]),
-                set1(IV[2]),
-                set1(IV[3]),
-                set1(IV[4]),
-                set1(IV[5]),
-                set1(IV[6]),
-                set1(IV[7]),
-            ];
+            let mut cv = iv8();
             let flags = _mm256_loadu_si256(fl.as_ptr() as *const __m256i);
             let zero = _mm256_setzero_si256();
             // SAFETY (step): every ptrs[i] is 64 readable bytes: two adjacent

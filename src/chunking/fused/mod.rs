@@ -14,6 +14,8 @@
 //! - `driver`: walks the data: scanner ahead, 1 KiB BLAKE3 leaves hashed as soon as the
 //!   scanner has passed them, parents 8 at a time across chunks.
 
+use super::{ChunkId, ChunkRef, ChunkerParams};
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod avx2;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -68,6 +70,25 @@ pub(super) fn chunk_and_hash(
     }
     let _ = (data, min, avg, max);
     None
+}
+
+/// The chunks of `data` under `params`, cut and hashed in one pass; `None` where the fused
+/// path does not apply.
+pub(super) fn chunk_refs(params: ChunkerParams, data: &[u8]) -> Option<Vec<ChunkRef>> {
+    let (min, avg, max) = (
+        params.min() as usize,
+        params.avg() as usize,
+        params.max() as usize,
+    );
+    let cuts = chunk_and_hash(data, min, avg, max)?;
+    Some(
+        cuts.into_iter()
+            .map(|(len, id)| ChunkRef {
+                id: ChunkId::from_bytes(id),
+                len,
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
