@@ -12,6 +12,7 @@ mod handlers;
 pub mod meta;
 mod notify;
 mod readers;
+mod recent;
 mod validate;
 
 use std::future::Future;

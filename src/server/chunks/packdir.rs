@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crate::server::readers::ReaderPool;
+use crate::server::recent::Recent;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::packwriter::{self, PutJob};
@@ -40,12 +41,21 @@ pub(super) const ENTRY_HEADER: u64 = 36;
 /// Packs per subdirectory, so no directory grows past about a thousand entries.
 const PACKS_PER_DIR_SHIFT: u32 = 10;
 const MAX_OPEN_PACKS: usize = 256;
+/// Index rows remembered in memory per generation (about 4 GiB of chunks, ~15 MiB): chunks
+/// just uploaded are the ones the other devices fetch next.
+const RECENT_ROWS: usize = 256 << 10;
+
+/// Where a chunk's payload is: pack number, offset, length.
+pub(super) type Location = (u64, u64, u32);
+/// Index rows written lately, shared by the writers and the readers.
+pub(super) type RecentRows = Recent<ChunkId, Location>;
 
 /// The embedded chunk store.
 pub struct PackDirStore {
     root: PathBuf,
     readers: ReaderPool,
     files: Mutex<HashMap<u64, Arc<File>>>,
+    recent: Arc<RecentRows>,
     writer: Option<Sender<PutJob>>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -135,12 +145,19 @@ impl PackDirStore {
         let next_no = highest_pack_on_disk(root)?.max(u64::try_from(indexed).unwrap_or(0)) + 1;
         drop(conn);
         let (tx, rx) = mpsc::channel::<PutJob>();
-        let threads =
-            packwriter::start(root.to_path_buf(), next_no, || open_index(&index_path), rx)?;
+        let recent = Arc::new(RecentRows::new(RECENT_ROWS));
+        let threads = packwriter::start(
+            root.to_path_buf(),
+            next_no,
+            || open_index(&index_path),
+            recent.clone(),
+            rx,
+        )?;
         Ok(Self {
             root: root.to_path_buf(),
             readers: ReaderPool::default(),
             files: Mutex::new(HashMap::new()),
+            recent,
             writer: Some(tx),
             threads,
         })
@@ -175,6 +192,9 @@ impl PackDirStore {
     }
 
     fn locate(&self, id: &ChunkId) -> Result<Option<(u64, u64, usize)>, ChunkStoreError> {
+        if let Some((pack, offset, len)) = self.recent.get(id) {
+            return Ok(Some((pack, offset, len as usize)));
+        }
         self.read(|c| {
             let row: Option<(i64, i64, i64)> = c
                 .prepare_cached("SELECT pack, offset, len FROM chunks WHERE id = ?1")?

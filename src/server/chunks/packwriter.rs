@@ -18,7 +18,9 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, params};
 
-use super::packdir::{ENTRY_HEADER, PACK_MAGIC, PACK_TARGET_SIZE, fsync_dir, io_err, pack_path};
+use super::packdir::{
+    ENTRY_HEADER, PACK_MAGIC, PACK_TARGET_SIZE, RecentRows, fsync_dir, io_err, pack_path,
+};
 use super::{ChunkStoreError, VerifiedPayload};
 use crate::chunking::ChunkId;
 use crate::durability::start_writeback;
@@ -41,11 +43,12 @@ pub(super) struct PutJob {
 
 /// Starts the writer threads; puts go to `rx`'s sender, and the threads end when it is
 /// dropped. `conn` opens a connection to the index (one per writer); `next_no` is the
-/// number of the next pack to create.
+/// number of the next pack to create; `recent` learns each group's rows once committed.
 pub(super) fn start(
     root: PathBuf,
     next_no: u64,
     conn: impl Fn() -> Result<Connection, ChunkStoreError>,
+    recent: Arc<RecentRows>,
     rx: Receiver<PutJob>,
 ) -> Result<Vec<JoinHandle<()>>, ChunkStoreError> {
     let rx = Arc::new(Mutex::new(rx));
@@ -59,6 +62,7 @@ pub(super) fn start(
                 current: None,
                 next_no: next_no.clone(),
                 claims: claims.clone(),
+                recent: recent.clone(),
             };
             let rx = rx.clone();
             std::thread::Builder::new()
@@ -119,7 +123,7 @@ impl Drop for Claim<'_> {
 }
 
 /// One index row: chunk id, pack, offset of the payload, payload length.
-type Row = (ChunkId, u64, u64, usize);
+type Row = (ChunkId, u64, u64, u32);
 
 /// What a group wrote and must make durable before its rows are committed.
 #[derive(Default)]
@@ -144,6 +148,7 @@ struct Writer {
     /// Shared by the writers: the number of the next pack any of them creates.
     next_no: Arc<AtomicU64>,
     claims: Arc<Claims>,
+    recent: Arc<RecentRows>,
 }
 
 impl Writer {
@@ -221,11 +226,15 @@ impl Writer {
                     &id.as_bytes()[..],
                     i64::try_from(*pack).unwrap_or(i64::MAX),
                     i64::try_from(*offset).unwrap_or(i64::MAX),
-                    i64::try_from(*len).unwrap_or(i64::MAX)
+                    i64::from(*len)
                 ])?;
             }
         }
         tx.commit()?;
+        self.recent.insert_all(
+            rows.iter()
+                .map(|&(id, pack, offset, len)| (id, (pack, offset, len))),
+        );
         tracing::debug!(
             puts = jobs.len(),
             rows = rows.len(),
@@ -254,7 +263,10 @@ impl Writer {
                 .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
             for chunk in jobs.iter().flat_map(|j| &j.chunks) {
                 let id = chunk.id();
-                if !ids.insert(id) || exists.exists([&id.as_bytes()[..]])? {
+                if !ids.insert(id)
+                    || self.recent.get(&id).is_some()
+                    || exists.exists([&id.as_bytes()[..]])?
+                {
                     continue;
                 }
                 unstored.push(chunk);
@@ -283,11 +295,13 @@ impl Writer {
             let payload = chunk.payload();
             let entry = ENTRY_HEADER + payload.len() as u64;
             let pack = self.pack_for(entry, unsynced)?;
+            // A payload is at most MAX_CHUNK_PAYLOAD bytes (checked on the way in).
+            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
             let mut header = [0u8; ENTRY_HEADER as usize];
             header[..32].copy_from_slice(chunk.id().as_bytes());
-            header[32..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            header[32..].copy_from_slice(&len.to_le_bytes());
             write_entry(&pack.file, &header, payload).map_err(|e| io_err(&pack.path, e))?;
-            rows.push((chunk.id(), pack.no, pack.size + ENTRY_HEADER, payload.len()));
+            rows.push((chunk.id(), pack.no, pack.size + ENTRY_HEADER, len));
             pack.size += entry;
             if pack.size - pack.kicked >= WRITEBACK_STEP {
                 // Only a head start for the fdatasync, which reports any failure.

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::schema::{self, KIND_DIR, KIND_FILE, KIND_SYMLINK};
-use super::sqlite::{missing_in, node_from_blob, to_i64, to_u64, volume_head};
+use super::sqlite::{HeldLately, missing_in, node_from_blob, to_i64, to_u64, volume_head};
 use super::{CommitError, CommitOutcome, DeviceId, MetaError, Refusal, RefusalKind, VolumeId};
 use crate::chunking::ChunkId;
 use crate::protocol::limits::MAX_MANIFEST_CHUNKS;
@@ -129,9 +129,10 @@ fn xattrs_text(x: &crate::protocol::Xattrs) -> Result<Option<String>, MetaError>
 }
 
 /// Applies `req` to volume `vol` as `device`, or refuses it. Runs inside a savepoint that
-/// the caller rolls back on any error.
+/// the caller rolls back on any error. `held` answers for chunks recorded lately.
 pub(super) fn apply(
     c: &Connection,
+    held: &HeldLately,
     vol: VolumeId,
     device: DeviceId,
     req: &CommitRequest,
@@ -161,7 +162,7 @@ pub(super) fn apply(
         ));
     }
 
-    check_bases_and_chunks(c, vol, req)?;
+    check_bases_and_chunks(c, held, vol, req)?;
 
     let seq = volume_head(c, vol)?.0 + 1;
     let seq_i = to_i64(seq);
@@ -199,6 +200,7 @@ pub(super) fn apply(
 /// holdings. Reports all stale nodes at once, so the device can pull once and rebase.
 fn check_bases_and_chunks(
     c: &Connection,
+    held: &HeldLately,
     vol: VolumeId,
     req: &CommitRequest,
 ) -> Result<(), CommitError> {
@@ -259,7 +261,7 @@ fn check_bases_and_chunks(
             format!("{n} node(s) changed since the transaction's base"),
         ));
     }
-    let missing = missing_in(c, vol, &chunks)?;
+    let missing = missing_in(c, held, vol, &chunks)?;
     if !missing.is_empty() {
         let n = missing.len();
         return Err(refuse(

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::server::readers::ReaderPool;
+use crate::server::recent::Recent;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::commit;
@@ -51,6 +52,12 @@ struct Activity {
 
 type ActivityMap = Arc<Mutex<HashMap<DeviceId, Activity>>>;
 
+/// Holdings recorded lately: the fetches and the commit that follow an upload ask about
+/// exactly these.
+pub(super) type HeldLately = Recent<(VolumeId, ChunkId), ()>;
+/// Holdings remembered per generation (about 4 GiB of chunks, ~12 MiB).
+const HELD_LATELY: usize = 256 << 10;
+
 /// The embedded metadata store: one SQLite file in WAL mode, `synchronous=FULL`.
 pub struct SqliteMeta {
     path: PathBuf,
@@ -58,6 +65,7 @@ pub struct SqliteMeta {
     writer: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     activity: ActivityMap,
+    held: Arc<HeldLately>,
 }
 
 impl std::fmt::Debug for SqliteMeta {
@@ -95,6 +103,7 @@ impl SqliteMeta {
             writer: Some(tx),
             thread: Some(thread),
             activity,
+            held: Arc::new(HeldLately::new(HELD_LATELY)),
         })
     }
 
@@ -572,20 +581,29 @@ impl MetaStore for SqliteMeta {
     }
 
     fn missing_chunks(&self, vol: VolumeId, ids: &[ChunkId]) -> Result<Vec<ChunkId>, MetaError> {
-        self.read(|c| missing_in(c, vol, ids))
+        self.read(|c| missing_in(c, &self.held, vol, ids))
     }
 
     fn record_chunks(&self, vol: VolumeId, ids: &[ChunkId]) -> Result<(), MetaError> {
-        let ids = ids.to_vec();
+        let held = self.held.clone();
+        let fresh: Vec<ChunkId> = ids
+            .iter()
+            .filter(|id| held.get(&(vol, **id)).is_none())
+            .copied()
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
         self.write(move |c| {
             let mut st = c.prepare_cached(
                 "INSERT OR IGNORE INTO volume_chunks (vol, chunk) VALUES (?1, ?2)",
             )?;
-            for id in &ids {
+            for id in &fresh {
                 st.execute(params![vol.0, &id.as_bytes()[..]])?;
             }
-            Ok(())
+            Ok(fresh)
         })
+        .map(|fresh: Vec<ChunkId>| held.insert_all(fresh.into_iter().map(|id| ((vol, id), ()))))
     }
 
     fn commit(
@@ -599,7 +617,8 @@ impl MetaStore for SqliteMeta {
             .map_err(|e| MetaError::Corrupt(format!("cannot encode commit: {e}")))?;
         let hash = *blake3::hash(&encoded).as_bytes();
         let req = req.clone();
-        self.write(move |c| commit::apply(c, vol, device, &req, &hash, now_ms()))
+        let held = self.held.clone();
+        self.write(move |c| commit::apply(c, &held, vol, device, &req, &hash, now_ms()))
     }
 
     fn changes(&self, vol: VolumeId, after: Seq, limit: u32) -> Result<ChangesResponse, MetaError> {
@@ -725,9 +744,11 @@ pub(super) fn volume_head(c: &Connection, vol: VolumeId) -> Result<Seq, MetaErro
     Ok(Seq(to_u64(head)?))
 }
 
-/// Which of `ids` the volume does not hold, in order, without duplicates.
+/// Which of `ids` the volume does not hold, in order, without duplicates; those in `held`
+/// are not looked up.
 pub(super) fn missing_in(
     c: &Connection,
+    held: &HeldLately,
     vol: VolumeId,
     ids: &[ChunkId],
 ) -> Result<Vec<ChunkId>, MetaError> {
@@ -735,7 +756,7 @@ pub(super) fn missing_in(
     let mut seen = HashSet::with_capacity(ids.len());
     let mut missing = Vec::new();
     for id in ids {
-        if !seen.insert(*id) {
+        if !seen.insert(*id) || held.get(&(vol, *id)).is_some() {
             continue;
         }
         if !st.exists(params![vol.0, &id.as_bytes()[..]])? {
