@@ -8,9 +8,9 @@ use deltadrive::chunking::{ChunkRef, EditOp, ManifestEdit, VerifiedChunk, payloa
 use deltadrive::protocol::framing::{self, CHUNK_MEDIA_TYPE};
 use deltadrive::protocol::limits::{MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE};
 use deltadrive::protocol::{
-    ChangesResponse, CommitResponse, CreateOp, DeleteOp, DevicesResponse, ErrorCode,
-    MissingResponse, MoveOp, NodeId, NodeKind, Op, Seq, SetAttrsOp, SnapshotResponse,
-    UploadResponse, WriteOp, XattrValue, Xattrs, manifest_id,
+    ChangesResponse, CommitResponse, CreateOp, DeleteOp, DevicesResponse, ErrorCode, FileHint,
+    HintRequest, HintsResponse, MissingResponse, MoveOp, NodeId, NodeKind, Op, PlacedChunk, Seq,
+    SetAttrsOp, SnapshotResponse, UploadResponse, WriteOp, XattrValue, Xattrs, manifest_id,
 };
 use reqwest::Method;
 use support::{
@@ -694,6 +694,75 @@ fn devices_show_last_seen_and_cursors() {
     let p = &view.devices[1];
     assert!(!p.current);
     assert_eq!(p.cursor, Some(Seq(0)));
+}
+
+fn post_hints(c: &Client, files: Vec<FileHint>) -> reqwest::blocking::Response {
+    c.req(Method::POST, &c.url("hints"))
+        .json(&HintRequest { files })
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn upload_hints_reach_the_other_devices_long_polls_and_bad_ones_are_refused() {
+    let f = fixture();
+    let laptop = Client::new(&f.server, &f.laptop, "alice-docs");
+    let phone = Client::new(&f.server, &f.phone, "alice-docs");
+    let node = NodeId::random();
+    let placed = |i: u64| PlacedChunk {
+        offset: i * 1000,
+        id: cid(&i.to_le_bytes()),
+        len: 1000,
+    };
+    let hint = FileHint {
+        node,
+        chunks: (0..3).map(placed).collect(),
+    };
+    // The phone waits; the laptop's hint wakes it at once (not after the 30 s wait).
+    let started = Instant::now();
+    let waiting = {
+        let phone = phone.clone();
+        std::thread::spawn(move || phone.get_json::<HintsResponse>("hints?after=0&wait=30"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(post_hints(&laptop, vec![hint.clone()]).status(), 204);
+    let got = waiting.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(got.files, vec![hint.clone()]);
+    // Nothing newer for the phone; the laptop never gets its own hints back.
+    let again: HintsResponse = phone.get_json(&format!("hints?after={}&wait=0", got.next));
+    assert!(again.files.is_empty());
+    let own: HintsResponse = laptop.get_json("hints?after=0&wait=0");
+    assert!(own.files.is_empty(), "{own:?}");
+
+    // Bad hints: typed refusals, and nothing kept.
+    let zero = FileHint {
+        node,
+        chunks: vec![PlacedChunk {
+            len: 0,
+            ..placed(9)
+        }],
+    };
+    let e = expect_err(post_hints(&laptop, vec![zero]), 400);
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let past_the_end = FileHint {
+        node,
+        chunks: vec![PlacedChunk {
+            offset: u64::MAX,
+            ..placed(9)
+        }],
+    };
+    expect_err(post_hints(&laptop, vec![past_the_end]), 400);
+    let too_many = FileHint {
+        node,
+        chunks: (0..=MAX_BATCH_CHUNKS as u64).map(placed).collect(),
+    };
+    let e = expect_err(post_hints(&laptop, vec![too_many]), 413);
+    assert_eq!(e.code, ErrorCode::TooLarge);
+    let e = expect_err(post_raw(&laptop, "hints", b"{\"files\": 7}".to_vec()), 400);
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let after: HintsResponse = phone.get_json(&format!("hints?after={}&wait=0", got.next));
+    assert!(after.files.is_empty(), "a refused hint was kept: {after:?}");
 }
 
 #[test]

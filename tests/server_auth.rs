@@ -40,6 +40,8 @@ fn endpoints(c: &Client) -> Vec<(Method, String, Vec<u8>)> {
         (Method::GET, c.url("snapshot"), vec![]),
         (Method::GET, c.url("devices"), vec![]),
         (Method::POST, c.url("cursor"), br#"{"cursor":0}"#.to_vec()),
+        (Method::POST, c.url("hints"), br#"{"files":[]}"#.to_vec()),
+        (Method::GET, c.url("hints?after=0"), vec![]),
     ]
 }
 

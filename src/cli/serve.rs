@@ -59,6 +59,7 @@ async fn serve(
         meta,
         chunks,
         notifier: Arc::new(Notifier::default()),
+        hints: Arc::default(),
         answers: AnswerPool::new(FETCH_BUFFERS_KEPT),
         shutdown: stop_rx.clone(),
     };

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AccountName, NodeRecord, Op, Seq, TxnId};
+use super::{AccountName, NodeId, NodeRecord, Op, Seq, TxnId};
 use crate::chunking::ChunkId;
 
 /// `GET /v1/volumes`: the caller's volumes.
@@ -141,4 +141,53 @@ pub struct DeviceInfo {
 pub struct CursorRequest {
     /// The seq up to which the device has applied changes.
     pub cursor: Seq,
+}
+
+/// `POST .../hints`: where chunks a device has just uploaded go in files it is about to
+/// commit, so that the other devices can fetch them while the rest is still uploading.
+/// Best effort: a hint promises nothing; the commit alone says what a file holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintRequest {
+    /// One entry per file (at most [`super::limits::MAX_BATCH_CHUNKS`] chunks in all).
+    pub files: Vec<FileHint>,
+}
+
+/// Chunks of one file's coming content, at their offsets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHint {
+    /// The file's node.
+    pub node: NodeId,
+    /// The chunks, each at its byte offset in the file.
+    pub chunks: Vec<PlacedChunk>,
+}
+
+/// A chunk at a byte offset of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedChunk {
+    /// Where the chunk starts in the file.
+    pub offset: u64,
+    /// The chunk.
+    pub id: ChunkId,
+    /// Its length in bytes.
+    pub len: u32,
+}
+
+/// `GET .../hints` query string.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintsQuery {
+    /// Return hints posted after this position (`next` of the previous answer; 0 at first).
+    #[serde(default)]
+    pub after: u64,
+    /// Long-poll: when there is nothing newer, wait up to this many seconds (max 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u64>,
+}
+
+/// `GET .../hints`: the other devices' hints after the asked position, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintsResponse {
+    /// The position to ask after next time.
+    pub next: u64,
+    /// The hints (the server keeps only the latest few minutes' worth).
+    pub files: Vec<FileHint>,
 }

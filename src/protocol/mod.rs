@@ -15,8 +15,8 @@ pub use ids::{NodeId, NodeIdParseError, Seq, TxnId, TxnIdParseError};
 pub use manifest_id::manifest_id;
 pub use messages::{
     Change, ChangesQuery, ChangesResponse, ChunkIdsRequest, CommitRequest, CommitResponse,
-    CursorRequest, DeviceInfo, DevicesResponse, MissingResponse, SnapshotResponse, UploadResponse,
-    VolumeInfo, VolumesResponse,
+    CursorRequest, DeviceInfo, DevicesResponse, FileHint, HintRequest, HintsQuery, HintsResponse,
+    MissingResponse, PlacedChunk, SnapshotResponse, UploadResponse, VolumeInfo, VolumesResponse,
 };
 pub use name::{AccountName, Name, NameError};
 pub use node::{NodeKind, NodeRecord, XattrError, XattrValue, Xattrs, validate_xattrs};

@@ -24,8 +24,9 @@ use crate::protocol::limits::{
 };
 use crate::protocol::{
     API_PREFIX, AccountName, ChangesResponse, ChunkIdsRequest, CommitRequest, CommitResponse,
-    CursorRequest, DeviceInfo, DevicesResponse, ErrorBody, ErrorCode, MissingResponse, Seq,
-    SnapshotResponse, UploadResponse, VolumeInfo, VolumesResponse,
+    CursorRequest, DeviceInfo, DevicesResponse, ErrorBody, ErrorCode, FileHint, HintRequest,
+    HintsResponse, MissingResponse, Seq, SnapshotResponse, UploadResponse, VolumeInfo,
+    VolumesResponse,
 };
 
 /// Time to open a TCP connection.
@@ -454,6 +455,30 @@ impl Remote {
             JSON_ANSWER_LIMIT,
         )?;
         Ok(())
+    }
+
+    /// Tells the volume's other devices where chunks this device has just uploaded go in
+    /// files it is about to commit (at most [`MAX_BATCH_CHUNKS`] chunks in all).
+    pub fn post_hints(&self, files: Vec<FileHint>) -> Result<(), RemoteError> {
+        let path = self.vol_path("hints");
+        let (body, _) = self.json_body(&HintRequest { files })?;
+        self.call(
+            Method::POST,
+            &path,
+            Some(body),
+            REQUEST_TIMEOUT,
+            JSON_ANSWER_LIMIT,
+        )?;
+        Ok(())
+    }
+
+    /// The other devices' hints after position `after` (0 at first, then the last answer's
+    /// `next`); when there are none, the server holds the request up to `wait_secs`.
+    pub fn hints(&self, after: u64, wait_secs: u64) -> Result<HintsResponse, RemoteError> {
+        let wait = wait_secs.min(MAX_WAIT_SECS);
+        let path = self.vol_path(&format!("hints?after={after}&wait={wait}"));
+        let timeout = REQUEST_TIMEOUT.max(Duration::from_secs(wait) + LONG_POLL_GRACE);
+        self.get_json(&path, timeout, JSON_ANSWER_LIMIT)
     }
 
     /// `/v1/volumes/{vol}/{rest}`

@@ -25,7 +25,8 @@ use crate::protocol::limits::{
 };
 use crate::protocol::{
     AccountName, ChangesQuery, ChangesResponse, ChunkIdsRequest, CommitResponse, CursorRequest,
-    DevicesResponse, ErrorCode, MissingResponse, Seq, UploadResponse, VolumesResponse,
+    DevicesResponse, ErrorCode, HintRequest, HintsQuery, HintsResponse, MissingResponse, Seq,
+    UploadResponse, VolumesResponse,
 };
 
 /// Snapshot bodies are sent in pieces of about this size.
@@ -379,6 +380,59 @@ pub async fn changes(
         }
     }
     Ok(Json(changes_page(&state, vol, after, limit).await?))
+}
+
+/// `POST /v1/volumes/{vol}/hints`: where chunks just uploaded go in files about to be
+/// committed (kept in memory for the volume's other devices; see `server::hints`).
+pub async fn post_hints(
+    State(state): State<AppState>,
+    caller: Caller,
+    vol: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let vol = volume(&state, &caller, &path_param(vol)?).await?;
+    let req: HintRequest = parse_json(&body_bytes(body)?)?;
+    super::hints::check(&req.files).map_err(|e| {
+        let code = match e {
+            super::hints::HintError::TooMany(_) => ErrorCode::TooLarge,
+            super::hints::HintError::BadChunk { .. } => ErrorCode::BadRequest,
+        };
+        ApiError::new(code, e.to_string())
+    })?;
+    state.hints.post(vol, caller.0.device, req.files);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/volumes/{vol}/hints?after=N&wait=S`: the other devices' hints after `N`,
+/// long-polling up to S seconds for one.
+pub async fn hints(
+    State(state): State<AppState>,
+    caller: Caller,
+    vol: Result<Path<String>, PathRejection>,
+    query: Result<Query<HintsQuery>, QueryRejection>,
+) -> Result<Json<HintsResponse>, ApiError> {
+    let vol = volume(&state, &caller, &path_param(vol)?).await?;
+    let Query(q) = query.map_err(|r| ApiError::new(ErrorCode::BadRequest, r.body_text()))?;
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    let device = caller.0.device;
+    // Subscribe before reading, so a hint posted in between still wakes us.
+    let mut heads = state.hints.subscribe(vol);
+    let mut page = state.hints.after(vol, device, q.after);
+    let mut shutdown = state.shutdown.clone();
+    let deadline = tokio::time::Instant::now() + wait;
+    while page.files.is_empty() && !wait.is_zero() && !*shutdown.borrow() {
+        tokio::select! {
+            changed = heads.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                page = state.hints.after(vol, device, page.next);
+            }
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = shutdown.changed() => break,
+        }
+    }
+    Ok(Json(page))
 }
 
 /// `GET /v1/volumes/{vol}/snapshot`: streamed `{"seq": N, "nodes": [...]}` from one read

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod chunks;
 mod error;
 mod handlers;
+pub mod hints;
 pub mod meta;
 mod notify;
 mod readers;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub chunks: Arc<dyn ChunkStore>,
     /// Long-poll wake-ups.
     pub notifier: Arc<Notifier>,
+    /// Upload hints, in memory.
+    pub hints: Arc<hints::Hints>,
     /// Buffers for batched chunk downloads.
     pub answers: Arc<AnswerPool>,
     /// Turns true when the server is shutting down, ending long-polls early.
@@ -99,6 +102,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/volumes/{vol}/commit", post(handlers::commit))
         .route("/volumes/{vol}/changes", get(handlers::changes))
+        .route(
+            "/volumes/{vol}/hints",
+            get(handlers::hints).post(handlers::post_hints),
+        )
         .route("/volumes/{vol}/snapshot", get(handlers::snapshot))
         .route("/volumes/{vol}/devices", get(handlers::devices))
         .route("/volumes/{vol}/cursor", post(handlers::cursor))
