@@ -56,6 +56,52 @@ fn a_new_file_is_sent_once_and_a_one_byte_insert_sends_at_most_64_kib() {
     assert!(down <= 64 * 1024, "the phone downloaded {down} bytes");
 }
 
+#[test]
+fn a_large_file_is_fetched_while_it_uploads_and_lands_whole_through_rewrites() {
+    let fx = support::fixture();
+    let laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
+    let both = [&laptop, &phone];
+
+    // Large enough for several upload batches: the phone fetches the first ones (from the
+    // laptop's hints) while the laptop still uploads the rest.
+    let size = 192 * MIB;
+    let mut content = random_bytes(77, size);
+    let down0 = phone.counter("bytes_downloaded");
+    fs::write(laptop.path("big.bin"), &content).unwrap();
+    wait_quiet(&both, QUIET);
+    assert_eq!(hash_file(&phone.path("big.bin")), hash_bytes(&content));
+    let down = phone.counter("bytes_downloaded") - down0;
+    let ahead = phone.counter("bytes_prefetched");
+    eprintln!("192 MiB new file: phone downloaded {down} bytes, {ahead} of them ahead");
+    assert!(
+        ahead >= 16 * MIB as u64,
+        "only {ahead} bytes were fetched ahead"
+    );
+    // What was fetched ahead was not fetched again when the commit landed.
+    assert!(
+        down < size as u64 * 21 / 20,
+        "the phone downloaded {down} bytes for a {size} byte file"
+    );
+
+    // Two overlapping rewrites in place, one right after the other: the phone's staged
+    // file gets chunks of both versions at overlapping places, and must still end up with
+    // the last one.
+    for (seed, at) in [(78u64, 40 * MIB), (79, 56 * MIB)] {
+        let piece = random_bytes(seed, 64 * MIB);
+        content[at..at + piece.len()].copy_from_slice(&piece);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(laptop.path("big.bin"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &piece, at as u64).unwrap();
+        f.flush().unwrap();
+    }
+    wait_quiet(&both, QUIET);
+    assert_eq!(hash_file(&laptop.path("big.bin")), hash_bytes(&content));
+    assert_eq!(hash_file(&phone.path("big.bin")), hash_bytes(&content));
+}
+
 /// Writes `pieces` MiB of seeded random bytes to `path`; returns their BLAKE3.
 fn write_big(path: &std::path::Path, pieces: usize) -> String {
     let mut file = fs::File::create(path).unwrap();

@@ -34,11 +34,11 @@ pub fn rechunk<S: ReadAt + ?Sized>(
     file_len: u64,
     dirty: &[Range<u64>],
 ) -> Result<Manifest, ChunkError> {
-    rechunk_with(params, prev, file, file_len, dirty, |_, _| {})
+    rechunk_with(params, prev, file, file_len, dirty, |_, _, _| {})
 }
 
-/// [`rechunk`], handing each chunk it cuts anew to `cut` with its bytes (while they are in
-/// memory, e.g. to send them on). Chunks kept from `prev` are not handed out.
+/// [`rechunk`], handing each chunk it cuts anew to `cut` with its offset in the file and its
+/// bytes (while they are in memory, e.g. to send them on). Chunks kept from `prev` are not handed out.
 pub fn rechunk_with<S, F>(
     params: ChunkerParams,
     prev: &Manifest,
@@ -49,7 +49,7 @@ pub fn rechunk_with<S, F>(
 ) -> Result<Manifest, ChunkError>
 where
     S: ReadAt + ?Sized,
-    F: FnMut(ChunkRef, &[u8]),
+    F: FnMut(u64, ChunkRef, &[u8]),
 {
     for (index, c) in prev.chunks.iter().enumerate() {
         if c.len == 0 || c.len > params.max() {
@@ -107,7 +107,7 @@ where
                     }
                 }
             };
-            cut(chunk, window.get(pos, chunk.len as usize)?);
+            cut(pos, chunk, window.get(pos, chunk.len as usize)?);
             out.push(chunk);
             pos += u64::from(chunk.len);
             // A later range whose first byte we already cut over joins this one.
@@ -305,8 +305,9 @@ mod tests {
             end: 12u64 << 20,
         }];
         let mut handed = 0u64;
-        let got = rechunk_with(p, &whole, &new[..], new.len() as u64, &dirty, |c, b| {
+        let got = rechunk_with(p, &whole, &new[..], new.len() as u64, &dirty, |at, c, b| {
             assert_eq!(ChunkId::of(b), c.id);
+            assert_eq!(b, &new[at as usize..at as usize + b.len()]);
             handed += u64::from(c.len);
         })
         .unwrap();
@@ -348,9 +349,11 @@ mod tests {
             &new,
             new.len() as u64,
             std::slice::from_ref(&(60_000..60_003)),
-            |c, b| {
+            |at, c, b| {
                 assert_eq!(ChunkId::of(b), c.id);
                 assert_eq!(b.len(), c.len as usize);
+                // The offset handed out is where the chunk is in the file.
+                assert_eq!(b, &new[at as usize..at as usize + b.len()]);
                 handed.push(c);
             },
         )

@@ -167,8 +167,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
                 s.sync.cursor, s.sync.server_head
             );
             println!(
-                "  bytes up / down:   {} / {}",
-                s.sync.bytes_uploaded, s.sync.bytes_downloaded
+                "  bytes up / down:   {} / {} ({} fetched ahead while uploading elsewhere)",
+                s.sync.bytes_uploaded, s.sync.bytes_downloaded, s.sync.bytes_prefetched
             );
             println!(
                 "  pending:           {} transaction(s); {} bytes to download",

@@ -1,8 +1,8 @@
 //! Rebuilding a file's content from the chunks this device already has (the base version's
 //! backing file) plus the chunks it fetches, into a staged file the drive then renames in.
 
-use std::collections::HashMap;
-use std::fs::File;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use crate::protocol::{NodeId, TxnId};
 use crate::remote::Remote;
 
 use super::SyncError;
+use super::prefetch::Prefetch;
 
 /// A staged file that is removed unless it was handed over.
 #[derive(Debug)]
@@ -23,6 +24,11 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// A file already staged elsewhere (on the same filesystem), now this one's to clean up.
+    fn adopt(path: PathBuf) -> Staged {
+        Staged { path: Some(path) }
+    }
+
     /// A fresh name in the drive's staging directory.
     pub(crate) fn new(drive: &Drive) -> Result<Staged, SyncError> {
         let dir = drive.staging_dir()?;
@@ -50,17 +56,23 @@ impl Drop for Staged {
     }
 }
 
-/// Writes `target`'s content to a new staged file, reading what it can from `base` (a node
-/// whose backing file holds that manifest's bytes) and fetching the rest. The bytes fetched
-/// follow the size of the change, not of the file.
+/// Writes node `node`'s new content, `target`, to a staged file, reading what it can from
+/// `base` (a node whose backing file holds that manifest's bytes) and fetching the rest. The
+/// bytes fetched follow the size of the change, not of the file. If `prefetch` fetched
+/// chunks of it ahead, its staged file is taken over and what is in place stays.
 pub fn materialize(
     drive: &Drive,
     remote: &Remote,
+    prefetch: Option<&Prefetch>,
+    node: NodeId,
     base: Option<(NodeId, &Manifest)>,
     target: &Manifest,
 ) -> Result<Staged, SyncError> {
-    let staged = Staged::new(drive)?;
-    write_content(drive, remote, base, target, staged.path())?;
+    let (staged, in_place) = match prefetch.and_then(|p| p.claim(node)) {
+        Some(claimed) => (Staged::adopt(claimed.path), claimed.chunks),
+        None => (Staged::new(drive)?, BTreeMap::new()),
+    };
+    write_content(drive, remote, base, target, staged.path(), &in_place)?;
     Ok(staged)
 }
 
@@ -94,18 +106,28 @@ const PART_BYTES: u64 = 32 << 20;
 /// writes it where it goes, so the network, the hashing and the writes overlap.
 const FETCHERS: usize = 3;
 
-/// Where each distinct chunk of a manifest goes: its length and its offsets, in file order.
-fn placements(target: &Manifest) -> (Vec<ChunkRef>, HashMap<ChunkId, Vec<u64>>) {
+/// Where each distinct chunk of a manifest goes that is not already `in_place` (the same
+/// chunk at the same offset): its length and its offsets, in file order; and the bytes
+/// already in place.
+fn placements(
+    target: &Manifest,
+    in_place: &BTreeMap<u64, ChunkRef>,
+) -> (Vec<ChunkRef>, HashMap<ChunkId, Vec<u64>>, u64) {
     let mut order = Vec::new();
     let mut places: HashMap<ChunkId, Vec<u64>> = HashMap::new();
+    let mut kept = 0;
     for (offset, c) in target.offsets() {
+        if in_place.get(&offset) == Some(&c) {
+            kept += u64::from(c.len);
+            continue;
+        }
         let at = places.entry(c.id).or_default();
         if at.is_empty() {
             order.push(c);
         }
         at.push(offset);
     }
-    (order, places)
+    (order, places, kept)
 }
 
 fn write_content(
@@ -114,9 +136,15 @@ fn write_content(
     base: Option<(NodeId, &Manifest)>,
     target: &Manifest,
     path: &std::path::Path,
+    in_place: &BTreeMap<u64, ChunkRef>,
 ) -> Result<(), SyncError> {
-    let (order, places) = placements(target);
-    let file = File::create(path)?;
+    let (order, places, kept) = placements(target, in_place);
+    // Not truncated: a prefetched file keeps the chunks in place.
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
     file.set_len(target.size())?;
     let out = Placer {
         file: &file,
@@ -137,7 +165,7 @@ fn write_content(
         .copied()
         .collect();
     let started = std::time::Instant::now();
-    let mut written = fetch_into(remote, &need, &out)?;
+    let mut written = kept + fetch_into(remote, &need, &out)?;
     let fetched = started.elapsed();
     need.clear();
     if let Some(base_file) = &base_file {
@@ -165,6 +193,7 @@ fn write_content(
     file.sync_all()?;
     tracing::debug!(
         bytes = written,
+        in_place = kept,
         fetch_ms = fetched.as_millis(),
         rebuild_ms = rebuilt.as_millis(),
         fsync_ms = (started.elapsed() - rebuilt).as_millis(),
@@ -337,7 +366,7 @@ mod tests {
 
     /// Places the chunks of `target` in the order given, through runs as the fetchers do.
     fn place_all(target: &Manifest, data: &[u8], order: &[usize]) -> Vec<u8> {
-        let (_, places) = placements(target);
+        let (_, places, _) = placements(target, &BTreeMap::new());
         let file = tempfile::tempfile().unwrap();
         file.set_len(target.size()).unwrap();
         let out = Placer {
@@ -364,6 +393,67 @@ mod tests {
         let mut back = vec![0; data.len()];
         file.read_exact_at(&mut back, 0).unwrap();
         back
+    }
+
+    #[test]
+    fn chunks_fetched_ahead_stay_and_only_the_rest_is_placed() {
+        let mut data = Vec::new();
+        extend_seeded(&mut data, 2 << 20, 11);
+        let target = chunk_bytes(ChunkerParams::default(), &data);
+        let offsets: Vec<(u64, ChunkRef)> = target.offsets().collect();
+        assert!(offsets.len() > 20);
+        // A staged file holding every even chunk at its place, garbage elsewhere, and a
+        // wrong chunk (the right length, another id) where chunk 1 goes.
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&vec![0xAA; data.len() + 4096], 0)
+            .unwrap();
+        let mut in_place = BTreeMap::new();
+        for (i, (o, c)) in offsets.iter().enumerate() {
+            if i % 2 == 0 {
+                let at = *o as usize;
+                file.write_all_at(&data[at..at + c.len as usize], *o)
+                    .unwrap();
+                in_place.insert(*o, *c);
+            }
+        }
+        let (o1, c1) = offsets[1];
+        in_place.insert(
+            o1,
+            ChunkRef {
+                id: ChunkId::of(b"another"),
+                ..c1
+            },
+        );
+        let (order, places, kept) = placements(&target, &in_place);
+        let even: u64 = offsets
+            .iter()
+            .step_by(2)
+            .map(|(_, c)| u64::from(c.len))
+            .sum();
+        assert_eq!(kept, even);
+        let odd: Vec<ChunkRef> = offsets.iter().skip(1).step_by(2).map(|(_, c)| *c).collect();
+        assert_eq!(order, odd, "only what is not in place is fetched or read");
+        // Placing the rest over the staged file, cut to size, gives the content.
+        file.set_len(target.size()).unwrap();
+        let out = Placer {
+            file: &file,
+            places: &places,
+            writing: Mutex::new(()),
+        };
+        let mut run = Run::default();
+        let mut placed = kept;
+        for c in &order {
+            let at = places[&c.id][0] as usize;
+            placed += out
+                .put(&mut run, &data[at..at + c.len as usize], &c.id)
+                .unwrap();
+        }
+        out.flush(&mut run).unwrap();
+        assert_eq!(placed, target.size());
+        let mut back = vec![0; data.len()];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back == data, "the rebuilt file differs");
+        assert_eq!(file.metadata().unwrap().len(), target.size());
     }
 
     #[test]

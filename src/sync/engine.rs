@@ -26,6 +26,7 @@ use super::SyncError;
 use super::execute::{Applied, LocalRun};
 use super::local::scan;
 use super::plan::{ConflictStamp, Context, Plan, plan};
+use super::prefetch::Prefetch;
 use super::preupload::with_early_upload;
 use super::pulled::tree_rows;
 use super::push::{Upload, build_ops, upload_missing};
@@ -64,6 +65,10 @@ pub struct EngineStatus {
     pub bytes_uploaded: u64,
     /// Bytes received from the server by this daemon.
     pub bytes_downloaded: u64,
+    /// Bytes of content fetched ahead of its commit, while another device uploaded it
+    /// (counted in `bytes_downloaded` too).
+    #[serde(default)]
+    pub bytes_prefetched: u64,
     /// Transactions not yet committed (local changes waiting included).
     #[serde(default)]
     pub pending_transactions: u64,
@@ -172,6 +177,8 @@ struct Ctx {
     joined: bool,
     /// Chunks the server said it holds during this cycle's scan (the early upload's).
     held: HashSet<ChunkId>,
+    /// Content fetched ahead from the other devices' upload hints.
+    prefetch: Prefetch,
 }
 
 /// What the waker's long-poll saw, shared with the engine.
@@ -222,6 +229,11 @@ impl Engine {
             head: AtomicU64::new(status.cursor),
             ..Polled::default()
         });
+        let prefetch = Prefetch::start(
+            remote.clone(),
+            drive.staging_dir()?.join("prefetch"),
+            Arc::clone(&stop),
+        )?;
         let mut ctx = Ctx {
             drive,
             remote: remote.clone(),
@@ -239,6 +251,7 @@ impl Engine {
             last_local: None,
             joined: false,
             held: HashSet::new(),
+            prefetch,
         };
         // The status file may be a dead daemon's (idle, after a crash): this one is not idle
         // until its first cycle says so.
@@ -385,6 +398,7 @@ impl Ctx {
         let (up, down) = self.remote.wire_stats();
         self.status.bytes_uploaded = up;
         self.status.bytes_downloaded = down;
+        self.status.bytes_prefetched = self.prefetch.placed_bytes();
         self.status.updated_ms = now_ms();
         let Ok(json) = serde_json::to_vec_pretty(&self.status) else {
             return;
@@ -473,6 +487,7 @@ impl Ctx {
             let applied = LocalRun {
                 drive: &self.drive,
                 remote: &self.remote,
+                prefetch: Some(&self.prefetch),
                 mem: &mut self.mem,
                 state: &mut self.state,
                 params: self.params,
@@ -541,8 +556,8 @@ impl Ctx {
         let (drive, mem, state, params) =
             (&self.drive, &mut self.mem, &mut self.state, self.params);
         let (local, held) = with_early_upload(&self.remote, |early| {
-            scan(drive, mem, state, params, &mut |c, bytes| {
-                early.offer(c, bytes)
+            scan(drive, mem, state, params, &mut |node, at, c, bytes| {
+                early.offer(node, at, c, bytes)
             })
         });
         let local = local?;

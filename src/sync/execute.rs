@@ -16,6 +16,7 @@ use crate::remote::Remote;
 use super::SyncError;
 use super::content::{Staged, materialize, materialize_from_unsynced, sync_staging};
 use super::plan::{Content, Entry, LocalStep, Tree};
+use super::prefetch::Prefetch;
 use super::state::{Loaded, LocalContent, SyncState};
 
 /// File creates fetch their chunks together, up to this many bytes...
@@ -38,6 +39,8 @@ pub struct LocalRun<'a> {
     pub drive: &'a Drive,
     /// The server, for chunks.
     pub remote: &'a Remote,
+    /// Content fetched ahead from upload hints, if the engine follows them.
+    pub prefetch: Option<&'a Prefetch>,
     /// The engine's memory (manifests, local contents).
     pub mem: &'a mut Loaded,
     /// Where local contents are recorded.
@@ -173,7 +176,14 @@ impl LocalRun<'_> {
                 let manifest = self.manifest(manifest_id)?;
                 let file = if manifest.size() > PREFETCH_BYTES {
                     // A large file streams through its own windows.
-                    materialize(self.drive, self.remote, None, &manifest)?
+                    materialize(
+                        self.drive,
+                        self.remote,
+                        self.prefetch,
+                        node,
+                        None,
+                        &manifest,
+                    )?
                 } else {
                     if !staged.contains_key(&node) {
                         *staged = self.stage_batch(rest)?;
@@ -342,6 +352,8 @@ impl LocalRun<'_> {
                 let staged = materialize(
                     self.drive,
                     self.remote,
+                    self.prefetch,
+                    node,
                     base.as_ref().map(|m| (node, m)),
                     &target,
                 )?;

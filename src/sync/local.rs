@@ -24,7 +24,7 @@ pub fn take_version(
     prev: &Manifest,
     params: ChunkerParams,
 ) -> Result<Option<Manifest>, SyncError> {
-    let manifest = manifest_of_version(drive, node, version, prev, params, &mut |_, _| {})?;
+    let manifest = manifest_of_version(drive, node, version, prev, params, &mut |_, _, _| {})?;
     // Only if nothing was written while we read does the manifest describe this version.
     if drive.take_pending_if(version.ino, version.number)? {
         Ok(Some(manifest))
@@ -33,8 +33,12 @@ pub fn take_version(
     }
 }
 
-/// A sink for the chunks a scan cuts anew, with their bytes.
-pub type NewChunks<'a> = dyn FnMut(ChunkRef, &[u8]) + 'a;
+/// A sink for the chunks a scan cuts anew: the file, the chunk's offset in it, the chunk and
+/// its bytes.
+pub type NewChunks<'a> = dyn FnMut(NodeId, u64, ChunkRef, &[u8]) + 'a;
+
+/// A sink for the chunks cut anew in one file: offset, chunk, bytes.
+type FileChunks<'a> = dyn FnMut(u64, ChunkRef, &[u8]) + 'a;
 
 fn manifest_of_version(
     drive: &Drive,
@@ -42,7 +46,7 @@ fn manifest_of_version(
     version: &RecordedVersion,
     prev: &Manifest,
     params: ChunkerParams,
-    cut: &mut NewChunks<'_>,
+    cut: &mut FileChunks<'_>,
 ) -> Result<Manifest, SyncError> {
     let file = drive.open_content(node)?;
     let len = file.metadata()?.len();
@@ -55,7 +59,7 @@ fn manifest_of_file(
     drive: &Drive,
     node: NodeId,
     params: ChunkerParams,
-    cut: &mut NewChunks<'_>,
+    cut: &mut FileChunks<'_>,
 ) -> Result<Manifest, SyncError> {
     let file = drive.open_content(node)?;
     let len = file.metadata()?.len();
@@ -117,15 +121,17 @@ pub fn scan(
             // Chunks the file had before are not new, even where they were cut again (the
             // tail after an insert): only the others go to `cut`.
             let had: HashSet<ChunkId> = prev.chunks.iter().map(|c| c.id).collect();
-            manifest_of_version(drive, v.id, p, prev, params, &mut |c, bytes| {
+            manifest_of_version(drive, v.id, p, prev, params, &mut |at, c, bytes| {
                 if !had.contains(&c.id) {
-                    cut(c, bytes);
+                    cut(v.id, at, c, bytes);
                 }
             })
         } else if known.is_none() && !v.busy {
             // A file the engine never saw a version of (created empty, or from before the
             // drive was synced, or placed just before a crash): chunk it whole.
-            manifest_of_file(drive, v.id, params, cut)
+            manifest_of_file(drive, v.id, params, &mut |at, c, bytes| {
+                cut(v.id, at, c, bytes)
+            })
         } else {
             continue;
         };

@@ -12,6 +12,7 @@ mod error;
 mod execute;
 pub mod local;
 pub mod plan;
+mod prefetch;
 mod preupload;
 mod pulled;
 mod push;

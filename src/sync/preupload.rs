@@ -6,6 +6,9 @@
 //! or refused early upload costs nothing but the attempt. What it does learn (chunks the
 //! server said it holds, or stored and answered for) is handed to that same cycle's push, so
 //! a large file's chunks are not asked about twice; the commit still checks every one.
+//!
+//! Each batch sent is followed by a hint (where its chunks go in their files), so the
+//! volume's other devices can fetch a large file while it is still uploading.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -17,16 +20,29 @@ use std::thread::Scope;
 
 use crate::chunking::{ChunkId, ChunkRef};
 use crate::protocol::limits::MAX_BATCH_CHUNKS;
+use crate::protocol::{FileHint, NodeId, PlacedChunk};
 use crate::remote::{Remote, UploadBatch};
 
 use super::push::{QUEUED, SENDERS, UPLOAD_BATCH_BYTES, ZSTD_LEVEL};
+
+/// Only files reaching this far are hinted: a smaller one arrives with its commit about as
+/// fast (small files are fetched many to a request), and is not worth a staged file.
+const HINT_FROM: u64 = 8 << 20;
 
 /// Raw chunks waiting to be sent, at most one upload request's worth, their bytes end to end
 /// in one buffer.
 #[derive(Default)]
 struct Batch {
-    chunks: Vec<(ChunkId, Range<usize>)>,
+    chunks: Vec<Cut>,
     data: Vec<u8>,
+}
+
+/// One chunk of a batch: where its bytes are in the batch, and where it goes in its file.
+struct Cut {
+    id: ChunkId,
+    bytes: Range<usize>,
+    node: NodeId,
+    offset: u64,
 }
 
 /// What the sender threads share with the scan.
@@ -34,6 +50,8 @@ struct Shared<'e> {
     remote: &'e Remote,
     rx: Mutex<Receiver<Batch>>,
     failed: AtomicBool,
+    /// Hints stop at the first failure (a server without them answers 404).
+    unhinted: AtomicBool,
     held: Mutex<HashSet<ChunkId>>,
 }
 
@@ -49,8 +67,8 @@ pub struct Early<'s, 'e> {
 }
 
 impl Early<'_, '_> {
-    /// A chunk just cut, with its bytes.
-    pub fn offer(&mut self, chunk: ChunkRef, bytes: &[u8]) {
+    /// A chunk just cut, with its file, its offset there and its bytes.
+    pub fn offer(&mut self, node: NodeId, offset: u64, chunk: ChunkRef, bytes: &[u8]) {
         if self.shared.failed.load(Ordering::Relaxed) || !self.seen.insert(chunk.id) {
             return;
         }
@@ -60,7 +78,12 @@ impl Early<'_, '_> {
         }
         let at = batch.data.len();
         batch.data.extend_from_slice(bytes);
-        batch.chunks.push((chunk.id, at..batch.data.len()));
+        batch.chunks.push(Cut {
+            id: chunk.id,
+            bytes: at..batch.data.len(),
+            node,
+            offset,
+        });
         if batch.chunks.len() == MAX_BATCH_CHUNKS || batch.data.len() >= UPLOAD_BATCH_BYTES {
             if !self.senders_started {
                 self.senders_started = true;
@@ -91,6 +114,7 @@ pub fn with_early_upload<R>(
         remote,
         rx: Mutex::new(rx),
         failed: AtomicBool::new(false),
+        unhinted: AtomicBool::new(false),
         held: Mutex::new(HashSet::new()),
     };
     let out = std::thread::scope(|scope| {
@@ -114,6 +138,7 @@ fn send_batches(shared: &Shared<'_>) {
         remote,
         rx,
         failed,
+        unhinted,
         held,
     } = shared;
     loop {
@@ -125,7 +150,7 @@ fn send_batches(shared: &Shared<'_>) {
         if failed.load(Ordering::Relaxed) {
             continue; // drain, so the scan never blocks on a full channel
         }
-        match send(remote, batch) {
+        match send(remote, batch, unhinted) {
             Ok(ids) => held
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -139,24 +164,52 @@ fn send_batches(shared: &Shared<'_>) {
 }
 
 /// Sends the chunks of `batch` the server lacks; those it holds are not even compressed.
-/// Returns the batch's ids: all held by the server once it answered.
-fn send(remote: &Remote, batch: Batch) -> Result<Vec<ChunkId>, crate::remote::RemoteError> {
+/// Then hints where the sent ones go (unless `unhinted`; a failed hint sets it). Returns
+/// the batch's ids: all held by the server once it answered.
+fn send(
+    remote: &Remote,
+    batch: Batch,
+    unhinted: &AtomicBool,
+) -> Result<Vec<ChunkId>, crate::remote::RemoteError> {
     let started = std::time::Instant::now();
-    let ids: Vec<ChunkId> = batch.chunks.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<ChunkId> = batch.chunks.iter().map(|c| c.id).collect();
     let lacking: HashSet<ChunkId> = remote.missing(&ids)?.into_iter().collect();
     // Per entry: its 36-byte header, the tag byte, and slack for the compressor's output
     // bound while it works; a raw payload is one byte longer than its chunk.
     let mut upload = UploadBatch::with_capacity(batch.data.len() + batch.chunks.len() * 64);
-    for (id, at) in &batch.chunks {
-        if lacking.contains(id) {
-            upload.push_chunk(id, &batch.data[at.clone()], ZSTD_LEVEL);
+    let mut files: Vec<FileHint> = Vec::new();
+    for c in batch.chunks.iter().filter(|c| lacking.contains(&c.id)) {
+        upload.push_chunk(&c.id, &batch.data[c.bytes.clone()], ZSTD_LEVEL);
+        let placed = PlacedChunk {
+            offset: c.offset,
+            id: c.id,
+            len: c.bytes.len() as u32,
+        };
+        match files.last_mut() {
+            Some(f) if f.node == c.node => f.chunks.push(placed),
+            _ => files.push(FileHint {
+                node: c.node,
+                chunks: vec![placed],
+            }),
         }
     }
+    files.retain(|f| {
+        f.chunks
+            .iter()
+            .any(|c| c.offset + u64::from(c.len) >= HINT_FROM)
+    });
     let sent = upload.count();
     // The raw copy is not needed while the request travels.
     drop(batch);
     if !upload.is_empty() {
         remote.upload_batch(upload)?;
+        if !files.is_empty()
+            && !unhinted.load(Ordering::Relaxed)
+            && let Err(e) = remote.post_hints(files)
+        {
+            tracing::debug!("upload hints stopped: {e}");
+            unhinted.store(true, Ordering::Relaxed);
+        }
     }
     tracing::debug!(
         offered = ids.len(),
