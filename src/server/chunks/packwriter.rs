@@ -4,7 +4,9 @@
 //! directory), and only then commits its index rows and answers its callers.
 //!
 //! [`WRITERS`] writers take groups in turn, each with a pack of its own, so one writes while
-//! another waits for the disk. A chunk another writer is storing is not written again: the
+//! another waits for the disk. One indexer commits the rows of every group waiting for it in
+//! one transaction (one fsync), so the writers neither queue on SQLite's write lock (whose
+//! waiters poll with growing sleeps) nor pay an fsync each. A chunk another writer is storing is not written again: the
 //! group claims it, and answers only once that writer's group is durable (or fails with it).
 
 use std::collections::{HashMap, HashSet};
@@ -12,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -54,23 +56,88 @@ pub(super) fn start(
     let rx = Arc::new(Mutex::new(rx));
     let next_no = Arc::new(AtomicU64::new(next_no));
     let claims: Arc<Claims> = Arc::default();
-    (0..WRITERS)
-        .map(|_| {
-            let mut writer = Writer {
-                root: root.clone(),
-                conn: conn()?,
-                current: None,
-                next_no: next_no.clone(),
-                claims: claims.clone(),
-                recent: recent.clone(),
-            };
-            let rx = rx.clone();
+    let (index, index_rx) = channel::<IndexJob>();
+    let index_conn = conn()?;
+    let learns = recent.clone();
+    // The indexer ends once every writer (holding a sender) has.
+    let mut threads = vec![
+        std::thread::Builder::new()
+            .name("pack-indexer".into())
+            .spawn(move || index_loop(&index_conn, &index_rx, &learns))
+            .map_err(|e| io_err(&root, e))?,
+    ];
+    for _ in 0..WRITERS {
+        let mut writer = Writer {
+            root: root.clone(),
+            conn: conn()?,
+            current: None,
+            next_no: next_no.clone(),
+            claims: claims.clone(),
+            recent: recent.clone(),
+            index: index.clone(),
+        };
+        let rx = rx.clone();
+        threads.push(
             std::thread::Builder::new()
                 .name("pack-writer".into())
                 .spawn(move || writer.run(&rx))
-                .map_err(|e| io_err(&root, e))
-        })
-        .collect()
+                .map_err(|e| io_err(&root, e))?,
+        );
+    }
+    Ok(threads)
+}
+
+/// A group's index rows, and where to say once they are committed.
+struct IndexJob {
+    rows: Vec<Row>,
+    reply: SyncSender<Result<(), ChunkStoreError>>,
+}
+
+/// Commits the rows of every group waiting in one transaction, then tells `recent` and the
+/// groups.
+fn index_loop(conn: &Connection, rx: &Receiver<IndexJob>, recent: &RecentRows) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        jobs.extend(rx.try_iter());
+        let result = insert_rows(conn, jobs.iter().flat_map(|j| &j.rows));
+        if result.is_ok() {
+            recent.insert_all(
+                jobs.iter()
+                    .flat_map(|j| &j.rows)
+                    .map(|&(id, pack, offset, len)| (id, (pack, offset, len))),
+            );
+        }
+        for job in jobs {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.clone_shared()),
+            };
+            // A writer that went away needs no answer.
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+fn insert_rows<'r>(
+    conn: &Connection,
+    rows: impl Iterator<Item = &'r Row>,
+) -> Result<(), ChunkStoreError> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT OR IGNORE INTO chunks (id, pack, offset, len) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (id, pack, offset, len) in rows {
+            ins.execute(params![
+                &id.as_bytes()[..],
+                i64::try_from(*pack).unwrap_or(i64::MAX),
+                i64::try_from(*offset).unwrap_or(i64::MAX),
+                i64::from(*len)
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// How a group's store ended: unset while it runs, then whether its chunks are durable.
@@ -149,6 +216,8 @@ struct Writer {
     next_no: Arc<AtomicU64>,
     claims: Arc<Claims>,
     recent: Arc<RecentRows>,
+    /// To the indexer: rows to commit once their bytes are durable.
+    index: Sender<IndexJob>,
 }
 
 impl Writer {
@@ -216,28 +285,15 @@ impl Writer {
         }
         let synced = started.elapsed();
         // Only now, with the bytes durable, may index rows point at them.
-        let tx = self.conn.unchecked_transaction()?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT OR IGNORE INTO chunks (id, pack, offset, len) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for (id, pack, offset, len) in &rows {
-                ins.execute(params![
-                    &id.as_bytes()[..],
-                    i64::try_from(*pack).unwrap_or(i64::MAX),
-                    i64::try_from(*offset).unwrap_or(i64::MAX),
-                    i64::from(*len)
-                ])?;
-            }
-        }
-        tx.commit()?;
-        self.recent.insert_all(
-            rows.iter()
-                .map(|&(id, pack, offset, len)| (id, (pack, offset, len))),
-        );
+        let rows_count = rows.len();
+        let (reply, answer) = sync_channel(1);
+        self.index
+            .send(IndexJob { rows, reply })
+            .map_err(|_| ChunkStoreError::WriterGone)?;
+        answer.recv().map_err(|_| ChunkStoreError::WriterGone)??;
         tracing::debug!(
             puts = jobs.len(),
-            rows = rows.len(),
+            rows = rows_count,
             write_ms = written.as_millis() as u64,
             sync_ms = (synced - written).as_millis() as u64,
             index_ms = (started.elapsed() - synced).as_millis() as u64,
