@@ -26,6 +26,7 @@ fn a_new_file_is_sent_once_and_a_one_byte_insert_sends_at_most_64_kib() {
 
     let mut content = random_bytes(64, 64 * MIB);
     let before = laptop.counter("bytes_uploaded");
+    let down_before = phone.counter("bytes_downloaded");
     fs::write(laptop.path("big.bin"), &content).unwrap();
     wait_quiet(&both, QUIET);
     assert_eq!(hash_file(&phone.path("big.bin")), hash_bytes(&content));
@@ -34,6 +35,12 @@ fn a_new_file_is_sent_once_and_a_one_byte_insert_sends_at_most_64_kib() {
     assert!(
         (64 * MIB as u64..64 * MIB as u64 * 21 / 20).contains(&first),
         "a new 64 MiB file took {first} bytes to upload"
+    );
+    // Received once, whether fetched ahead from the upload hints or at the commit.
+    let received = phone.counter("bytes_downloaded") - down_before;
+    assert!(
+        received < 64 * MIB as u64 * 21 / 20,
+        "a new 64 MiB file took {received} bytes to download"
     );
 
     // A program rewrites the file with one byte inserted in the middle.

@@ -174,8 +174,9 @@ impl LocalRun<'_> {
             }
             Content::File { manifest_id, .. } => {
                 let manifest = self.manifest(manifest_id)?;
-                let file = if manifest.size() > PREFETCH_BYTES {
-                    // A large file streams through its own windows.
+                let file = if manifest.size() > PREFETCH_BYTES || self.fetched_ahead(node) {
+                    // A large file streams through its own windows (and takes over what
+                    // was fetched of it ahead).
                     materialize(
                         self.drive,
                         self.remote,
@@ -198,6 +199,11 @@ impl LocalRun<'_> {
         Ok(())
     }
 
+    /// Whether chunks of node `node` were fetched ahead from upload hints.
+    fn fetched_ahead(&self, node: NodeId) -> bool {
+        self.prefetch.is_some_and(|p| p.has(node))
+    }
+
     /// Stages the small file creates at the head of `rest` together: their chunks fetched in
     /// one request and the files made durable with one syncfs, so that many small files cost
     /// a few round trips and one flush instead of one each.
@@ -218,7 +224,7 @@ impl LocalRun<'_> {
             else {
                 continue;
             };
-            if *size > PREFETCH_BYTES {
+            if *size > PREFETCH_BYTES || self.fetched_ahead(*node) {
                 continue;
             }
             if !batch.is_empty() && (bytes + size > PREFETCH_BYTES || batch.len() >= PREFETCH_FILES)

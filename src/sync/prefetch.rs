@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::chunking::{ChunkId, ChunkRef};
@@ -37,6 +37,8 @@ const BUDGET: u64 = 4 << 30;
 const RESERVE: u64 = 1 << 30;
 /// Most files staged ahead at once.
 const MAX_STAGES: usize = 64;
+/// Longest a claim waits for the fetches writing to the staged file.
+const CLAIM_WAIT: Duration = Duration::from_secs(30);
 /// A staged file not claimed for this long is dropped (its commit went elsewhere).
 const STALE: Duration = Duration::from_secs(600);
 /// Consecutive chunks are gathered into writes of up to this many bytes.
@@ -52,11 +54,30 @@ pub struct Prefetch {
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
-    stages: Mutex<HashMap<NodeId, Arc<Stage>>>,
+    stages: Mutex<Stages>,
+    /// Hinted files queued so far: each job's number.
+    queued: AtomicU64,
     /// Bytes placed in unclaimed stages.
     staged: AtomicU64,
     /// Bytes placed since the start (for `status`).
     placed: AtomicU64,
+}
+
+/// The staged files by node, and for each node claimed lately the number of the last job
+/// queued before its claim: those jobs are for content already placed, and are skipped.
+#[derive(Debug, Default)]
+struct Stages {
+    by_node: HashMap<NodeId, Arc<Stage>>,
+    claimed_upto: HashMap<NodeId, u64>,
+}
+
+/// Nodes remembered in `claimed_upto` (only jobs still queued need it; a few dozen at most).
+const CLAIMS_KEPT: usize = 1024;
+
+/// A hinted file to fetch, numbered in the order the hints came.
+struct Job {
+    no: u64,
+    hint: FileHint,
 }
 
 /// One node's staged file and what is in place in it.
@@ -65,6 +86,7 @@ struct Stage {
     path: PathBuf,
     file: File,
     state: Mutex<StageState>,
+    idle: Condvar,
 }
 
 #[derive(Debug)]
@@ -74,6 +96,8 @@ struct StageState {
     bytes: u64,
     /// Taken over by the engine: nothing more is written.
     claimed: bool,
+    /// Jobs writing to it now; a claim waits for them (their chunks are on the way).
+    busy: usize,
     touched: Instant,
 }
 
@@ -115,12 +139,13 @@ impl Prefetch {
         let prefetch = Prefetch {
             inner: Arc::new(Inner {
                 dir,
-                stages: Mutex::new(HashMap::new()),
+                stages: Mutex::new(Stages::default()),
+                queued: AtomicU64::new(0),
                 staged: AtomicU64::new(0),
                 placed: AtomicU64::new(0),
             }),
         };
-        let (tx, rx) = sync_channel::<FileHint>(QUEUED);
+        let (tx, rx) = sync_channel::<Job>(QUEUED);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..FETCHERS {
             let (p, remote, rx) = (prefetch.clone(), remote.clone(), rx.clone());
@@ -140,10 +165,36 @@ impl Prefetch {
         self.inner.placed.load(Ordering::Relaxed)
     }
 
-    /// Takes over node `node`'s staged file, if there is one: nothing more is written to it.
+    /// Whether content of node `node` was fetched ahead (or is being fetched).
+    pub fn has(&self, node: NodeId) -> bool {
+        self.stages().by_node.contains_key(&node)
+    }
+
+    /// Takes over node `node`'s staged file, if there is one, once the fetches writing to it
+    /// are done: nothing more is written to it, and hints queued before now are skipped.
     pub fn claim(&self, node: NodeId) -> Option<Claimed> {
-        let stage = self.stages().remove(&node)?;
+        let stage = {
+            let mut stages = self.stages();
+            if stages.claimed_upto.len() >= CLAIMS_KEPT {
+                stages.claimed_upto.clear();
+            }
+            let upto = self.inner.queued.load(Ordering::Relaxed);
+            stages.claimed_upto.insert(node, upto);
+            stages.by_node.remove(&node)?
+        };
+        let deadline = Instant::now() + CLAIM_WAIT;
         let mut st = lock(&stage.state);
+        while st.busy > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = stage
+                .idle
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
         st.claimed = true;
         self.inner.staged.fetch_sub(st.bytes, Ordering::Relaxed);
         Some(Claimed {
@@ -152,11 +203,11 @@ impl Prefetch {
         })
     }
 
-    fn stages(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Arc<Stage>>> {
+    fn stages(&self) -> std::sync::MutexGuard<'_, Stages> {
         lock(&self.inner.stages)
     }
 
-    fn poll_loop(&self, remote: &Remote, stop: &AtomicBool, jobs: &SyncSender<FileHint>) {
+    fn poll_loop(&self, remote: &Remote, stop: &AtomicBool, jobs: &SyncSender<Job>) {
         let mut after = 0;
         let mut backoff = Duration::from_secs(1);
         while !stop.load(Ordering::Relaxed) {
@@ -165,8 +216,9 @@ impl Prefetch {
                 Ok(page) => {
                     backoff = Duration::from_secs(1);
                     after = page.next;
-                    for file in page.files {
-                        if jobs.send(file).is_err() {
+                    for hint in page.files {
+                        let no = self.inner.queued.fetch_add(1, Ordering::Relaxed) + 1;
+                        if jobs.send(Job { no, hint }).is_err() {
                             return;
                         }
                     }
@@ -183,15 +235,27 @@ impl Prefetch {
         }
     }
 
-    fn fetch_loop(&self, remote: &Remote, jobs: &Mutex<Receiver<FileHint>>) {
+    fn fetch_loop(&self, remote: &Remote, jobs: &Mutex<Receiver<Job>>) {
         let mut answer = Vec::new();
         loop {
             let job = match lock(jobs).recv() {
                 Ok(job) => job,
                 Err(_) => return,
             };
-            if let Err(e) = self.fetch(remote, &job, &mut answer) {
-                tracing::debug!(node = %job.node, "prefetch stopped: {e}");
+            let bytes: u64 = job.hint.chunks.iter().map(|c| u64::from(c.len)).sum();
+            let stage = match self.stage_for(&job, bytes) {
+                Ok(Some(stage)) => stage,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(node = %job.hint.node, "cannot stage a prefetch: {e}");
+                    continue;
+                }
+            };
+            let result = self.fetch(remote, &stage, &job.hint, &mut answer);
+            lock(&stage.state).busy -= 1;
+            stage.idle.notify_all();
+            if let Err(e) = result {
+                tracing::debug!(node = %job.hint.node, "prefetch stopped: {e}");
             }
         }
     }
@@ -200,13 +264,10 @@ impl Prefetch {
     fn fetch(
         &self,
         remote: &Remote,
+        stage: &Stage,
         hint: &FileHint,
         answer: &mut Vec<u8>,
     ) -> Result<(), crate::sync::SyncError> {
-        let bytes: u64 = hint.chunks.iter().map(|c| u64::from(c.len)).sum();
-        let Some(stage) = self.stage_for(hint.node, bytes)? else {
-            return Ok(());
-        };
         let mut places: HashMap<ChunkId, Vec<u64>> = HashMap::new();
         for c in &hint.chunks {
             places.entry(c.id).or_default().push(c.offset);
@@ -224,7 +285,7 @@ impl Prefetch {
                 len: u32::try_from(chunk.bytes().len()).unwrap_or(u32::MAX),
             };
             for &offset in places.get(&c.id).map_or(&[][..], Vec::as_slice) {
-                if let Err(e) = self.put(&stage, &mut run, offset, c, chunk.bytes()) {
+                if let Err(e) = self.put(stage, &mut run, offset, c, chunk.bytes()) {
                     failed = Some(e);
                 }
             }
@@ -232,18 +293,30 @@ impl Prefetch {
         if let Some(e) = failed {
             return Err(e.into());
         }
-        self.flush(&stage, &mut run)?;
+        self.flush(stage, &mut run)?;
         Ok(())
     }
 
-    /// The stage of `node`, made if there is room for `bytes` more; `None` if not.
-    fn stage_for(&self, node: NodeId, bytes: u64) -> std::io::Result<Option<Arc<Stage>>> {
+    /// The stage `job` writes to, marked busy (made if there is room for `bytes` more);
+    /// `None` if the job was queued before its node was claimed, or there is no room.
+    fn stage_for(&self, job: &Job, bytes: u64) -> std::io::Result<Option<Arc<Stage>>> {
+        let node = job.hint.node;
+        // Under the stages' lock, as claims are: a claim either waits for this job or is
+        // seen by it.
         let mut stages = self.stages();
-        if let Some(s) = stages.get(&node) {
+        if stages
+            .claimed_upto
+            .get(&node)
+            .is_some_and(|&upto| job.no <= upto)
+        {
+            return Ok(None);
+        }
+        if let Some(s) = stages.by_node.get(&node) {
+            lock(&s.state).busy += 1;
             return Ok(Some(s.clone()));
         }
         let room = self.inner.staged.load(Ordering::Relaxed) + bytes <= BUDGET
-            && stages.len() < MAX_STAGES
+            && stages.by_node.len() < MAX_STAGES
             && free_bytes(&self.inner.dir).is_some_and(|free| free >= bytes + RESERVE);
         if !room {
             return Ok(None);
@@ -261,10 +334,12 @@ impl Prefetch {
                 chunks: BTreeMap::new(),
                 bytes: 0,
                 claimed: false,
+                busy: 1,
                 touched: Instant::now(),
             }),
+            idle: Condvar::new(),
         });
-        stages.insert(node, stage.clone());
+        stages.by_node.insert(node, stage.clone());
         Ok(Some(stage))
     }
 
@@ -315,11 +390,17 @@ impl Prefetch {
         let stale: Vec<Arc<Stage>> = {
             let mut stages = self.stages();
             let old: Vec<NodeId> = stages
+                .by_node
                 .iter()
-                .filter(|(_, s)| lock(&s.state).touched.elapsed() > STALE)
+                .filter(|(_, s)| {
+                    let st = lock(&s.state);
+                    st.busy == 0 && st.touched.elapsed() > STALE
+                })
                 .map(|(n, _)| *n)
                 .collect();
-            old.iter().filter_map(|n| stages.remove(n)).collect()
+            old.iter()
+                .filter_map(|n| stages.by_node.remove(n))
+                .collect()
         };
         for s in stale {
             let mut st = lock(&s.state);
@@ -379,6 +460,7 @@ mod tests {
             chunks: BTreeMap::new(),
             bytes: 0,
             claimed: false,
+            busy: 0,
             touched: Instant::now(),
         };
         for (o, ch) in [
