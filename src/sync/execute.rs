@@ -232,6 +232,10 @@ impl LocalRun<'_> {
                 break;
             }
             let m = self.manifest(manifest_id)?;
+            if let Some(p) = self.prefetch {
+                // Fetched here with the others: hints of it still queued are not needed.
+                p.pass(*node);
+            }
             ids.extend(m.chunks.iter().map(|c| c.id).filter(|id| seen.insert(*id)));
             bytes += size;
             batch.push((*node, m));

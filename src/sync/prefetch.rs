@@ -170,16 +170,26 @@ impl Prefetch {
         self.stages().by_node.contains_key(&node)
     }
 
+    /// Hints of `node` queued until now are not needed: its content is being fetched
+    /// another way.
+    pub fn pass(&self, node: NodeId) {
+        self.skip_queued(&mut self.stages(), node);
+    }
+
+    fn skip_queued(&self, stages: &mut Stages, node: NodeId) {
+        if stages.claimed_upto.len() >= CLAIMS_KEPT {
+            stages.claimed_upto.clear();
+        }
+        let upto = self.inner.queued.load(Ordering::Relaxed);
+        stages.claimed_upto.insert(node, upto);
+    }
+
     /// Takes over node `node`'s staged file, if there is one, once the fetches writing to it
     /// are done: nothing more is written to it, and hints queued before now are skipped.
     pub fn claim(&self, node: NodeId) -> Option<Claimed> {
         let stage = {
             let mut stages = self.stages();
-            if stages.claimed_upto.len() >= CLAIMS_KEPT {
-                stages.claimed_upto.clear();
-            }
-            let upto = self.inner.queued.load(Ordering::Relaxed);
-            stages.claimed_upto.insert(node, upto);
+            self.skip_queued(&mut stages, node);
             stages.by_node.remove(&node)?
         };
         let deadline = Instant::now() + CLAIM_WAIT;
