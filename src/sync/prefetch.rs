@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::chunking::{ChunkId, ChunkRef};
 use crate::durability::start_writeback;
+use crate::protocol::limits::{MAX_CHUNK_SIZE, MAX_MANIFEST_CHUNKS};
 use crate::protocol::{FileHint, NodeId};
 use crate::remote::Remote;
 
@@ -41,6 +42,8 @@ const MAX_STAGES: usize = 64;
 const CLAIM_WAIT: Duration = Duration::from_secs(30);
 /// A staged file not claimed for this long is dropped (its commit went elsewhere).
 const STALE: Duration = Duration::from_secs(600);
+/// The largest file a manifest describes (its most chunks, each of the largest size).
+const MAX_FILE_BYTES: u64 = MAX_MANIFEST_CHUNKS as u64 * MAX_CHUNK_SIZE as u64;
 /// Consecutive chunks are gathered into writes of up to this many bytes.
 const RUN_BYTES: usize = 4 << 20;
 
@@ -248,10 +251,18 @@ impl Prefetch {
     fn fetch_loop(&self, remote: &Remote, jobs: &Mutex<Receiver<Job>>) {
         let mut answer = Vec::new();
         loop {
-            let job = match lock(jobs).recv() {
+            let mut job = match lock(jobs).recv() {
                 Ok(job) => job,
                 Err(_) => return,
             };
+            // A hint is the server's word only: nothing is staged past the largest file a
+            // manifest can describe.
+            job.hint
+                .chunks
+                .retain(|c| c.offset.saturating_add(u64::from(c.len)) <= MAX_FILE_BYTES);
+            if job.hint.chunks.is_empty() {
+                continue;
+            }
             let bytes: u64 = job.hint.chunks.iter().map(|c| u64::from(c.len)).sum();
             let stage = match self.stage_for(&job, bytes) {
                 Ok(Some(stage)) => stage,
