@@ -998,16 +998,7 @@ impl Drive {
 
     /// Filesystem statistics, from the disk holding the state directory.
     pub fn statfs(&self) -> DriveResult<FsStats> {
-        let path = std::ffi::CString::new(self.state.root().as_os_str().as_encoded_bytes())
-            .map_err(|_| DriveError::Invalid("state path contains NUL"))?;
-        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: `path` is a valid C string and `st` points to writable memory of the right type.
-        let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: statvfs returned 0, so it filled `st`.
-        let st = unsafe { st.assume_init() };
+        let st = crate::durability::fs_stats(self.state.root())?;
         let used = lock(&self.tree).len() as u64;
         let ffree = st.f_favail;
         Ok(FsStats {

@@ -445,31 +445,13 @@ impl Remote {
 
     /// Reports how far this device has applied the change log.
     pub fn set_cursor(&self, cursor: Seq) -> Result<(), RemoteError> {
-        let path = self.vol_path("cursor");
-        let (body, _) = self.json_body(&CursorRequest { cursor })?;
-        self.call(
-            Method::POST,
-            &path,
-            Some(body),
-            REQUEST_TIMEOUT,
-            JSON_ANSWER_LIMIT,
-        )?;
-        Ok(())
+        self.post_json_unanswered(&self.vol_path("cursor"), &CursorRequest { cursor })
     }
 
     /// Tells the volume's other devices where chunks this device has just uploaded go in
     /// files it is about to commit (at most [`MAX_BATCH_CHUNKS`] chunks in all).
     pub fn post_hints(&self, files: Vec<FileHint>) -> Result<(), RemoteError> {
-        let path = self.vol_path("hints");
-        let (body, _) = self.json_body(&HintRequest { files })?;
-        self.call(
-            Method::POST,
-            &path,
-            Some(body),
-            REQUEST_TIMEOUT,
-            JSON_ANSWER_LIMIT,
-        )?;
-        Ok(())
+        self.post_json_unanswered(&self.vol_path("hints"), &HintRequest { files })
     }
 
     /// The other devices' hints after position `after` (0 at first, then the last answer's
@@ -519,6 +501,19 @@ impl Remote {
         let (body, _) = self.json_body(body)?;
         let answer = self.call(Method::POST, path, Some(body), timeout, JSON_ANSWER_LIMIT)?;
         self.parse(path, &answer)
+    }
+
+    /// Posts a JSON body to an endpoint that answers with no body (204).
+    fn post_json_unanswered<B: Serialize>(&self, path: &str, body: &B) -> Result<(), RemoteError> {
+        let (body, _) = self.json_body(body)?;
+        self.call(
+            Method::POST,
+            path,
+            Some(body),
+            REQUEST_TIMEOUT,
+            JSON_ANSWER_LIMIT,
+        )?;
+        Ok(())
     }
 
     fn parse<T: DeserializeOwned>(&self, path: &str, answer: &[u8]) -> Result<T, RemoteError> {

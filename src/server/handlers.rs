@@ -15,6 +15,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::chunks::VerifiedPayload;
 use super::error::{ApiError, blocking};
+use super::hints::HintError;
 use super::meta::{CommitOutcome, SnapshotItem, VolumeAccess, VolumeId};
 use super::validate::{check_ops, parse_commit, parse_json};
 use crate::chunking::ChunkId;
@@ -361,22 +362,10 @@ pub async fn changes(
     }
     let mut shutdown = state.shutdown.clone();
     let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        tokio::select! {
-            changed = heads.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let page = changes_page(&state, vol, after, limit).await?;
-                if !page.changes.is_empty() {
-                    return Ok(Json(page));
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => break,
-            _ = shutdown.changed() => break,
+    while news(&mut heads, deadline, &mut shutdown).await {
+        let page = changes_page(&state, vol, after, limit).await?;
+        if !page.changes.is_empty() {
+            return Ok(Json(page));
         }
     }
     Ok(Json(changes_page(&state, vol, after, limit).await?))
@@ -394,8 +383,8 @@ pub async fn post_hints(
     let req: HintRequest = parse_json(&body_bytes(body)?)?;
     super::hints::check(&req.files).map_err(|e| {
         let code = match e {
-            super::hints::HintError::TooMany(_) => ErrorCode::TooLarge,
-            super::hints::HintError::BadChunk { .. } => ErrorCode::BadRequest,
+            HintError::TooMany(_) => ErrorCode::TooLarge,
+            HintError::BadChunk { .. } => ErrorCode::BadRequest,
         };
         ApiError::new(code, e.to_string())
     })?;
@@ -420,19 +409,30 @@ pub async fn hints(
     let mut page = state.hints.after(vol, device, q.after);
     let mut shutdown = state.shutdown.clone();
     let deadline = tokio::time::Instant::now() + wait;
-    while page.files.is_empty() && !wait.is_zero() && !*shutdown.borrow() {
-        tokio::select! {
-            changed = heads.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                page = state.hints.after(vol, device, page.next);
-            }
-            () = tokio::time::sleep_until(deadline) => break,
-            _ = shutdown.changed() => break,
-        }
+    while page.files.is_empty()
+        && !wait.is_zero()
+        && news(&mut heads, deadline, &mut shutdown).await
+    {
+        page = state.hints.after(vol, device, page.next);
     }
     Ok(Json(page))
+}
+
+/// A long-poll's wait: true once `heads` changed; false at `deadline`, when the server
+/// shuts down, or when nothing can change `heads` any more.
+async fn news<T>(
+    heads: &mut tokio::sync::watch::Receiver<T>,
+    deadline: tokio::time::Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    tokio::select! {
+        changed = heads.changed() => changed.is_ok(),
+        () = tokio::time::sleep_until(deadline) => false,
+        _ = shutdown.changed() => false,
+    }
 }
 
 /// `GET /v1/volumes/{vol}/snapshot`: streamed `{"seq": N, "nodes": [...]}` from one read

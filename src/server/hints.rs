@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::meta::{DeviceId, VolumeId};
+use crate::chunking::ChunkId;
 use crate::protocol::limits::{MAX_BATCH_CHUNKS, MAX_CHUNK_SIZE};
-use crate::protocol::{FileHint, HintsResponse};
+use crate::protocol::{FileHint, HintsResponse, NodeId};
 
 /// Chunks of hints kept per volume (about 1 GiB of content at 16 KiB a chunk).
 pub const KEEP_CHUNKS: usize = 64 << 10;
@@ -77,9 +78,9 @@ pub enum HintError {
     #[error("file {node}: chunk {id} at offset {offset} with length {len} is not a chunk")]
     BadChunk {
         /// The file.
-        node: String,
+        node: NodeId,
         /// The chunk.
-        id: String,
+        id: ChunkId,
         /// Its offset.
         offset: u64,
         /// Its length.
@@ -98,8 +99,8 @@ pub fn check(files: &[FileHint]) -> Result<(), HintError> {
             let fits = c.offset.checked_add(u64::from(c.len)).is_some();
             if c.len == 0 || c.len as usize > MAX_CHUNK_SIZE || !fits {
                 return Err(HintError::BadChunk {
-                    node: f.node.to_string(),
-                    id: c.id.to_string(),
+                    node: f.node,
+                    id: c.id,
                     offset: c.offset,
                     len: c.len,
                 });
@@ -180,8 +181,7 @@ impl Hints {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunking::ChunkId;
-    use crate::protocol::{NodeId, PlacedChunk};
+    use crate::protocol::PlacedChunk;
 
     fn hint(node: u8, chunks: usize) -> FileHint {
         FileHint {

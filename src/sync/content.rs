@@ -211,8 +211,8 @@ struct Run {
     bytes: Vec<u8>,
 }
 
-/// Largest run gathered before it is written.
-const RUN_BYTES: usize = 4 << 20;
+/// Largest run of consecutive chunks gathered before it is written.
+pub(super) const RUN_BYTES: usize = 4 << 20;
 
 /// Writes chunks where the target manifest places them, in the staged file.
 struct Placer<'a> {
@@ -364,32 +364,41 @@ mod tests {
     use crate::chunking::seeded::extend_seeded;
     use crate::chunking::{ChunkerParams, chunk_bytes};
 
-    /// Places the chunks of `target` in the order given, through runs as the fetchers do.
+    /// Places each chunk (its bytes and id) through runs as the fetchers do, into `file`
+    /// at `places`; returns the bytes placed.
+    fn place<'d>(
+        file: &File,
+        places: &HashMap<ChunkId, Vec<u64>>,
+        chunks: impl IntoIterator<Item = (&'d [u8], ChunkId)>,
+    ) -> u64 {
+        let out = Placer {
+            file,
+            places,
+            writing: Mutex::new(()),
+        };
+        let mut run = Run::default();
+        let mut placed = 0;
+        for (bytes, id) in chunks {
+            placed += out.put(&mut run, bytes, &id).unwrap();
+        }
+        out.flush(&mut run).unwrap();
+        placed
+    }
+
+    /// Places the chunks of `target` in the order given; returns the file's bytes.
     fn place_all(target: &Manifest, data: &[u8], order: &[usize]) -> Vec<u8> {
         let (_, places, _) = placements(target, &BTreeMap::new());
         let file = tempfile::tempfile().unwrap();
         file.set_len(target.size()).unwrap();
-        let out = Placer {
-            file: &file,
-            places: &places,
-            writing: Mutex::new(()),
-        };
         let offsets: Vec<u64> = target.offsets().map(|(o, _)| o).collect();
-        let mut run = Run::default();
-        let mut placed = 0;
         let mut done = std::collections::HashSet::new();
-        for &i in order {
-            let c = target.chunks[i];
-            if !done.insert(c.id) {
-                continue; // a repeated chunk is placed everywhere at once
-            }
-            let at = offsets[i] as usize;
-            placed += out
-                .put(&mut run, &data[at..at + c.len as usize], &c.id)
-                .unwrap();
-        }
-        out.flush(&mut run).unwrap();
-        assert_eq!(placed, target.size());
+        // A repeated chunk is placed everywhere at once.
+        let chunks = order
+            .iter()
+            .map(|&i| (offsets[i] as usize, target.chunks[i]))
+            .filter(|(_, c)| done.insert(c.id))
+            .map(|(at, c)| (&data[at..at + c.len as usize], c.id));
+        assert_eq!(place(&file, &places, chunks), target.size());
         let mut back = vec![0; data.len()];
         file.read_exact_at(&mut back, 0).unwrap();
         back
@@ -435,21 +444,11 @@ mod tests {
         assert_eq!(order, odd, "only what is not in place is fetched or read");
         // Placing the rest over the staged file, cut to size, gives the content.
         file.set_len(target.size()).unwrap();
-        let out = Placer {
-            file: &file,
-            places: &places,
-            writing: Mutex::new(()),
-        };
-        let mut run = Run::default();
-        let mut placed = kept;
-        for c in &order {
+        let rest = order.iter().map(|c| {
             let at = places[&c.id][0] as usize;
-            placed += out
-                .put(&mut run, &data[at..at + c.len as usize], &c.id)
-                .unwrap();
-        }
-        out.flush(&mut run).unwrap();
-        assert_eq!(placed, target.size());
+            (&data[at..at + c.len as usize], c.id)
+        });
+        assert_eq!(kept + place(&file, &places, rest), target.size());
         let mut back = vec![0; data.len()];
         file.read_exact_at(&mut back, 0).unwrap();
         assert!(back == data, "the rebuilt file differs");

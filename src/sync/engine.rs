@@ -295,6 +295,14 @@ impl Engine {
     }
 }
 
+/// Sleeps `total`, or less once `stop` is set (looked at every 50 ms).
+pub(super) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
+    let deadline = Instant::now() + total;
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Long-polls the change log and rings when the head moves past what was seen.
 fn waker(remote: Remote, stop: Arc<AtomicBool>, wake: Arc<Wake>, polled: Arc<Polled>) {
     let mut backoff = Duration::from_secs(1);
@@ -318,10 +326,7 @@ fn waker(remote: Remote, stop: Arc<AtomicBool>, wake: Arc<Wake>, polled: Arc<Pol
                 // Let the engine find out too: an idle engine would otherwise say `online`
                 // until its next rescan (30 s).
                 wake.ring();
-                let deadline = Instant::now() + backoff;
-                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                sleep_unless_stopped(&stop, backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
@@ -388,10 +393,7 @@ impl Ctx {
     }
 
     fn sleep(&self, total: Duration) {
-        let deadline = Instant::now() + total;
-        while Instant::now() < deadline && !self.stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        sleep_unless_stopped(&self.stop, total);
     }
 
     fn publish(&mut self) {

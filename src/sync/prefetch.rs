@@ -19,10 +19,13 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::chunking::{ChunkId, ChunkRef};
-use crate::durability::start_writeback;
+use crate::durability::{fs_stats, start_writeback};
 use crate::protocol::limits::{MAX_CHUNK_SIZE, MAX_MANIFEST_CHUNKS};
 use crate::protocol::{FileHint, NodeId};
 use crate::remote::Remote;
+
+use super::content::RUN_BYTES;
+use super::engine::sleep_unless_stopped;
 
 /// How long the poller's long-poll waits for hints.
 const POLL_WAIT_SECS: u64 = 25;
@@ -44,8 +47,6 @@ const CLAIM_WAIT: Duration = Duration::from_secs(30);
 const STALE: Duration = Duration::from_secs(600);
 /// The largest file a manifest describes (its most chunks, each of the largest size).
 const MAX_FILE_BYTES: u64 = MAX_MANIFEST_CHUNKS as u64 * MAX_CHUNK_SIZE as u64;
-/// Consecutive chunks are gathered into writes of up to this many bytes.
-const RUN_BYTES: usize = 4 << 20;
 
 /// Content fetched ahead from upload hints, shared by the poller, the fetchers and the
 /// engine (which claims it).
@@ -238,10 +239,7 @@ impl Prefetch {
                 }
                 Err(e) => {
                     tracing::debug!("upload hints: {e}");
-                    let deadline = Instant::now() + backoff;
-                    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
+                    sleep_unless_stopped(stop, backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -452,15 +450,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Bytes available to this user on the filesystem holding `dir`.
 fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a valid C string and `st` a buffer of the right type for statvfs.
-    if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled `st`.
-    let st = unsafe { st.assume_init() };
+    let st = fs_stats(dir).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 

@@ -39,7 +39,7 @@ struct Batch {
 
 /// One chunk of a batch: where its bytes are in the batch, and where it goes in its file.
 struct Cut {
-    id: ChunkId,
+    chunk: ChunkRef,
     bytes: Range<usize>,
     node: NodeId,
     offset: u64,
@@ -79,7 +79,7 @@ impl Early<'_, '_> {
         let at = batch.data.len();
         batch.data.extend_from_slice(bytes);
         batch.chunks.push(Cut {
-            id: chunk.id,
+            chunk,
             bytes: at..batch.data.len(),
             node,
             offset,
@@ -172,18 +172,22 @@ fn send(
     unhinted: &AtomicBool,
 ) -> Result<Vec<ChunkId>, crate::remote::RemoteError> {
     let started = std::time::Instant::now();
-    let ids: Vec<ChunkId> = batch.chunks.iter().map(|c| c.id).collect();
+    let ids: Vec<ChunkId> = batch.chunks.iter().map(|c| c.chunk.id).collect();
     let lacking: HashSet<ChunkId> = remote.missing(&ids)?.into_iter().collect();
     // Per entry: its 36-byte header, the tag byte, and slack for the compressor's output
     // bound while it works; a raw payload is one byte longer than its chunk.
     let mut upload = UploadBatch::with_capacity(batch.data.len() + batch.chunks.len() * 64);
     let mut files: Vec<FileHint> = Vec::new();
-    for c in batch.chunks.iter().filter(|c| lacking.contains(&c.id)) {
-        upload.push_chunk(&c.id, &batch.data[c.bytes.clone()], ZSTD_LEVEL);
+    for c in batch
+        .chunks
+        .iter()
+        .filter(|c| lacking.contains(&c.chunk.id))
+    {
+        upload.push_chunk(&c.chunk.id, &batch.data[c.bytes.clone()], ZSTD_LEVEL);
         let placed = PlacedChunk {
             offset: c.offset,
-            id: c.id,
-            len: c.bytes.len() as u32,
+            id: c.chunk.id,
+            len: c.chunk.len,
         };
         match files.last_mut() {
             Some(f) if f.node == c.node => f.chunks.push(placed),
