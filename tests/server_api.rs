@@ -9,8 +9,8 @@ use deltadrive::protocol::framing::{self, CHUNK_MEDIA_TYPE};
 use deltadrive::protocol::limits::{MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE};
 use deltadrive::protocol::{
     ChangesResponse, CommitResponse, CreateOp, DeleteOp, DevicesResponse, ErrorCode, FileHint,
-    HintRequest, HintsResponse, MissingResponse, MoveOp, NodeId, NodeKind, Op, PlacedChunk, Seq,
-    SetAttrsOp, SnapshotResponse, UploadResponse, WriteOp, XattrValue, Xattrs, manifest_id,
+    HintRequest, HintsResponse, MoveOp, NodeId, NodeKind, Op, PlacedChunk, Seq, SetAttrsOp,
+    SnapshotResponse, UploadResponse, WriteOp, XattrValue, Xattrs, manifest_id,
 };
 use reqwest::Method;
 use support::{
@@ -47,20 +47,6 @@ fn post_raw(c: &Client, rest: &str, body: Vec<u8>) -> reqwest::blocking::Respons
     c.req(Method::POST, &c.url(rest)).body(body).send().unwrap()
 }
 
-fn missing(
-    c: &Client,
-    ids: &[deltadrive::chunking::ChunkId],
-) -> Vec<deltadrive::chunking::ChunkId> {
-    let resp: MissingResponse = c
-        .req(Method::POST, &c.url("chunks/missing"))
-        .json(&serde_json::json!({ "ids": ids }))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    resp.missing
-}
-
 #[test]
 fn chunks_upload_and_download_single_and_batched() {
     let f = fixture();
@@ -74,9 +60,9 @@ fn chunks_upload_and_download_single_and_batched() {
         .collect();
     let mut all: Vec<_> = batch.iter().map(VerifiedChunk::id).collect();
     all.push(compressible.id());
-    assert_eq!(missing(&c, &all), all);
+    assert_eq!(c.missing(&all), all);
     // Duplicates in the question are answered once.
-    assert_eq!(missing(&c, &[all[0], all[0]]), vec![all[0]]);
+    assert_eq!(c.missing(&[all[0], all[0]]), vec![all[0]]);
 
     for _ in 0..2 {
         // Uploading twice is harmless (idempotent).
@@ -127,7 +113,7 @@ fn chunks_upload_and_download_single_and_batched() {
         .json()
         .unwrap();
     assert_eq!(up.stored, 20);
-    assert!(missing(&c, &all).is_empty());
+    assert!(c.missing(&all).is_empty());
 
     let mut wanted: Vec<_> = all.clone();
     wanted.reverse();
@@ -197,7 +183,7 @@ fn bad_chunks_and_bad_chunk_requests_are_refused_without_storing_anything() {
         expect_err(put("xyz", good.encode(3)), 400).code,
         ErrorCode::BadRequest
     );
-    assert_eq!(missing(&c, &[good.id()]), vec![good.id()]);
+    assert_eq!(c.missing(&[good.id()]), vec![good.id()]);
 
     // A batch with one bad entry is refused whole: the good ones are not held either.
     let others: Vec<VerifiedChunk> = (10..13)
@@ -212,7 +198,7 @@ fn bad_chunks_and_bad_chunk_requests_are_refused_without_storing_anything() {
     assert_eq!(e.code, ErrorCode::BadChunk);
     assert_eq!(e.chunks, vec![good.id()]);
     let ids: Vec<_> = others.iter().map(VerifiedChunk::id).collect();
-    assert_eq!(missing(&c, &ids), ids);
+    assert_eq!(c.missing(&ids), ids);
     // Malformed framing.
     let mut truncated = framing::start_batch(1);
     truncated.extend_from_slice(good.id().as_bytes());

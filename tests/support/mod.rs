@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use deltadrive::chunking::{ChunkId, ChunkRef, Manifest, VerifiedChunk, payload};
 use deltadrive::protocol::{
-    ChangesResponse, CommitRequest, CommitResponse, CreateOp, ErrorBody, Name, NodeId, NodeKind,
-    NodeRecord, Op, SnapshotResponse, TxnId, Xattrs, manifest_id,
+    ChangesResponse, CommitRequest, CommitResponse, CreateOp, ErrorBody, MissingResponse, Name,
+    NodeId, NodeKind, NodeRecord, Op, SnapshotResponse, TxnId, Xattrs, manifest_id,
 };
 use reqwest::StatusCode;
 use reqwest::blocking::{Client as Http, Response};
@@ -307,6 +307,18 @@ impl Client {
             id: chunk.id(),
             len: u32::try_from(bytes.len()).unwrap(),
         }
+    }
+
+    /// Which of `ids` the volume lacks, as the server answers.
+    pub fn missing(&self, ids: &[ChunkId]) -> Vec<ChunkId> {
+        let resp: MissingResponse = self
+            .req(reqwest::Method::POST, &self.url("chunks/missing"))
+            .json(&serde_json::json!({ "ids": ids }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        resp.missing
     }
 
     /// GET an endpoint under the volume and decode its JSON.

@@ -42,7 +42,21 @@ struct Finish {
     reply: Reply,
 }
 
-type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// A write waiting for the writer thread, and how soon it must be on disk.
+struct Job {
+    run: Box<dyn FnOnce(&Connection) -> Finish + Send>,
+    durability: Durability,
+}
+
+/// How soon a write is on disk once its caller hears back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Durability {
+    /// Synced before the answer.
+    Now,
+    /// Visible at once and synced with the next durable commit: the WAL is written in order,
+    /// so a crash can lose it only together with every later commit.
+    WithNext,
+}
 
 #[derive(Default)]
 struct Activity {
@@ -58,7 +72,8 @@ pub(super) type HeldLately = Recent<(VolumeId, ChunkId), ()>;
 /// Holdings remembered per generation (about 4 GiB of chunks, ~12 MiB).
 const HELD_LATELY: usize = 256 << 10;
 
-/// The embedded metadata store: one SQLite file in WAL mode, `synchronous=FULL`.
+/// The embedded metadata store: one SQLite file in WAL mode, `synchronous=FULL` for every
+/// write but the volume holdings (see [`Durability`]).
 pub struct SqliteMeta {
     path: PathBuf,
     readers: ReaderPool,
@@ -124,8 +139,18 @@ impl SqliteMeta {
         E: From<MetaError> + Send + 'static,
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
+        self.write_with(Durability::Now, f)
+    }
+
+    /// [`Self::write`], returning once the group commit is done with the durability asked.
+    fn write_with<T, E, F>(&self, durability: Durability, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<MetaError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
         let (tx, rx) = mpsc::sync_channel::<Result<T, E>>(1);
-        let job: Job = Box::new(move |conn| {
+        let run = Box::new(move |conn: &Connection| {
             let result = f(conn);
             let keep = result.is_ok();
             Finish {
@@ -141,6 +166,7 @@ impl SqliteMeta {
                 }),
             }
         });
+        let job = Job { run, durability };
         let sender = self.writer.as_ref().ok_or(MetaError::WriterGone)?;
         sender
             .send(job)
@@ -167,6 +193,8 @@ impl Drop for SqliteMeta {
 }
 
 fn writer_loop(conn: &Connection, rx: &Receiver<Job>, activity: &ActivityMap) {
+    // As schema::prepare leaves the connection.
+    let mut synced = Durability::Now;
     loop {
         let (first, closing) = match rx.recv_timeout(ACTIVITY_FLUSH) {
             Ok(job) => (Some(job), false),
@@ -182,6 +210,30 @@ fn writer_loop(conn: &Connection, rx: &Receiver<Job>, activity: &ActivityMap) {
         }
         let pending = std::mem::take(&mut *activity.lock().unwrap_or_else(PoisonError::into_inner));
         if !jobs.is_empty() || !pending.is_empty() {
+            // Device activity may be lost in a crash anyway (it waits in memory).
+            let wanted = if jobs.iter().any(|j| j.durability == Durability::Now) {
+                Durability::Now
+            } else {
+                Durability::WithNext
+            };
+            if wanted != synced {
+                let level = match wanted {
+                    Durability::Now => "FULL",
+                    Durability::WithNext => "NORMAL",
+                };
+                match conn.pragma_update(None, "synchronous", level) {
+                    Ok(()) => synced = wanted,
+                    // A lazy group synced anyway is only slower.
+                    Err(e) if wanted == Durability::WithNext => {
+                        tracing::warn!(error = %e, "cannot relax synchronous");
+                    }
+                    Err(e) => {
+                        // Unanswered, the callers see WriterGone: retryable.
+                        tracing::error!(error = %e, "cannot set synchronous=FULL");
+                        continue;
+                    }
+                }
+            }
             run_group(conn, jobs, &pending);
         }
         if closing {
@@ -205,7 +257,7 @@ fn run_group(conn: &Connection, jobs: Vec<Job>, pending: &HashMap<DeviceId, Acti
             abort_group(conn, finishes, e);
             return;
         }
-        let finish = job(conn);
+        let finish = (job.run)(conn);
         let end = if finish.keep {
             conn.execute_batch("RELEASE job")
         } else {
@@ -594,7 +646,10 @@ impl MetaStore for SqliteMeta {
         if fresh.is_empty() {
             return Ok(());
         }
-        self.write(move |c| {
+        // Not synced on its own: the commit naming these chunks syncs it (it comes later in the
+        // WAL), and holdings lost in a crash before any commit names them are only asked for
+        // and uploaded again.
+        self.write_with(Durability::WithNext, move |c| {
             let mut st = c.prepare_cached(
                 "INSERT OR IGNORE INTO volume_chunks (vol, chunk) VALUES (?1, ?2)",
             )?;
@@ -807,4 +862,27 @@ fn node_record(r: &rusqlite::Row<'_>) -> Result<NodeRecord, MetaError> {
         target: r.get(9)?,
         version: Seq(to_u64(r.get(11)?)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer connection's `synchronous` level (2 FULL, 1 NORMAL) while a job runs.
+    fn synchronous(meta: &SqliteMeta, durability: Durability) -> i64 {
+        meta.write_with(durability, |c| {
+            Ok::<_, MetaError>(c.pragma_query_value(None, "synchronous", |r| r.get(0))?)
+        })
+        .expect("write")
+    }
+
+    #[test]
+    fn only_the_writes_asked_to_wait_for_the_next_commit_skip_their_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = SqliteMeta::open(&dir.path().join("meta.sqlite")).expect("open");
+        assert_eq!(synchronous(&meta, Durability::Now), 2);
+        assert_eq!(synchronous(&meta, Durability::WithNext), 1);
+        assert_eq!(synchronous(&meta, Durability::WithNext), 1);
+        assert_eq!(synchronous(&meta, Durability::Now), 2);
+    }
 }
