@@ -28,8 +28,9 @@
 # order), UNISON_BENCH (1: run part d; 0: skip), UNISON_FILES (50), BENCH_DIR
 # (/var/tmp/deltadrive-sync-bench: on the disk being measured), PROBE_TIMEOUT_S (120: how long
 # any one wait may last before the run fails), KEEP (1: keep the logs in BENCH_DIR/logs),
-# TIMELINE (1: during (b), sample both status counters every 100 ms to show when A's push and
-# B's apply ended; 0: don't).
+# TIMELINE (0; 1: during (b), sample both status counters every 100 ms to show when A's push
+# and B's apply ended: two `deltadrive status` processes per sample, ~0.7 CPU s per run on
+# the cores the run measures, so it is off unless asked for).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -40,7 +41,7 @@ UNISON_BENCH=${UNISON_BENCH:-1}
 UNISON_FILES=${UNISON_FILES:-50}
 SEED=${SEED:-20261124}
 EDITS=${EDITS:-overwrite1 insert1 delete4k append1m}
-TIMELINE=${TIMELINE:-1}
+TIMELINE=${TIMELINE:-0}
 BASE=${BENCH_DIR:-/var/tmp/deltadrive-sync-bench}
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 PROBE_PY=$PWD/scripts/bench/sync_probe.py
