@@ -586,6 +586,22 @@ fn readers_and_writers_of_one_file_at_once() {
     assert_eq!(&buf, b"v3");
     drop(writer);
     drop(reader);
+    // A write-only handle's writes bypass the page cache: a read-write handle that read the
+    // old bytes before (into the cache) reads the new ones after.
+    let both = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let mut buf = [0u8; 7];
+    both.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"v3RSION");
+    let writer = OpenOptions::new().write(true).open(&p).unwrap();
+    writer.write_all_at(b"FOUR", 2).unwrap();
+    both.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"v3FOURN");
+    drop(writer);
+    drop(both);
+    let mut w = OpenOptions::new().append(true).open(&p).unwrap();
+    w.write_all(b"+").unwrap();
+    drop(w);
+    assert_eq!(fs::read(&p).unwrap(), b"v3FOURN+");
     common::wait_until(Duration::from_secs(5), || {
         m.status()["unrecorded_files"] == 0
     });

@@ -120,6 +120,20 @@ fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, DriveError>
     }
 }
 
+/// How the kernel caches a handle the drive serves, by its open flags.
+///
+/// Readers keep the page cache across opens: only this daemon changes content, and remote
+/// changes invalidate it explicitly. A write-only handle never reads, so copying its writes
+/// into the page cache (write-through) only spends a copy and fresh pages per byte written:
+/// its writes go straight to us (the kernel drops cached pages they overwrite).
+fn cached_open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::FOPEN_KEEP_CACHE
+    }
+}
+
 impl Filesystem for DeltaFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Passthrough (the kernel reads backing files itself) needs CAP_SYS_ADMIN to register
@@ -146,6 +160,8 @@ impl Filesystem for DeltaFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_DIO,
+            // Also makes a direct write flush pages another handle dirtied through mmap.
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::info!(?cap, "kernel lacks FUSE capability");
@@ -359,9 +375,7 @@ impl Filesystem for DeltaFs {
                 return reply.error(errno(&e));
             }
         }
-        // Keep the page cache across opens: only this daemon changes content, and remote
-        // changes invalidate it explicitly.
-        reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE)
+        reply.opened(FileHandle(opened.fh), cached_open_flags(flags.0))
     }
 
     fn read(
@@ -585,7 +599,7 @@ impl Filesystem for DeltaFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         match self
@@ -597,7 +611,7 @@ impl Filesystem for DeltaFs {
                 &to_file_attr(&attr),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                cached_open_flags(flags),
             ),
             Err(e) => reply.error(errno(&e)),
         }
