@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use deltadrive::chunking::{ChunkRef, EditOp, ManifestEdit, VerifiedChunk, payload};
 use deltadrive::protocol::framing::{self, CHUNK_MEDIA_TYPE};
-use deltadrive::protocol::limits::{MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE};
+use deltadrive::protocol::limits::{
+    MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE,
+};
 use deltadrive::protocol::{
     ChangesResponse, CommitResponse, CreateOp, DeleteOp, DevicesResponse, ErrorCode, FileHint,
     HintRequest, HintsResponse, MoveOp, NodeId, NodeKind, Op, PlacedChunk, Seq, SetAttrsOp,
@@ -655,6 +657,37 @@ fn zstd_bodies_both_ways_and_a_zstd_bomb_is_413() {
         .send()
         .unwrap();
     assert_eq!(expect_err(resp, 413).code, ErrorCode::TooLarge);
+    // The batch upload reads its own body: the same refusals, and the volume holds nothing.
+    let batch_limit = MAX_BATCH_BYTES + 8 + MAX_BATCH_CHUNKS * 36;
+    let mut over = framing::start_batch(1);
+    over.resize(batch_limit + 1, 0);
+    assert_eq!(
+        expect_err(post_raw(&c, "chunks", over), 413).code,
+        ErrorCode::TooLarge
+    );
+    let mut zeros = framing::start_batch(1);
+    zeros.resize(batch_limit + 1, 0);
+    let bomb = zstd::encode_all(&zeros[..], 19).unwrap();
+    assert!(bomb.len() < 100_000);
+    let send_zstd = |body: Vec<u8>| {
+        c.req(Method::POST, &c.url("chunks"))
+            .header("Content-Encoding", "zstd")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(expect_err(send_zstd(bomb), 413).code, ErrorCode::TooLarge);
+    assert_eq!(
+        expect_err(send_zstd(vec![0x28, 0xb5, 0x2f, 0xfd, 0xde, 0xad]), 400).code,
+        ErrorCode::BadRequest
+    );
+    // And a good batch sent zstd-encoded as a whole still lands.
+    let chunk = VerifiedChunk::new(bytes(77, 5000));
+    let mut good = framing::start_batch(1);
+    framing::push_entry(&mut good, &chunk.id(), &chunk.encode(3));
+    let resp = send_zstd(zstd::encode_all(&good[..], 3).unwrap());
+    assert_eq!(resp.status(), 200);
+    assert!(c.missing(&[chunk.id()]).is_empty());
 }
 
 #[test]
