@@ -238,6 +238,78 @@ fn umount_waits_for_the_outbox_and_force_keeps_it_for_the_next_mount() {
 }
 
 #[test]
+fn status_umount_progress_and_timeout_then_a_remount_resumes_from_its_cursor() {
+    let mut fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    fs::write(laptop.path("first.txt"), b"first").unwrap();
+    wait_quiet(&[&laptop], QUIET);
+    // The fields DESIGN.md names, with what a quiet, online drive says.
+    let s = laptop.status();
+    for field in [
+        "cursor",
+        "server_head",
+        "pending_transactions",
+        "pending_upload_bytes",
+        "bytes_to_download",
+        "last_sync_ms",
+        "conflicts",
+        "bytes_uploaded",
+        "bytes_downloaded",
+    ] {
+        assert!(s[field].is_u64(), "{field} missing from status: {s:#}");
+    }
+    assert_eq!(s["online"], true);
+    assert_eq!(s["cursor"], s["server_head"]);
+    assert!(s["cursor"].as_u64() >= Some(1));
+    assert!(s["last_sync_ms"].as_u64() > Some(1_700_000_000_000));
+    assert_eq!(s["bytes_to_download"], 0);
+    assert!(s["bytes_uploaded"].as_u64() >= Some(5));
+    let synced_at = s["last_sync_ms"].as_u64();
+
+    // The server goes away: changes wait, and umount shows them, then gives up at its timeout.
+    fx.server.kill9();
+    fs::write(laptop.path("offline.txt"), random_bytes(9, 300_000)).unwrap();
+    wait_for(&[&laptop], QUIET, "the drive to say it is offline", || {
+        laptop.status()["online"] == false
+    });
+    assert_eq!(laptop.status()["last_sync_ms"].as_u64(), synced_at);
+    let started = Instant::now();
+    let out = laptop.umount_with(&["--timeout", "3"]);
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "umount: {err}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(30),
+        "umount --timeout 3 took {took:?}"
+    );
+    assert!(
+        err.contains("waiting for sync:"),
+        "no progress shown: {err}"
+    );
+    assert!(
+        err.contains("gave up waiting after 3s") && err.contains("next mount"),
+        "{err}"
+    );
+
+    // The same state directory again: no new snapshot, it goes on from its cursor.
+    fx.server.restart();
+    laptop.mount();
+    wait_quiet(&[&laptop], QUIET);
+    let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
+    wait_quiet(&[&laptop, &phone], QUIET);
+    assert_eq!(
+        fs::read(phone.path("offline.txt")).unwrap(),
+        random_bytes(9, 300_000)
+    );
+    assert_eq!(
+        laptop.log().matches("remote tree from a snapshot").count(),
+        1,
+        "the remount took a new snapshot:\n{}",
+        laptop.log()
+    );
+}
+
+#[test]
 fn a_new_device_gets_real_programs_trees_and_git_fsck_passes() {
     let fx = support::fixture();
     let laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
