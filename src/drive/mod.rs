@@ -218,7 +218,8 @@ pub trait KernelCache: Send + Sync + std::fmt::Debug {
     fn invalidate_inode(&self, ino: Ino);
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, also after a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // State behind these locks stays consistent between statements; a panicked holder
     // does not make it unusable.
     m.lock().unwrap_or_else(|p| p.into_inner())

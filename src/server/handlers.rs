@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::AppState;
@@ -104,6 +105,18 @@ pub async fn volumes(
     Ok(Json(VolumesResponse { volumes }))
 }
 
+/// The caller's volume named in the path, then the JSON body: how every JSON `POST` under a
+/// volume starts.
+async fn volume_and_json<T: DeserializeOwned>(
+    state: &AppState,
+    caller: &Caller,
+    vol: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(VolumeId, T), ApiError> {
+    let vol = volume(state, caller, &path_param(vol)?).await?;
+    Ok((vol, parse_json(&body_bytes(body)?)?))
+}
+
 /// `POST /v1/volumes/{vol}/chunks/missing`.
 pub async fn missing(
     State(state): State<AppState>,
@@ -111,8 +124,8 @@ pub async fn missing(
     vol: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<MissingResponse>, ApiError> {
-    let vol = volume(&state, &caller, &path_param(vol)?).await?;
-    let req: ChunkIdsRequest = parse_json(&body_bytes(body)?)?;
+    let (vol, req): (VolumeId, ChunkIdsRequest) =
+        volume_and_json(&state, &caller, vol, body).await?;
     if req.ids.len() > MAX_IDS_PER_REQUEST {
         return Err(ApiError::new(
             ErrorCode::TooLarge,
@@ -235,8 +248,8 @@ pub async fn fetch_chunks(
     vol: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let vol = volume(&state, &caller, &path_param(vol)?).await?;
-    let req: ChunkIdsRequest = parse_json(&body_bytes(body)?)?;
+    let (vol, req): (VolumeId, ChunkIdsRequest) =
+        volume_and_json(&state, &caller, vol, body).await?;
     if req.ids.len() > MAX_BATCH_CHUNKS {
         return Err(ApiError::new(
             ErrorCode::TooLarge,
@@ -379,8 +392,7 @@ pub async fn post_hints(
     vol: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let vol = volume(&state, &caller, &path_param(vol)?).await?;
-    let req: HintRequest = parse_json(&body_bytes(body)?)?;
+    let (vol, req): (VolumeId, HintRequest) = volume_and_json(&state, &caller, vol, body).await?;
     super::hints::check(&req.files).map_err(|e| {
         let code = match e {
             HintError::TooMany(_) => ErrorCode::TooLarge,
@@ -513,8 +525,7 @@ pub async fn cursor(
     vol: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let vol = volume(&state, &caller, &path_param(vol)?).await?;
-    let req: CursorRequest = parse_json(&body_bytes(body)?)?;
+    let (vol, req): (VolumeId, CursorRequest) = volume_and_json(&state, &caller, vol, body).await?;
     state
         .meta
         .note_activity(caller.0.device, super::now_ms(), Some((vol, req.cursor)))?;

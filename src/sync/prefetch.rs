@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::chunking::{ChunkId, ChunkRef};
+use crate::drive::lock;
 use crate::durability::{fs_stats, start_writeback};
 use crate::protocol::limits::{MAX_CHUNK_SIZE, MAX_MANIFEST_CHUNKS};
 use crate::protocol::{FileHint, NodeId};
@@ -115,6 +116,12 @@ pub struct Claimed {
 }
 
 impl StageState {
+    /// Ends the stage's writes (claimed or dropped): its bytes no longer count as staged.
+    fn close(&mut self, staged: &AtomicU64) {
+        self.claimed = true;
+        staged.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+
     /// Forgets the chunks that overlap `[start, end)` (about to be written over).
     fn forget(&mut self, start: u64, end: u64) {
         let mut gone: Vec<u64> = self.chunks.range(start..end).map(|(o, _)| *o).collect();
@@ -209,8 +216,7 @@ impl Prefetch {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        st.claimed = true;
-        self.inner.staged.fetch_sub(st.bytes, Ordering::Relaxed);
+        st.close(&self.inner.staged);
         Some(Claimed {
             path: stage.path.clone(),
             chunks: std::mem::take(&mut st.chunks),
@@ -423,8 +429,7 @@ impl Prefetch {
         };
         for s in stale {
             let mut st = lock(&s.state);
-            st.claimed = true;
-            self.inner.staged.fetch_sub(st.bytes, Ordering::Relaxed);
+            st.close(&self.inner.staged);
             let _ = std::fs::remove_file(&s.path);
         }
     }
@@ -442,10 +447,6 @@ impl Run {
     fn end(&self) -> u64 {
         self.start + self.bytes.len() as u64
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Bytes available to this user on the filesystem holding `dir`.
