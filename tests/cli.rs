@@ -140,14 +140,15 @@ fn foreground_mount_stops_cleanly_on_ctrl_c() {
     foreground_mount_stops_cleanly_on(libc::SIGINT);
 }
 
-fn foreground_mount_stops_cleanly_on(signal: libc::c_int) {
-    let dir = tempfile::tempdir().unwrap();
-    let mp = dir.path().join("mp");
-    let state = dir.path().join("state");
-    std::fs::create_dir(&mp).unwrap();
-    // Unmounts even if an assertion below fails.
-    let _guard = common::UnmountGuard(mp.clone());
-    let mut child = Command::new(bin())
+fn is_mounted(mp: &std::path::Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(mp.to_str().unwrap())
+}
+
+/// Starts `deltadrive mount --foreground` and waits until the mount answers.
+fn foreground_mount(mp: &std::path::Path, state: &std::path::Path) -> std::process::Child {
+    let child = Command::new(bin())
         .args([
             "mount",
             mp.to_str().unwrap(),
@@ -159,25 +160,29 @@ fn foreground_mount_stops_cleanly_on(signal: libc::c_int) {
         .spawn()
         .unwrap();
     common::wait_until(std::time::Duration::from_secs(10), || {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .contains(mp.to_str().unwrap())
-            && std::fs::metadata(&mp).is_ok()
+        is_mounted(mp) && std::fs::metadata(mp).is_ok()
     });
+    child
+}
+
+fn foreground_mount_stops_cleanly_on(signal: libc::c_int) {
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mp");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&mp).unwrap();
+    // Unmounts even if an assertion below fails.
+    let _guard = common::UnmountGuard(mp.clone());
+    let child = foreground_mount(&mp, &state);
     std::fs::write(mp.join("f"), b"kept").unwrap();
     // SAFETY: signalling the child this test started.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-    let status = child.wait().unwrap();
+    let out = child.wait_with_output().unwrap();
     assert!(
-        status.success(),
-        "foreground daemon exits 0 after signal {signal}"
+        out.status.success(),
+        "foreground daemon exits 0 after signal {signal}; it said: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        !std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .contains(mp.to_str().unwrap()),
-        "unmounted"
-    );
+    assert!(!is_mounted(&mp), "unmounted");
     // The state was closed cleanly and keeps the file.
     let mut m2 = Command::new(bin())
         .args([
@@ -194,6 +199,69 @@ fn foreground_mount_stops_cleanly_on(signal: libc::c_int) {
     assert!(!log.contains("did not end cleanly"));
     m2 = deltadrive(&["umount", mp.to_str().unwrap()]);
     assert!(m2.status.success());
+}
+
+#[test]
+fn a_stop_while_a_file_is_open_detaches_and_ends_when_it_closes() {
+    use std::io::{Read, Seek, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mp");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&mp).unwrap();
+    let _guard = common::UnmountGuard(mp.clone());
+    let mut child = foreground_mount(&mp, &state);
+    std::fs::write(mp.join("f"), b"before").unwrap();
+    let mut held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(mp.join("f"))
+        .unwrap();
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    // The busy mount leaves the namespace after a short grace...
+    common::wait_until(std::time::Duration::from_secs(15), || !is_mounted(&mp));
+    // ...while the daemon keeps serving the open file.
+    assert!(child.try_wait().unwrap().is_none(), "daemon still serving");
+    let mut got = String::new();
+    held.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "before");
+    held.seek(std::io::SeekFrom::End(0)).unwrap();
+    held.write_all(b" and after").unwrap();
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("the drive is busy"), "{said}");
+    // Nothing written through the held file was lost.
+    let child = foreground_mount(&mp, &state);
+    assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"before and after");
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn umount_of_a_busy_drive_says_so_and_keeps_it_mounted() {
+    let mut m = Mount::new();
+    std::fs::write(m.path("f"), b"kept").unwrap();
+    let held = std::fs::File::open(m.path("f")).unwrap();
+    let out = m.umount_with(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is busy: close the programs using it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(is_mounted(&m.mountpoint));
+    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"kept");
+    drop(held);
+    m.umount();
+    assert!(!is_mounted(&m.mountpoint));
 }
 
 #[test]

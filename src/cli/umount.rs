@@ -1,14 +1,14 @@
 //! `deltadrive umount`: unmount, then wait for the daemon to flush its state and exit.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 
 use super::mounts;
 use crate::drive::StateDir;
+use crate::fs::{Detach, UnmountError, unmount};
 
 /// Arguments of `deltadrive umount`.
 #[derive(Debug, Args)]
@@ -31,20 +31,6 @@ fn pid_alive(pid: u32) -> bool {
     };
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid, 0) == 0 }
-}
-
-fn fusermount(args: &[&str], mountpoint: &Path) -> anyhow::Result<std::process::Output> {
-    Command::new("fusermount3")
-        .args(args)
-        .arg(mountpoint)
-        .output()
-        .or_else(|_| {
-            Command::new("fusermount")
-                .args(args)
-                .arg(mountpoint)
-                .output()
-        })
-        .context("cannot run fusermount3 (install fuse3)")
 }
 
 /// Waits until the drive's sync engine has pushed every local change (a local-only drive
@@ -123,20 +109,17 @@ pub fn run(args: UmountArgs) -> anyhow::Result<()> {
         wait_for_sync(&mountpoint, pid, Duration::from_secs(args.timeout))?;
     }
 
-    let out = fusermount(&["-u"], &mountpoint)?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        let daemon_dead = pid.is_none_or(|p| !pid_alive(p));
-        if err.contains("busy") && !daemon_dead {
-            bail!(
-                "{} is busy: close the programs using it and try again",
-                mountpoint.display()
-            );
-        }
+    match unmount(&mountpoint, Detach::WhenIdle) {
+        Ok(()) => {}
+        Err(UnmountError::Busy(_)) if pid.is_some_and(pid_alive) => bail!(
+            "{} is busy: close the programs using it and try again",
+            mountpoint.display()
+        ),
         // A mount whose daemon died: detach it lazily.
-        let lazy = fusermount(&["-u", "-z"], &mountpoint)?;
-        if !lazy.status.success() {
-            bail!("cannot unmount {}: {}", mountpoint.display(), err);
+        Err(first) => {
+            if unmount(&mountpoint, Detach::Lazily).is_err() {
+                return Err(first.into());
+            }
         }
     }
     if let Some(pid) = pid {

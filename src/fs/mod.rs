@@ -6,6 +6,7 @@
 mod attr;
 mod backing_ids;
 mod session;
+mod unmount;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -28,6 +29,7 @@ use backing_ids::BackingIds;
 
 pub use attr::to_file_attr;
 pub use session::{Stop, THREADS, serve};
+pub use unmount::{Detach, UnmountError, unmount};
 
 /// How long the kernel may cache attributes and entries (negative ones too). Changes that
 /// arrive from elsewhere invalidate them through the notifier, so this can be long.

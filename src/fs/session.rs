@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
 
 use super::DeltaFs;
+use super::unmount::{Detach, UnmountError, unmount};
 use crate::drive::{Drive, Ino, KernelCache};
 
 /// Tells the kernel through fuser's notifier that its cached entries or inodes went stale.
@@ -76,9 +77,8 @@ pub fn serve(
     config.n_threads = Some(THREADS);
     config.clone_fd = true;
 
-    let mut session = Session::new(DeltaFs::new(Arc::clone(&drive)), mountpoint, &config)?;
+    let session = Session::new(DeltaFs::new(Arc::clone(&drive)), mountpoint, &config)?;
     drive.set_kernel_cache(Arc::new(Invalidator(session.notifier())));
-    let mut unmounter = session.unmount_callable();
     let (ended_tx, ended_rx) = mpsc::channel();
     let runner = std::thread::Builder::new()
         .name("fuse-session".into())
@@ -98,7 +98,7 @@ pub fn serve(
         }
         match stop.recv_timeout(std::time::Duration::from_millis(200)) {
             Ok(()) => {
-                unmounter.unmount()?;
+                unmount_when_idle(mountpoint)?;
                 break Stop::Requested;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -109,8 +109,40 @@ pub fn serve(
         }
     };
     match runner.join() {
+        // After a lazy detach the kernel may end the connection as aborted once the last
+        // file closes: the session ended all the same (the drive was flushed by `destroy`).
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::debug!("the kernel ended the FUSE connection: {e}");
+        }
         Ok(result) => result?,
         Err(_) => return Err(io::Error::other("FUSE session thread panicked")),
     }
     Ok(how)
+}
+
+/// How long a requested stop retries an unmount refused as busy before detaching lazily.
+const BUSY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Unmounts on a requested stop. A busy mount is retried for a moment (a file closing, a
+/// forked child between fork and exec holding a copy of a descriptor), then detached
+/// lazily: the mount leaves the namespace at once, programs holding files keep using them,
+/// and the session ends when the last one closes, so no write is cut off.
+fn unmount_when_idle(mountpoint: &Path) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match unmount(mountpoint, Detach::WhenIdle) {
+            Ok(()) => return Ok(()),
+            Err(UnmountError::Busy(_)) if start.elapsed() < BUSY_GRACE => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(UnmountError::Busy(_)) => {
+                tracing::warn!(
+                    mountpoint = %mountpoint.display(),
+                    "the drive is busy; detached it, serving open files until they close"
+                );
+                return unmount(mountpoint, Detach::Lazily).map_err(io::Error::other);
+            }
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    }
 }
