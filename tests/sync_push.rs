@@ -269,9 +269,14 @@ fn status_umount_progress_and_timeout_then_a_remount_resumes_from_its_cursor() {
     // The server goes away: changes wait, and umount shows them, then gives up at its timeout.
     fx.server.kill9();
     fs::write(laptop.path("offline.txt"), random_bytes(9, 300_000)).unwrap();
+    // All 300,000 bytes are new chunks: that is what waits to be uploaded.
     wait_for(&[&laptop], QUIET, "the drive to say it is offline", || {
-        laptop.status()["online"] == false
+        let s = laptop.status();
+        s["online"] == false && s["pending_upload_bytes"] == 300_000
     });
+    let s = laptop.status();
+    assert_eq!(s["pending_transactions"], 1, "{s}");
+    assert_eq!(s["pending_versions"], 0, "the engine took the version: {s}");
     assert_eq!(laptop.status()["last_sync_ms"].as_u64(), synced_at);
     let started = Instant::now();
     let out = laptop.umount_with(&["--timeout", "3"]);
@@ -283,7 +288,7 @@ fn status_umount_progress_and_timeout_then_a_remount_resumes_from_its_cursor() {
         "umount --timeout 3 took {took:?}"
     );
     assert!(
-        err.contains("waiting for sync:"),
+        err.contains("waiting for sync: 1 transaction(s), 300000 bytes to upload"),
         "no progress shown: {err}"
     );
     assert!(

@@ -29,7 +29,7 @@ use super::plan::{ConflictStamp, Context, Plan, plan};
 use super::prefetch::Prefetch;
 use super::preupload::with_early_upload;
 use super::pulled::tree_rows;
-use super::push::{Upload, build_ops, upload_missing};
+use super::push::{Upload, build_ops, bytes_to_send, upload_missing};
 use super::state::{Loaded, RemoteTree, SyncState};
 
 /// How long the waker's long-poll waits for news.
@@ -414,7 +414,8 @@ impl Ctx {
         }
     }
 
-    /// While the server is away: how many transactions the local changes would make.
+    /// While the server is away: how many transactions the local changes would make, and
+    /// how many bytes of chunks they would send at most.
     fn estimate_pending(&mut self) {
         let outbox = u64::from(matches!(self.state.outbox(), Ok(Some(_))));
         let known = self
@@ -422,11 +423,18 @@ impl Ctx {
             .device
             .clone()
             .and_then(|d| AccountName::new(d).ok());
-        let planned = match known.map(|device| self.plan_now(&device)) {
-            Some(Ok((plan, _, _))) => plan.to_remote.len().div_ceil(PUSH_BATCH) as u64,
-            Some(Err(_)) | None => 0,
+        let (planned, bytes) = match known.map(|device| self.plan_now(&device)) {
+            Some(Ok((plan, _, _))) => {
+                let bytes = build_ops(&plan.to_remote, &self.mem.remote, &self.mem.manifests)
+                    .map(|(_, chunks)| bytes_to_send(&chunks, &self.held))
+                    .unwrap_or(0);
+                (plan.to_remote.len().div_ceil(PUSH_BATCH) as u64, bytes)
+            }
+            Some(Err(_)) | None => (0, 0),
         };
         self.status.pending_transactions = outbox + planned;
+        self.to_upload.store(bytes, Ordering::Relaxed);
+        self.status.chunk_upload_bytes = bytes;
     }
 
     fn device(&mut self) -> Result<AccountName, SyncError> {

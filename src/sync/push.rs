@@ -160,6 +160,24 @@ pub enum Upload {
     Changed(NodeId),
 }
 
+/// Each chunk of `wanted` once, but for those the server is known to hold.
+fn unheld<'a>(wanted: &'a [ChunkAt], held: &HashSet<ChunkId>) -> Vec<&'a ChunkAt> {
+    let mut seen = HashSet::new();
+    wanted
+        .iter()
+        .filter(|w| !held.contains(&w.chunk.id) && seen.insert(w.chunk.id))
+        .collect()
+}
+
+/// What pushing `wanted` would send at most, without asking the server (it may hold some
+/// chunks already): the estimate `status` shows while the server is away.
+pub fn bytes_to_send(wanted: &[ChunkAt], held: &HashSet<ChunkId>) -> u64 {
+    unheld(wanted, held)
+        .iter()
+        .map(|w| u64::from(w.chunk.len))
+        .sum()
+}
+
 /// Uploads the chunks of `wanted` the server lacks, reading them from the local files; those
 /// in `held` (the server said so moments ago) are not asked about. `pending` counts down the
 /// bytes still to send (for `status`).
@@ -170,11 +188,7 @@ pub fn upload_missing(
     held: &HashSet<ChunkId>,
     pending: &AtomicU64,
 ) -> Result<Upload, SyncError> {
-    let mut seen = HashSet::new();
-    let unique: Vec<&ChunkAt> = wanted
-        .iter()
-        .filter(|w| !held.contains(&w.chunk.id) && seen.insert(w.chunk.id))
-        .collect();
+    let unique = unheld(wanted, held);
     let mut missing: HashSet<ChunkId> = HashSet::new();
     for part in unique.chunks(MAX_IDS_PER_REQUEST) {
         let ids: Vec<ChunkId> = part.iter().map(|w| w.chunk.id).collect();
