@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::mounts;
 use crate::drive::StateDir;
-use crate::fs::{Detach, UnmountError, unmount};
+use crate::fs::{Detach, UnmountError, unmount, unmount_within};
 
 /// Arguments of `deltadrive umount`.
 #[derive(Debug, Args)]
@@ -24,6 +24,9 @@ pub struct UmountArgs {
     #[arg(long)]
     pub force: bool,
 }
+
+/// How long a busy drive is given to let go before `umount` says it is busy.
+const BUSY_GRACE: Duration = Duration::from_secs(1);
 
 fn pid_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
@@ -109,7 +112,7 @@ pub fn run(args: UmountArgs) -> anyhow::Result<()> {
         wait_for_sync(&mountpoint, pid, Duration::from_secs(args.timeout))?;
     }
 
-    match unmount(&mountpoint, Detach::WhenIdle) {
+    match unmount_within(&mountpoint, BUSY_GRACE) {
         Ok(()) => {}
         Err(UnmountError::Busy(_)) if pid.is_some_and(pid_alive) => bail!(
             "{} is busy: close the programs using it and try again",

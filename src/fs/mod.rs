@@ -29,7 +29,7 @@ use backing_ids::BackingIds;
 
 pub use attr::to_file_attr;
 pub use session::{Stop, THREADS, serve};
-pub use unmount::{Detach, UnmountError, unmount};
+pub use unmount::{Detach, UnmountError, unmount, unmount_within};
 
 /// How long the kernel may cache attributes and entries (negative ones too). Changes that
 /// arrive from elsewhere invalidate them through the notifier, so this can be long.

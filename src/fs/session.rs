@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
 
 use super::DeltaFs;
-use super::unmount::{Detach, UnmountError, unmount};
+use super::unmount::{Detach, UnmountError, unmount, unmount_within};
 use crate::drive::{Drive, Ino, KernelCache};
 
 /// Tells the kernel through fuser's notifier that its cached entries or inodes went stale.
@@ -123,26 +123,18 @@ pub fn serve(
 /// How long a requested stop retries an unmount refused as busy before detaching lazily.
 const BUSY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Unmounts on a requested stop. A busy mount is retried for a moment (a file closing, a
-/// forked child between fork and exec holding a copy of a descriptor), then detached
-/// lazily: the mount leaves the namespace at once, programs holding files keep using them,
-/// and the session ends when the last one closes, so no write is cut off.
+/// Unmounts on a requested stop. A mount still busy after a moment is detached lazily: it
+/// leaves the namespace at once, programs holding files keep using them, and the session
+/// ends when the last one closes, so no write is cut off.
 fn unmount_when_idle(mountpoint: &Path) -> io::Result<()> {
-    let start = std::time::Instant::now();
-    loop {
-        match unmount(mountpoint, Detach::WhenIdle) {
-            Ok(()) => return Ok(()),
-            Err(UnmountError::Busy(_)) if start.elapsed() < BUSY_GRACE => {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            Err(UnmountError::Busy(_)) => {
-                tracing::warn!(
-                    mountpoint = %mountpoint.display(),
-                    "the drive is busy; detached it, serving open files until they close"
-                );
-                return unmount(mountpoint, Detach::Lazily).map_err(io::Error::other);
-            }
-            Err(e) => return Err(io::Error::other(e)),
+    match unmount_within(mountpoint, BUSY_GRACE) {
+        Err(UnmountError::Busy(_)) => {
+            tracing::warn!(
+                mountpoint = %mountpoint.display(),
+                "the drive is busy; detached it, serving open files until they close"
+            );
+            unmount(mountpoint, Detach::Lazily).map_err(io::Error::other)
         }
+        other => other.map_err(io::Error::other),
     }
 }

@@ -4,6 +4,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Why an unmount did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -76,5 +77,20 @@ pub fn unmount(mountpoint: &Path, detach: Detach) -> Result<(), UnmountError> {
         Err(UnmountError::Busy(mountpoint.to_path_buf()))
     } else {
         Err(failed(said))
+    }
+}
+
+/// Unmounts `mountpoint` when idle, retrying while it is busy for up to `grace`: a program
+/// that just closed a file, or a forked child between fork and exec holding a copy of a
+/// descriptor, lets go within moments.
+pub fn unmount_within(mountpoint: &Path, grace: Duration) -> Result<(), UnmountError> {
+    let start = Instant::now();
+    loop {
+        match unmount(mountpoint, Detach::WhenIdle) {
+            Err(UnmountError::Busy(_)) if start.elapsed() < grace => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
