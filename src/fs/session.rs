@@ -77,8 +77,9 @@ pub fn serve(
     config.n_threads = Some(THREADS);
     config.clone_fd = true;
 
-    let session = Session::new(DeltaFs::new(Arc::clone(&drive)), mountpoint, &config)?;
+    let mut session = Session::new(DeltaFs::new(Arc::clone(&drive)), mountpoint, &config)?;
     drive.set_kernel_cache(Arc::new(Invalidator(session.notifier())));
+    let mut unmounter = session.unmount_callable();
     let (ended_tx, ended_rx) = mpsc::channel();
     let runner = std::thread::Builder::new()
         .name("fuse-session".into())
@@ -99,6 +100,10 @@ pub fn serve(
         match stop.recv_timeout(std::time::Duration::from_millis(200)) {
             Ok(()) => {
                 unmount_when_idle(mountpoint)?;
+                // fuser unmounts the path again when the session ends unless its mount was
+                // taken; by then (a lazy detach waits for open files) another drive may be
+                // mounted there. Take it now, while nothing is: its umount finds nothing.
+                let _ = unmounter.unmount();
                 break Stop::Requested;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
