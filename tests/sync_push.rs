@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::sync::{
     Synced, assert_same_trees, hash_bytes, hash_file, listing, synced_mount, wait_for, wait_quiet,
 };
-use common::{random_bytes, sh};
+use common::{deltadrive, random_bytes, sh};
 
 const QUIET: Duration = Duration::from_secs(120);
 const MIB: usize = 1 << 20;
@@ -277,6 +277,13 @@ fn status_umount_progress_and_timeout_then_a_remount_resumes_from_its_cursor() {
     let s = laptop.status();
     assert_eq!(s["pending_transactions"], 1, "{s}");
     assert_eq!(s["pending_versions"], 0, "the engine took the version: {s}");
+    let human = deltadrive(&["status", laptop.mountpoint.to_str().unwrap()]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("(offline)"), "{human}");
+    assert!(
+        human.contains("1 transaction(s), 300000 bytes to upload; 0 bytes to download"),
+        "{human}"
+    );
     assert_eq!(laptop.status()["last_sync_ms"].as_u64(), synced_at);
     let started = Instant::now();
     let out = laptop.umount_with(&["--timeout", "3"]);

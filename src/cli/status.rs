@@ -155,36 +155,38 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("  nodes:             {}", s.nodes);
         println!("  bytes stored:      {}", s.bytes_stored);
         println!("  unrecorded files:  {}", s.unrecorded_files);
+        let Some((server, volume)) = s.server.as_ref().zip(s.volume.as_ref()) else {
+            println!(
+                "  pending versions:  {} ({} bytes changed)",
+                s.pending_versions, s.pending_upload_bytes
+            );
+            continue;
+        };
+        println!("  pending versions:  {}", s.pending_versions);
+        let online = if s.sync.online { "online" } else { "offline" };
+        println!("  syncs with:        volume {volume} on {server} ({online})");
         println!(
-            "  pending versions:  {} ({} bytes changed)",
-            s.pending_versions, s.pending_upload_bytes
+            "  cursor / head:     {} / {}",
+            s.sync.cursor, s.sync.server_head
         );
-        if let (Some(server), Some(volume)) = (&s.server, &s.volume) {
-            let online = if s.sync.online { "online" } else { "offline" };
-            println!("  syncs with:        volume {volume} on {server} ({online})");
+        println!(
+            "  bytes up / down:   {} / {} ({} fetched ahead while uploading elsewhere)",
+            s.sync.bytes_uploaded, s.sync.bytes_downloaded, s.sync.bytes_prefetched
+        );
+        println!(
+            "  pending:           {} transaction(s), {} bytes to upload; {} bytes to download",
+            s.sync.pending_transactions, s.pending_upload_bytes, s.sync.bytes_to_download
+        );
+        println!("  conflicts:         {}", s.sync.conflicts);
+        if let Some(ms) = s.sync.last_sync_ms {
+            let now = crate::drive::to_nanos(std::time::SystemTime::now()) / 1_000_000;
             println!(
-                "  cursor / head:     {} / {}",
-                s.sync.cursor, s.sync.server_head
+                "  last in sync:      {:.1} s ago",
+                (now - ms).max(0) as f64 / 1000.0
             );
-            println!(
-                "  bytes up / down:   {} / {} ({} fetched ahead while uploading elsewhere)",
-                s.sync.bytes_uploaded, s.sync.bytes_downloaded, s.sync.bytes_prefetched
-            );
-            println!(
-                "  pending:           {} transaction(s); {} bytes to download",
-                s.sync.pending_transactions, s.sync.bytes_to_download
-            );
-            println!("  conflicts:         {}", s.sync.conflicts);
-            if let Some(ms) = s.sync.last_sync_ms {
-                let now = crate::drive::to_nanos(std::time::SystemTime::now()) / 1_000_000;
-                println!(
-                    "  last in sync:      {:.1} s ago",
-                    (now - ms).max(0) as f64 / 1000.0
-                );
-            }
-            if let Some(e) = &s.sync.last_error {
-                println!("  last error:        {e}");
-            }
+        }
+        if let Some(e) = &s.sync.last_error {
+            println!("  last error:        {e}");
         }
     }
     Ok(())
