@@ -192,11 +192,18 @@ struct Polled {
 }
 
 impl Polled {
-    /// The polled page of the changes after `cursor`, if that is what it holds.
+    /// The polled page of the changes after `cursor`, if that is what it holds and it
+    /// reaches the highest head seen since. A page older than a commit of our own (a resent
+    /// outbox transaction) would stop the pull short of it while the synced tree holds it:
+    /// the planner would take our own changes for another device's deletes and moves.
     fn take_page(&self, cursor: Seq) -> Option<ChangesResponse> {
         let mut page = self.page.lock().unwrap_or_else(PoisonError::into_inner);
         match page.take() {
-            Some((after, p)) if after == cursor => Some(p),
+            Some((after, p))
+                if after == cursor && p.head.0 >= self.head.load(Ordering::Relaxed) =>
+            {
+                Some(p)
+            }
             _ => None,
         }
     }
@@ -703,6 +710,9 @@ impl Ctx {
                     replayed = resp.replayed,
                     "outbox transaction committed"
                 );
+                // The pull that follows must reach it (see Polled::take_page).
+                self.polled.head.fetch_max(resp.seq.0, Ordering::Relaxed);
+                self.status.server_head = self.status.server_head.max(resp.seq.0);
                 // This device's own transaction, built against the synced tree: the synced
                 // tree holds it now (as push() does), or the next plan takes it for another
                 // device's change and a file edited again meanwhile becomes a conflicted copy
@@ -833,4 +843,34 @@ fn row_manifests<'m>(
             super::state::Row::Gone(_) => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(head: u64) -> ChangesResponse {
+        ChangesResponse {
+            head: Seq(head),
+            changes: Vec::new(),
+            more: false,
+        }
+    }
+
+    #[test]
+    fn a_polled_page_is_taken_only_from_its_cursor_and_while_it_reaches_the_head() {
+        let polled = Polled::default();
+        *polled.page.lock().unwrap() = Some((Seq(5), page(6)));
+        polled.head.store(6, Ordering::Relaxed);
+        assert!(polled.take_page(Seq(4)).is_none(), "another cursor");
+
+        *polled.page.lock().unwrap() = Some((Seq(5), page(6)));
+        assert_eq!(polled.take_page(Seq(5)).map(|p| p.head), Some(Seq(6)));
+        assert!(polled.take_page(Seq(5)).is_none(), "taken once");
+
+        // Our own commit went in at 7 after the waker read its page: the page is stale.
+        *polled.page.lock().unwrap() = Some((Seq(5), page(6)));
+        polled.head.fetch_max(7, Ordering::Relaxed);
+        assert!(polled.take_page(Seq(5)).is_none(), "stale page");
+    }
 }
