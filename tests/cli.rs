@@ -140,6 +140,12 @@ fn foreground_mount_stops_cleanly_on_ctrl_c() {
     foreground_mount_stops_cleanly_on(libc::SIGINT);
 }
 
+/// Sends `sig` to a daemon this test started.
+fn signal(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: kill has no memory preconditions; the pid is our own child's.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
 fn is_mounted(mp: &std::path::Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -165,7 +171,7 @@ fn foreground_mount(mp: &std::path::Path, state: &std::path::Path) -> std::proce
     child
 }
 
-fn foreground_mount_stops_cleanly_on(signal: libc::c_int) {
+fn foreground_mount_stops_cleanly_on(sig: libc::c_int) {
     let dir = tempfile::tempdir().unwrap();
     let mp = dir.path().join("mp");
     let state = dir.path().join("state");
@@ -174,12 +180,11 @@ fn foreground_mount_stops_cleanly_on(signal: libc::c_int) {
     let _guard = common::UnmountGuard(mp.clone());
     let child = foreground_mount(&mp, &state);
     std::fs::write(mp.join("f"), b"kept").unwrap();
-    // SAFETY: signalling the child this test started.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    signal(&child, sig);
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "foreground daemon exits 0 after signal {signal}; it said: {}",
+        "foreground daemon exits 0 after signal {sig}; it said: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!is_mounted(&mp), "unmounted");
@@ -216,8 +221,7 @@ fn a_stop_while_a_file_is_open_detaches_and_ends_when_it_closes() {
         .write(true)
         .open(mp.join("f"))
         .unwrap();
-    // SAFETY: signalling the child this test started.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    signal(&child, libc::SIGTERM);
     // The busy mount leaves the namespace after a short grace...
     common::wait_until(std::time::Duration::from_secs(15), || !is_mounted(&mp));
     // ...while the daemon keeps serving the open file.
@@ -235,8 +239,7 @@ fn a_stop_while_a_file_is_open_detaches_and_ends_when_it_closes() {
     // Nothing written through the held file was lost.
     let child = foreground_mount(&mp, &state);
     assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"before and after");
-    // SAFETY: signalling the child this test started.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    signal(&child, libc::SIGTERM);
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

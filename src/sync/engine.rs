@@ -353,8 +353,6 @@ impl Ctx {
                 self.publish();
             }
             let next = self.cycle();
-            self.status.chunk_upload_bytes = self.to_upload.load(Ordering::Relaxed);
-            self.status.bytes_to_download = self.to_download.load(Ordering::Relaxed);
             match next {
                 Ok(next) => {
                     backoff = Duration::from_secs(1);
@@ -408,6 +406,8 @@ impl Ctx {
         self.status.bytes_uploaded = up;
         self.status.bytes_downloaded = down;
         self.status.bytes_prefetched = self.prefetch.placed_bytes();
+        self.status.chunk_upload_bytes = self.to_upload.load(Ordering::Relaxed);
+        self.status.bytes_to_download = self.to_download.load(Ordering::Relaxed);
         self.status.updated_ms = now_ms();
         let Ok(json) = serde_json::to_vec_pretty(&self.status) else {
             return;
@@ -441,7 +441,6 @@ impl Ctx {
         };
         self.status.pending_transactions = outbox + planned;
         self.to_upload.store(bytes, Ordering::Relaxed);
-        self.status.chunk_upload_bytes = bytes;
     }
 
     fn device(&mut self) -> Result<AccountName, SyncError> {
