@@ -247,9 +247,9 @@ pub fn check_shape(payload: &[u8], limit: usize) -> Result<(), PayloadError> {
 }
 
 /// Checks that a payload decodes to at most `limit` bytes hashing to `expected`, without
-/// copying a raw payload's bytes.
-pub fn check(payload: &[u8], expected: ChunkId, limit: usize) -> Result<(), PayloadError> {
-    decode_into(payload, expected, limit, &mut Vec::new()).map(|_| ())
+/// copying a raw payload's bytes; returns the decoded length.
+pub fn check(payload: &[u8], expected: ChunkId, limit: usize) -> Result<usize, PayloadError> {
+    decode_into(payload, expected, limit, &mut Vec::new()).map(|v| v.bytes().len())
 }
 
 /// Decodes a payload, refusing output over `limit` bytes or not hashing to `expected`.

@@ -19,7 +19,7 @@ use super::error::{ApiError, blocking};
 use super::hints::HintError;
 use super::meta::{CommitOutcome, SnapshotItem, VolumeAccess, VolumeId};
 use super::validate::{check_ops, parse_commit, parse_json};
-use crate::chunking::ChunkId;
+use crate::chunking::{ChunkId, ChunkRef};
 use crate::protocol::framing::{self, BATCH_MEDIA_TYPE, CHUNK_MEDIA_TYPE};
 use crate::protocol::limits::{
     DEFAULT_CHANGES_LIMIT, MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHANGES_LIMIT, MAX_CHUNK_PAYLOAD,
@@ -137,8 +137,8 @@ pub async fn missing(
     Ok(Json(MissingResponse { missing }))
 }
 
-/// Verifies every payload, then stores them all and records the volume's holding; a bad
-/// payload refuses the whole request before anything is stored.
+/// Verifies every payload, then stores them all and records the volume's holdings with
+/// each chunk's length; a bad payload refuses the whole request before anything is stored.
 async fn store_chunks(
     state: &AppState,
     vol: VolumeId,
@@ -154,20 +154,24 @@ async fn store_chunks(
                 VerifiedPayload::verify(id, payload).map_err(|e| ApiError::bad_chunk(id, &e))?;
             verified.push(v);
         }
-        let ids: Vec<ChunkId> = verified.iter().map(VerifiedPayload::id).collect();
+        let received = u32::try_from(verified.len()).unwrap_or(u32::MAX);
+        let refs: Vec<ChunkRef> = verified.iter().map(VerifiedPayload::chunk_ref).collect();
         let verified_at = started.elapsed();
         // Chunk bytes durable first, then the holding: a holding never names absent bytes.
-        chunks.put(verified)?;
+        if !verified.is_empty() {
+            chunks.put(verified)?;
+        }
         let stored_at = started.elapsed();
-        meta.record_chunks(vol, &ids)?;
+        meta.record_chunks(vol, &refs)?;
         tracing::debug!(
-            chunks = ids.len(),
+            chunks = received,
+            written = refs.len(),
             verify_ms = verified_at.as_millis() as u64,
             store_ms = (stored_at - verified_at).as_millis() as u64,
             record_ms = (started.elapsed() - stored_at).as_millis() as u64,
             "chunks stored"
         );
-        Ok(u32::try_from(ids.len()).unwrap_or(u32::MAX))
+        Ok(received)
     })
     .await
 }

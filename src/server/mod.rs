@@ -29,7 +29,7 @@ use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Pr
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::protocol::limits::{
-    MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_JSON_BODY,
+    MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE, MAX_JSON_BODY,
 };
 pub use answers::AnswerPool;
 pub use chunks::{ChunkStore, ChunkStoreError, PackDirStore, VerifiedPayload};
@@ -79,7 +79,37 @@ pub enum OpenError {
 pub fn open_embedded(data: &Path) -> Result<(Arc<SqliteMeta>, Arc<PackDirStore>), OpenError> {
     let meta = Arc::new(SqliteMeta::open(&meta_path(data))?);
     let chunks = Arc::new(PackDirStore::open(&chunks_path(data))?);
+    fill_chunk_lens(&meta, &chunks)?;
     Ok((meta, chunks))
+}
+
+/// Measures the chunks of holdings recorded before lengths were (schema 1), once.
+fn fill_chunk_lens(meta: &SqliteMeta, chunks: &PackDirStore) -> Result<(), OpenError> {
+    let filled = meta.fill_chunk_lens(|id| -> Result<Option<u32>, OpenError> {
+        let payload = match chunks.get(id) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(None),
+            // A corrupt chunk is not served; its holding waits for a device to upload it.
+            Err(e @ ChunkStoreError::Corrupt { .. }) => {
+                tracing::warn!("{e}");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // `get` verified the payload already; this only measures it.
+        Ok(
+            crate::chunking::payload::check(&payload, *id, MAX_CHUNK_SIZE)
+                .ok()
+                .and_then(|len| u32::try_from(len).ok()),
+        )
+    })?;
+    if filled > 0 {
+        tracing::info!(
+            holdings = filled,
+            "recorded the lengths of chunks stored before schema 2"
+        );
+    }
+    Ok(())
 }
 
 /// The HTTP app: /healthz, the /v1 API, JSON errors everywhere, zstd both ways.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 
-use crate::chunking::ChunkId;
 use crate::chunking::payload::{self, PayloadError};
+use crate::chunking::{ChunkId, ChunkRef};
 use crate::protocol::limits::MAX_CHUNK_SIZE;
 
 pub use packdir::{PACK_TARGET_SIZE, PackDirStore};
@@ -20,6 +20,8 @@ pub use packdir::{PACK_TARGET_SIZE, PackDirStore};
 #[derive(Clone)]
 pub struct VerifiedPayload {
     id: ChunkId,
+    /// The decoded chunk's length: what a manifest naming this chunk must say.
+    len: u32,
     payload: Bytes,
 }
 
@@ -27,6 +29,7 @@ impl std::fmt::Debug for VerifiedPayload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifiedPayload")
             .field("id", &self.id)
+            .field("len", &self.len)
             .field("payload_len", &self.payload.len())
             .finish()
     }
@@ -35,13 +38,25 @@ impl std::fmt::Debug for VerifiedPayload {
 impl VerifiedPayload {
     /// Decodes `payload` (bounded by [`MAX_CHUNK_SIZE`]) and checks its BLAKE3 against `id`.
     pub fn verify(id: ChunkId, payload: Bytes) -> Result<Self, PayloadError> {
-        payload::check(&payload, id, MAX_CHUNK_SIZE)?;
-        Ok(Self { id, payload })
+        let len = payload::check(&payload, id, MAX_CHUNK_SIZE)?;
+        // MAX_CHUNK_SIZE is far below u32::MAX.
+        let len = u32::try_from(len).map_err(|_| PayloadError::TooLarge {
+            limit: MAX_CHUNK_SIZE,
+        })?;
+        Ok(Self { id, len, payload })
     }
 
     /// The chunk id.
     pub fn id(&self) -> ChunkId {
         self.id
+    }
+
+    /// The chunk as a manifest names it: id and decoded length.
+    pub fn chunk_ref(&self) -> ChunkRef {
+        ChunkRef {
+            id: self.id,
+            len: self.len,
+        }
     }
 
     /// The payload as received (tag byte + body).

@@ -6,9 +6,11 @@ use std::collections::HashSet;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::schema::{self, KIND_DIR, KIND_FILE, KIND_SYMLINK};
-use super::sqlite::{HeldLately, missing_in, node_from_blob, to_i64, to_u64, volume_head};
+use super::sqlite::{
+    HeldLately, held_lens, missing_of, node_from_blob, to_i64, to_u64, volume_head,
+};
 use super::{CommitError, CommitOutcome, DeviceId, MetaError, Refusal, RefusalKind, VolumeId};
-use crate::chunking::ChunkId;
+use crate::chunking::{ChunkId, ChunkRef};
 use crate::protocol::limits::MAX_MANIFEST_CHUNKS;
 use crate::protocol::{
     CommitRequest, CreateOp, DeleteOp, MoveOp, Name, NodeId, NodeKind, Op, Seq, SetAttrsOp,
@@ -207,17 +209,18 @@ fn check_bases_and_chunks(
     let mut created: HashSet<NodeId> = HashSet::new();
     let mut stale: Vec<StaleNode> = Vec::new();
     let mut stale_seen: HashSet<NodeId> = HashSet::new();
-    let mut chunks: Vec<ChunkId> = Vec::new();
+    // Each chunk an op brings in, with the op: its length is checked against the holding.
+    let mut chunks: Vec<(usize, ChunkRef)> = Vec::new();
     for (i, op) in req.ops.iter().enumerate() {
         match op {
             Op::Create(o) => {
                 created.insert(o.node);
                 if let Some(m) = &o.manifest {
-                    chunks.extend(m.chunks.iter().map(|r| r.id));
+                    chunks.extend(m.chunks.iter().map(|r| (i, *r)));
                 }
                 continue;
             }
-            Op::Write(o) => chunks.extend(o.edit.inserted().map(|r| r.id)),
+            Op::Write(o) => chunks.extend(o.edit.inserted().map(|r| (i, *r))),
             Op::SetAttrs(_) | Op::Move(_) | Op::Delete(_) => {}
         }
         let node = op.node();
@@ -261,13 +264,30 @@ fn check_bases_and_chunks(
             format!("{n} node(s) changed since the transaction's base"),
         ));
     }
-    let missing = missing_in(c, held, vol, &chunks)?;
+    let ids: Vec<ChunkId> = chunks.iter().map(|(_, r)| r.id).collect();
+    let lens = held_lens(c, held, vol, &ids)?;
+    let missing: Vec<ChunkId> = missing_of(&ids, &lens);
     if !missing.is_empty() {
         let n = missing.len();
         return Err(refuse(
             RefusalKind::MissingChunks(missing),
             None,
             format!("{n} chunk(s) are not held by this volume: upload them first"),
+        ));
+    }
+    // A length that differs from the chunk's would make every device that rebuilds the file
+    // fail: the claim is checked against what was measured at upload.
+    if let Some((i, r, actual)) = chunks
+        .iter()
+        .find_map(|(i, r)| lens.get(&r.id).filter(|&&l| l != r.len).map(|&l| (i, r, l)))
+    {
+        return Err(refuse(
+            RefusalKind::BadManifest,
+            Some(*i),
+            format!(
+                "chunk {} is {actual} bytes, the manifest says {}",
+                r.id, r.len
+            ),
         ));
     }
     Ok(())

@@ -9,7 +9,7 @@ mod sqlite;
 
 use std::sync::Arc;
 
-use crate::chunking::ChunkId;
+use crate::chunking::{ChunkId, ChunkRef};
 use crate::protocol::{
     AccountName, ChangesResponse, CommitRequest, DeviceInfo, NodeId, NodeRecord, Seq, StaleNode,
     VolumeInfo,
@@ -267,10 +267,11 @@ pub trait MetaStore: Send + Sync {
     fn resolve_volume(&self, user: UserId, name: &AccountName) -> Result<VolumeAccess, MetaError>;
     /// Which of `ids` the volume does not hold, in order, without duplicates.
     fn missing_chunks(&self, vol: VolumeId, ids: &[ChunkId]) -> Result<Vec<ChunkId>, MetaError>;
-    /// Records that the volume holds these chunks (they are durable in the chunk store). May
+    /// Records that the volume holds these chunks, with their decoded lengths as measured
+    /// at upload (they are durable in the chunk store). May
     /// be synced only with the next commit: a crash can lose holdings no commit names yet,
     /// which the devices are then asked for and upload again.
-    fn record_chunks(&self, vol: VolumeId, ids: &[ChunkId]) -> Result<(), MetaError>;
+    fn record_chunks(&self, vol: VolumeId, chunks: &[ChunkRef]) -> Result<(), MetaError>;
     /// Applies a transaction atomically and durably, or refuses it; idempotent on (device, txn).
     fn commit(
         &self,

@@ -1,14 +1,14 @@
 //! The SQLite schema of the metadata store, versioned through `PRAGMA user_version`.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::MetaError;
 use crate::chunking::{ChunkId, ChunkRef, Manifest};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA_V1: &str = "
+pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE users (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -79,6 +79,12 @@ CREATE TABLE cursors (
 ) WITHOUT ROWID;
 ";
 
+/// Version 2: each holding records the chunk's decoded length (measured at upload), so a
+/// commit whose manifest misstates a length is refused. Rows of version 1 have none until
+/// [`super::SqliteMeta::fill_chunk_lens`] reads them from the chunk store; a holding without
+/// a length counts as not held.
+const MIGRATE_V2: &str = "ALTER TABLE volume_chunks ADD COLUMN len INTEGER;";
+
 /// Opens-time setup: pragmas, then the schema if the file is new.
 pub(super) fn prepare(conn: &Connection, create: bool) -> Result<(), MetaError> {
     // WAL lets readers run beside the one writer; FULL makes every commit durable once answered.
@@ -89,17 +95,22 @@ pub(super) fn prepare(conn: &Connection, create: bool) -> Result<(), MetaError> 
     if !create {
         return Ok(());
     }
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    match version {
-        0 => {
-            conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            ))?;
-            Ok(())
+    // Read and upgraded under one write lock, so two processes opening a new file at once
+    // cannot both create it. Old versions stay frozen; each step up is its own statement.
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let steps = match version {
+        0 => format!("{SCHEMA_V1} {MIGRATE_V2}"),
+        1 => {
+            tracing::info!("metadata schema 1 -> 2: chunk lengths in the volume holdings");
+            MIGRATE_V2.to_owned()
         }
-        SCHEMA_VERSION => Ok(()),
-        newer => Err(MetaError::UnknownSchema(newer)),
-    }
+        SCHEMA_VERSION => return Ok(()),
+        newer => return Err(MetaError::UnknownSchema(newer)),
+    };
+    tx.execute_batch(&format!("{steps} PRAGMA user_version = {SCHEMA_VERSION};"))?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Node kinds as stored.

@@ -19,7 +19,7 @@ use super::{
     CommitError, CommitOutcome, DeviceAuth, DeviceId, DeviceSummary, MetaError, MetaStore,
     SnapshotItem, TokenHash, UserId, UserSummary, VolumeAccess, VolumeId, VolumeSummary,
 };
-use crate::chunking::{ChunkId, ManifestId};
+use crate::chunking::{ChunkId, ChunkRef, ManifestId};
 use crate::protocol::{
     AccountName, Change, ChangesResponse, CommitRequest, DeviceInfo, Name, NodeId, NodeKind,
     NodeRecord, Op, Seq, TxnId, VolumeInfo, Xattrs,
@@ -66,9 +66,9 @@ struct Activity {
 
 type ActivityMap = Arc<Mutex<HashMap<DeviceId, Activity>>>;
 
-/// Holdings recorded lately: the fetches and the commit that follow an upload ask about
-/// exactly these.
-pub(super) type HeldLately = Recent<(VolumeId, ChunkId), ()>;
+/// Holdings recorded lately, with each chunk's decoded length: the fetches and the commit
+/// that follow an upload ask about exactly these.
+pub(super) type HeldLately = Recent<(VolumeId, ChunkId), u32>;
 /// Holdings remembered per generation (about 4 GiB of chunks, ~12 MiB).
 const HELD_LATELY: usize = 256 << 10;
 
@@ -172,6 +172,51 @@ impl SqliteMeta {
             .send(job)
             .map_err(|_| E::from(MetaError::WriterGone))?;
         rx.recv().map_err(|_| E::from(MetaError::WriterGone))?
+    }
+
+    /// Gives every holding recorded without a length (schema 1) the length `len_of` finds
+    /// for its chunk; `len_of` answers `None` for a chunk the chunk store lacks, whose
+    /// holding then stays unusable until a device uploads it again. Returns how many
+    /// holdings it filled.
+    pub fn fill_chunk_lens<E>(
+        &self,
+        mut len_of: impl FnMut(&ChunkId) -> Result<Option<u32>, E>,
+    ) -> Result<u64, E>
+    where
+        E: From<MetaError> + Send + 'static,
+    {
+        let unknown: Vec<ChunkId> = self.read(|c| {
+            let mut st = c.prepare("SELECT DISTINCT chunk FROM volume_chunks WHERE len IS NULL")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut ids = Vec::new();
+            for row in rows {
+                ids.push(ChunkId::from_bytes(blob32(&row?, "chunk id")?));
+            }
+            Ok(ids)
+        })?;
+        let mut found = Vec::with_capacity(unknown.len());
+        for id in &unknown {
+            if let Some(len) = len_of(id)? {
+                found.push((*id, len));
+            }
+        }
+        if found.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "UPDATE volume_chunks SET len = ?2 WHERE chunk = ?1 AND len IS NULL",
+                )
+                .map_err(MetaError::from)?;
+            let mut filled = 0u64;
+            for (id, len) in &found {
+                filled += st
+                    .execute(params![&id.as_bytes()[..], len])
+                    .map_err(MetaError::from)? as u64;
+            }
+            Ok(filled)
+        })
     }
 
     /// Waits until device activity noted so far is written.
@@ -636,11 +681,11 @@ impl MetaStore for SqliteMeta {
         self.read(|c| missing_in(c, &self.held, vol, ids))
     }
 
-    fn record_chunks(&self, vol: VolumeId, ids: &[ChunkId]) -> Result<(), MetaError> {
+    fn record_chunks(&self, vol: VolumeId, chunks: &[ChunkRef]) -> Result<(), MetaError> {
         let held = self.held.clone();
-        let fresh: Vec<ChunkId> = ids
+        let fresh: Vec<ChunkRef> = chunks
             .iter()
-            .filter(|id| held.get(&(vol, **id)).is_none())
+            .filter(|r| held.get(&(vol, r.id)).is_none())
             .copied()
             .collect();
         if fresh.is_empty() {
@@ -650,15 +695,19 @@ impl MetaStore for SqliteMeta {
         // WAL), and holdings lost in a crash before any commit names them are only asked for
         // and uploaded again.
         self.write_with(Durability::WithNext, move |c| {
+            // A holding from before lengths were recorded gets its length now.
             let mut st = c.prepare_cached(
-                "INSERT OR IGNORE INTO volume_chunks (vol, chunk) VALUES (?1, ?2)",
+                "INSERT INTO volume_chunks (vol, chunk, len) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (vol, chunk) DO UPDATE SET len = excluded.len WHERE len IS NULL",
             )?;
-            for id in &fresh {
-                st.execute(params![vol.0, &id.as_bytes()[..]])?;
+            for r in &fresh {
+                st.execute(params![vol.0, &r.id.as_bytes()[..], r.len])?;
             }
             Ok(fresh)
         })
-        .map(|fresh: Vec<ChunkId>| held.insert_all(fresh.into_iter().map(|id| ((vol, id), ()))))
+        .map(|fresh: Vec<ChunkRef>| {
+            held.insert_all(fresh.into_iter().map(|r| ((vol, r.id), r.len)))
+        })
     }
 
     fn commit(
@@ -807,18 +856,45 @@ pub(super) fn missing_in(
     vol: VolumeId,
     ids: &[ChunkId],
 ) -> Result<Vec<ChunkId>, MetaError> {
-    let mut st = c.prepare_cached("SELECT 1 FROM volume_chunks WHERE vol = ?1 AND chunk = ?2")?;
-    let mut seen = HashSet::with_capacity(ids.len());
-    let mut missing = Vec::new();
+    Ok(missing_of(ids, &held_lens(c, held, vol, ids)?))
+}
+
+/// The decoded length of each of `ids` the volume holds; a holding without a recorded
+/// length (schema 1, not yet filled) counts as not held, so the device uploads it again.
+pub(super) fn held_lens(
+    c: &Connection,
+    held: &HeldLately,
+    vol: VolumeId,
+    ids: &[ChunkId],
+) -> Result<HashMap<ChunkId, u32>, MetaError> {
+    let mut st = c.prepare_cached(
+        "SELECT len FROM volume_chunks WHERE vol = ?1 AND chunk = ?2 AND len IS NOT NULL",
+    )?;
+    let mut lens = HashMap::with_capacity(ids.len());
     for id in ids {
-        if !seen.insert(*id) || held.get(&(vol, *id)).is_some() {
+        if lens.contains_key(id) {
             continue;
         }
-        if !st.exists(params![vol.0, &id.as_bytes()[..]])? {
-            missing.push(*id);
+        let len = match held.get(&(vol, *id)) {
+            Some(len) => Some(len),
+            None => st
+                .query_row(params![vol.0, &id.as_bytes()[..]], |r| r.get::<_, u32>(0))
+                .optional()?,
+        };
+        if let Some(len) = len {
+            lens.insert(*id, len);
         }
     }
-    Ok(missing)
+    Ok(lens)
+}
+
+/// The ids without a length in `lens`, in order, without duplicates.
+pub(super) fn missing_of(ids: &[ChunkId], lens: &HashMap<ChunkId, u32>) -> Vec<ChunkId> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.iter()
+        .filter(|id| !lens.contains_key(id) && seen.insert(**id))
+        .copied()
+        .collect()
 }
 
 fn node_record(r: &rusqlite::Row<'_>) -> Result<NodeRecord, MetaError> {
@@ -884,5 +960,52 @@ mod tests {
         assert_eq!(synchronous(&meta, Durability::WithNext), 1);
         assert_eq!(synchronous(&meta, Durability::WithNext), 1);
         assert_eq!(synchronous(&meta, Durability::Now), 2);
+    }
+
+    /// A database of schema 1 (holdings without lengths) is upgraded in place: its holdings
+    /// count as missing until their lengths are filled from the chunk store or a device
+    /// uploads them again; a chunk the store lacks stays missing.
+    #[test]
+    fn schema_1_holdings_get_their_lengths_from_the_store_or_a_new_upload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.sqlite");
+        let (a, b) = (ChunkId::of(b"in the store"), ChunkId::of(b"lost"));
+        {
+            let c = Connection::open(&path).expect("create v1");
+            c.execute_batch(&format!(
+                "{} PRAGMA user_version = 1;
+                 INSERT INTO users (id, name, created_ms) VALUES (1, 'alice', 0);
+                 INSERT INTO volumes (id, user_id, name, created_ms) VALUES (1, 1, 'docs', 0);",
+                schema::SCHEMA_V1
+            ))
+            .expect("v1 schema");
+            for id in [a, b] {
+                c.execute(
+                    "INSERT INTO volume_chunks (vol, chunk) VALUES (1, ?1)",
+                    [&id.as_bytes()[..]],
+                )
+                .expect("v1 holding");
+            }
+        }
+        let meta = SqliteMeta::open(&path).expect("open upgrades");
+        let vol = VolumeId(1);
+        assert_eq!(meta.missing_chunks(vol, &[a, b]).expect("missing"), [a, b]);
+        let filled = meta
+            .fill_chunk_lens(|id| Ok::<_, MetaError>((*id == a).then_some(12)))
+            .expect("fill");
+        assert_eq!(filled, 1);
+        assert_eq!(meta.missing_chunks(vol, &[a, b]).expect("missing"), [b]);
+        meta.record_chunks(vol, &[ChunkRef { id: b, len: 4 }])
+            .expect("record");
+        assert!(
+            meta.missing_chunks(vol, &[a, b])
+                .expect("missing")
+                .is_empty()
+        );
+        drop(meta);
+        let version: i64 = Connection::open(&path)
+            .and_then(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .expect("version");
+        assert_eq!(version, 2);
     }
 }
