@@ -1,4 +1,5 @@
-//! A device's claims the server cannot take on trust, against a real `deltadrive serve`.
+//! A device's claims the server cannot take on trust, against a real `deltadrive serve`: the
+//! chunk lengths a manifest states, and what an upload's cost tells about other users' data.
 
 mod support;
 
@@ -69,4 +70,65 @@ fn a_manifest_misstating_a_chunk_length_is_400_bad_manifest() {
     let applied = c.commit_ok(vec![write(small)]);
     assert_eq!(c.node(file).unwrap().version, Seq(applied));
     assert_eq!(c.node(file).unwrap().size, 20_016);
+}
+
+/// Bytes of all pack files under the server's data directory.
+fn pack_bytes(data: &std::path::Path) -> u64 {
+    fn walk(dir: &std::path::Path, total: &mut u64) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                walk(&e.path(), total);
+            } else if e.path().extension().is_some_and(|x| x == "pack") {
+                *total += meta.len();
+            }
+        }
+    }
+    let mut total = 0;
+    walk(&data.join("chunks").join("packs"), &mut total);
+    total
+}
+
+/// No cross-user chunk oracle, by construction: uploading a chunk another user stores does
+/// the same work as uploading a chunk nobody stores (the payload is written to a pack and
+/// made durable again), so its timing cannot tell the uploader that the other user has it.
+/// Only the uploader's own volume's holdings are skipped.
+#[test]
+fn an_upload_does_the_same_work_whether_or_not_another_user_stores_the_chunk() {
+    let f = fixture();
+    let data = f.dir.path();
+    let alice = Client::new(&f.server, &f.laptop, "alice-docs");
+    let bob = Client::new(&f.server, &f.bob, "bob-docs");
+
+    let before = pack_bytes(data);
+    alice.put_chunk(&bytes(10, 30_000));
+    let fresh = pack_bytes(data) - before;
+    assert!(fresh > 0);
+
+    // The same-sized chunk alice stores: bob's upload writes as much as a fresh one.
+    let before = pack_bytes(data);
+    bob.put_chunk(&bytes(10, 30_000));
+    assert_eq!(pack_bytes(data) - before, fresh, "written again for bob");
+
+    // A chunk nobody stores, of the same size: the same again.
+    let before = pack_bytes(data);
+    bob.put_chunk(&bytes(11, 30_000));
+    assert_eq!(pack_bytes(data) - before, fresh);
+
+    // Re-uploading what one's own volume holds is skipped: that is one's own business.
+    let before = pack_bytes(data);
+    bob.put_chunk(&bytes(10, 30_000));
+    alice.put_chunk(&bytes(10, 30_000));
+    assert_eq!(pack_bytes(data), before);
+
+    // And both volumes read it back.
+    for c in [&alice, &bob] {
+        let id = deltadrive::chunking::ChunkId::of(&bytes(10, 30_000));
+        let resp = c
+            .req(reqwest::Method::GET, &c.url(&format!("chunks/{id}")))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
 }

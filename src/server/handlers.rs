@@ -1,5 +1,6 @@
 //! The /v1 endpoints: each authenticates, resolves the volume, then calls the stores.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::Json;
@@ -137,8 +138,12 @@ pub async fn missing(
     Ok(Json(MissingResponse { missing }))
 }
 
-/// Verifies every payload, then stores them all and records the volume's holdings with
-/// each chunk's length; a bad payload refuses the whole request before anything is stored.
+/// Verifies every payload, then stores those the volume does not hold yet and records the
+/// volume's holdings; a bad payload refuses the whole request before anything is stored.
+///
+/// Whether another volume (another user's) stores a chunk never changes the work done: the
+/// chunk store writes every payload it is handed, so the time an upload takes tells nothing
+/// about other users' data (docs/PROTOCOL.md, "Privacy").
 async fn store_chunks(
     state: &AppState,
     vol: VolumeId,
@@ -155,6 +160,11 @@ async fn store_chunks(
             verified.push(v);
         }
         let received = u32::try_from(verified.len()).unwrap_or(u32::MAX);
+        let ids: Vec<ChunkId> = verified.iter().map(VerifiedPayload::id).collect();
+        // What this volume holds is the uploader's own business; the rest is written.
+        let missing: HashSet<ChunkId> = meta.missing_chunks(vol, &ids)?.into_iter().collect();
+        let mut seen = HashSet::with_capacity(missing.len());
+        verified.retain(|v| missing.contains(&v.id()) && seen.insert(v.id()));
         let refs: Vec<ChunkRef> = verified.iter().map(VerifiedPayload::chunk_ref).collect();
         let verified_at = started.elapsed();
         // Chunk bytes durable first, then the holding: a holding never names absent bytes.

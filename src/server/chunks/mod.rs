@@ -83,9 +83,6 @@ pub enum ChunkStoreError {
     /// The writer thread is gone.
     #[error("chunk writer is not running")]
     WriterGone,
-    /// Another put was storing some of the same chunks at the same time, and failed.
-    #[error("a concurrent write of the same chunks failed")]
-    Concurrent,
     /// A stored payload no longer matches its id (disk corruption); it is not served.
     #[error("stored chunk {id} is corrupt: {source}")]
     Corrupt {
@@ -107,7 +104,6 @@ impl ChunkStoreError {
             },
             Self::Index(e) => Self::Index(e.clone()),
             Self::WriterGone => Self::WriterGone,
-            Self::Concurrent => Self::Concurrent,
             Self::Corrupt { id, source } => Self::Corrupt {
                 id: *id,
                 source: match source {
@@ -139,8 +135,7 @@ impl ChunkStoreError {
         match self {
             ChunkStoreError::Io { .. }
             | ChunkStoreError::Index(_)
-            | ChunkStoreError::WriterGone
-            | ChunkStoreError::Concurrent => true,
+            | ChunkStoreError::WriterGone => true,
             ChunkStoreError::Corrupt { .. } => false,
         }
     }
@@ -148,7 +143,8 @@ impl ChunkStoreError {
 
 /// Where chunk payloads live. Calls block: the API layer runs them off the async threads.
 pub trait ChunkStore: Send + Sync {
-    /// Stores the payloads; returns once they are durable. Ids already stored are skipped.
+    /// Stores the payloads; returns once they are durable. Every payload is written, also one
+    /// stored already, so the time taken does not depend on what others stored.
     fn put(&self, chunks: Vec<VerifiedPayload>) -> Result<(), ChunkStoreError>;
     /// The payload stored for `id`, verified again on the way out; `None` if not stored.
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, ChunkStoreError>;

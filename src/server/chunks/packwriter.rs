@@ -6,16 +6,20 @@
 //! [`WRITERS`] writers take groups in turn, each with a pack of its own, so one writes while
 //! another waits for the disk. One indexer commits the rows of every group waiting for it in
 //! one transaction (one fsync), so the writers neither queue on SQLite's write lock (whose
-//! waiters poll with growing sleeps) nor pay an fsync each. A chunk another writer is storing is not written again: the
-//! group claims it, and answers only once that writer's group is durable (or fails with it).
+//! waiters poll with growing sleeps) nor pay an fsync each.
+//!
+//! Every payload handed in is written, even one the store holds already: whether another
+//! user stores a chunk must not change how long an upload takes (the API layer skips what
+//! the uploading volume holds). The index keeps a chunk's first place; later copies are dead
+//! bytes that repacking reclaims.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, params};
@@ -44,20 +48,18 @@ pub(super) struct PutJob {
 }
 
 /// Starts the writer threads; puts go to `rx`'s sender, and the threads end when it is
-/// dropped. `conn` opens a connection to the index (one per writer); `next_no` is the
+/// dropped. `index_conn` is the indexer's connection to the index; `next_no` is the
 /// number of the next pack to create; `recent` learns each group's rows once committed.
 pub(super) fn start(
     root: PathBuf,
     next_no: u64,
-    conn: impl Fn() -> Result<Connection, ChunkStoreError>,
+    index_conn: Connection,
     recent: Arc<RecentRows>,
     rx: Receiver<PutJob>,
 ) -> Result<Vec<JoinHandle<()>>, ChunkStoreError> {
     let rx = Arc::new(Mutex::new(rx));
     let next_no = Arc::new(AtomicU64::new(next_no));
-    let claims: Arc<Claims> = Arc::default();
     let (index, index_rx) = channel::<IndexJob>();
-    let index_conn = conn()?;
     let learns = recent.clone();
     // The indexer ends once every writer (holding a sender) has.
     let mut threads = vec![
@@ -69,11 +71,8 @@ pub(super) fn start(
     for _ in 0..WRITERS {
         let mut writer = Writer {
             root: root.clone(),
-            conn: conn()?,
             current: None,
             next_no: next_no.clone(),
-            claims: claims.clone(),
-            recent: recent.clone(),
             index: index.clone(),
         };
         let rx = rx.clone();
@@ -140,55 +139,6 @@ fn insert_rows<'r>(
     Ok(())
 }
 
-/// How a group's store ended: unset while it runs, then whether its chunks are durable.
-#[derive(Default)]
-struct Outcome {
-    durable: Mutex<Option<bool>>,
-    ended: Condvar,
-}
-
-impl Outcome {
-    fn set(&self, durable: bool) {
-        *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = Some(durable);
-        self.ended.notify_all();
-    }
-
-    fn wait(&self) -> bool {
-        let mut d = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(durable) = *d {
-                return durable;
-            }
-            d = self.ended.wait(d).unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-/// Chunks some writer is storing now, with its group's outcome.
-type Claims = Mutex<HashMap<ChunkId, Arc<Outcome>>>;
-
-/// A group's claims on its chunks, given up (and its outcome set) when dropped, so a writer
-/// that fails or panics never leaves another waiting.
-struct Claim<'a> {
-    claims: &'a Claims,
-    mine: Arc<Outcome>,
-    ids: Vec<ChunkId>,
-    durable: bool,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
-        for id in &self.ids {
-            if claims.get(id).is_some_and(|o| Arc::ptr_eq(o, &self.mine)) {
-                claims.remove(id);
-            }
-        }
-        drop(claims);
-        self.mine.set(self.durable);
-    }
-}
-
 /// One index row: chunk id, pack, offset of the payload, payload length.
 type Row = (ChunkId, u64, u64, u32);
 
@@ -210,12 +160,9 @@ struct OpenPack {
 
 struct Writer {
     root: PathBuf,
-    conn: Connection,
     current: Option<OpenPack>,
     /// Shared by the writers: the number of the next pack any of them creates.
     next_no: Arc<AtomicU64>,
-    claims: Arc<Claims>,
-    recent: Arc<RecentRows>,
     /// To the indexer: rows to commit once their bytes are durable.
     index: Sender<IndexJob>,
 }
@@ -235,24 +182,10 @@ impl Writer {
                 }
                 jobs
             };
-            let claims = self.claims.clone();
-            let mut claim = Claim {
-                claims: &claims,
-                mine: Arc::default(),
-                ids: Vec::new(),
-                durable: false,
-            };
-            let mut others = Vec::new();
-            let mut result = self.store_group(&jobs, &mut claim, &mut others);
+            let result = self.store_group(&jobs);
             if result.is_err() {
                 // The pack's tail may hold a partial entry: never append to it again.
                 self.current = None;
-            }
-            claim.durable = result.is_ok();
-            drop(claim);
-            // Chunks another writer was storing are ours only once its group is durable.
-            if result.is_ok() && !others.iter().all(|o| o.wait()) {
-                result = Err(ChunkStoreError::Concurrent);
             }
             for job in jobs {
                 let answer = match &result {
@@ -265,17 +198,11 @@ impl Writer {
         }
     }
 
-    /// Writes the group, makes it durable, then commits its index rows. Chunks it claims go
-    /// to `claim`; the outcomes of groups storing its other chunks go to `others`.
-    fn store_group(
-        &mut self,
-        jobs: &[PutJob],
-        claim: &mut Claim<'_>,
-        others: &mut Vec<Arc<Outcome>>,
-    ) -> Result<(), ChunkStoreError> {
+    /// Writes the group, makes it durable, then commits its index rows.
+    fn store_group(&mut self, jobs: &[PutJob]) -> Result<(), ChunkStoreError> {
         let started = std::time::Instant::now();
         let mut unsynced = Unsynced::default();
-        let rows = self.write_group(jobs, claim, others, &mut unsynced)?;
+        let rows = self.write_group(jobs, &mut unsynced)?;
         let written = started.elapsed();
         for (path, file) in &unsynced.packs {
             file.sync_data().map_err(|e| io_err(path, e))?;
@@ -302,49 +229,18 @@ impl Writer {
         Ok(())
     }
 
-    /// Appends the group's new chunks to packs and returns their index rows; `unsynced`
-    /// receives what must be made durable before the rows are committed.
+    /// Appends every chunk of the group to packs (each job's own duplicates once) and returns
+    /// their index rows; `unsynced` receives what must be made durable before the rows are
+    /// committed.
     fn write_group(
         &mut self,
         jobs: &[PutJob],
-        claim: &mut Claim<'_>,
-        others: &mut Vec<Arc<Outcome>>,
         unsynced: &mut Unsynced,
     ) -> Result<Vec<Row>, ChunkStoreError> {
-        let mut ids = HashSet::new();
-        let mut unstored: Vec<&VerifiedPayload> = Vec::new();
-        {
-            let mut exists = self
-                .conn
-                .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
-            for chunk in jobs.iter().flat_map(|j| &j.chunks) {
-                let id = chunk.id();
-                if !ids.insert(id)
-                    || self.recent.get(&id).is_some()
-                    || exists.exists([&id.as_bytes()[..]])?
-                {
-                    continue;
-                }
-                unstored.push(chunk);
-            }
-        }
-        let mut todo: Vec<&VerifiedPayload> = Vec::with_capacity(unstored.len());
-        {
-            let mut claims = claim.claims.lock().unwrap_or_else(PoisonError::into_inner);
-            for chunk in unstored {
-                match claims.get(&chunk.id()) {
-                    Some(other) => {
-                        if !others.iter().any(|o| Arc::ptr_eq(o, other)) {
-                            others.push(other.clone());
-                        }
-                    }
-                    None => {
-                        claims.insert(chunk.id(), claim.mine.clone());
-                        claim.ids.push(chunk.id());
-                        todo.push(chunk);
-                    }
-                }
-            }
+        let mut todo: Vec<&VerifiedPayload> = Vec::new();
+        for job in jobs {
+            let mut ids = HashSet::with_capacity(job.chunks.len());
+            todo.extend(job.chunks.iter().filter(|c| ids.insert(c.id())));
         }
         let mut rows = Vec::with_capacity(todo.len());
         for chunk in todo {
