@@ -1,4 +1,5 @@
-//! deltadrive: a synced drive. See DESIGN.md for the parts and how data flows through them.
+//! deltadrive: a synced drive. See docs/ARCHITECTURE.md for the parts and how data flows
+//! through them.
 
 pub mod chunking;
 pub mod cli;

@@ -1,6 +1,7 @@
-//! The conflict rules of DESIGN.md on real parts: two mounts of alice-docs (laptop, phone)
-//! on a real server. Concurrent changes are made deterministic by making them while the
-//! server is down (neither side can push), then starting it again on the same address.
+//! The conflict rules (docs/ARCHITECTURE.md, "Conflicts") on real parts: two mounts of
+//! alice-docs (laptop, phone) on a real server. Concurrent changes are made deterministic by
+//! making them while the server is down (neither side can push), then starting it again on
+//! the same address.
 
 mod common;
 mod support;

@@ -243,7 +243,8 @@ fn status_umount_progress_and_timeout_then_a_remount_resumes_from_its_cursor() {
     let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
     fs::write(laptop.path("first.txt"), b"first").unwrap();
     wait_quiet(&[&laptop], QUIET);
-    // The fields DESIGN.md names, with what a quiet, online drive says.
+    // The status fields docs/ARCHITECTURE.md names ("State on disk"), with what a quiet,
+    // online drive says.
     let s = laptop.status();
     for field in [
         "cursor",

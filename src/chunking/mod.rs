@@ -1,6 +1,6 @@
 //! The difference engine: content-defined chunking, manifests and difference transactions.
 //!
-//! Pure library code: no FUSE, no network, no database (see DESIGN.md).
+//! Pure library code: no FUSE, no network, no database (docs/ARCHITECTURE.md, "The parts").
 //!
 //! - Cut a file: [`chunk_file`], [`chunk_reader`] (streaming, bounded memory), [`chunk_bytes`],
 //!   or [`StreamChunker`] to see each chunk's bytes as it is cut. [`chunk_bytes`] and

@@ -99,7 +99,7 @@ fn check(which: &'static str, value: u32, lo: usize, hi: usize) -> Result<(), Pa
 }
 
 impl ChunkerParams {
-    /// 4/16/64 KiB: small chunks keep small edits cheap (DESIGN.md).
+    /// 4/16/64 KiB: small chunks keep small edits cheap (docs/ARCHITECTURE.md, "Data model").
     pub const DEFAULT: Self = Self {
         min: 4 * 1024,
         avg: 16 * 1024,

@@ -1,6 +1,6 @@
 //! The sync engine: follows a volume's change log and applies other devices' difference
-//! transactions to the local drive (the read path of DESIGN.md), and decides with the pure
-//! three-tree planner ([`plan`]).
+//! transactions to the local drive (docs/ARCHITECTURE.md, "Read path"), and decides with the
+//! pure three-tree planner ([`plan`]).
 //!
 //! A new state directory starts from the server's snapshot; a known one resumes from its
 //! cursor. Local changes are pushed as difference transactions; both directions are planned

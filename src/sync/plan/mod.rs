@@ -16,7 +16,7 @@
 //! server's op limit can go in several commits, in order). Logging the conflicts is the
 //! caller's: the planner does not even log.
 //!
-//! The rules (DESIGN.md, "Conflicts: never lose a byte"; the remote side is the one
+//! The rules (docs/ARCHITECTURE.md, "Conflicts"; the remote side is the one
 //! committed first):
 //! 1. A change on one side only is taken; the same change on both sides is nothing to do.
 //! 2. Content changed on both sides, differently: the remote version keeps the node and its
