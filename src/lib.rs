@@ -6,6 +6,7 @@ pub mod cli;
 pub mod drive;
 pub mod durability;
 pub mod fs;
+pub mod private;
 pub mod protocol;
 pub mod remote;
 pub mod server;

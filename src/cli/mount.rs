@@ -116,7 +116,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
 
 /// Starts this program again as a detached daemon and waits until it says the mount works.
 fn spawn_daemon(mountpoint: &Path, state: &StateDir, args: &MountArgs) -> anyhow::Result<()> {
-    let log = OpenOptions::new()
+    let log = crate::private::file_options()
         .create(true)
         .append(true)
         .open(state.log_path())

@@ -86,9 +86,9 @@ fn registry_file(mountpoint: &Path) -> PathBuf {
 
 /// Notes that `mountpoint` is served from `state`.
 pub fn register(mountpoint: &Path, state: &Path) -> io::Result<()> {
-    fs::create_dir_all(registry_dir())?;
-    fs::write(
-        registry_file(mountpoint),
+    crate::private::create_dir_all(&registry_dir())?;
+    crate::private::write(
+        &registry_file(mountpoint),
         state.as_os_str().as_encoded_bytes(),
     )
 }

@@ -117,7 +117,7 @@ impl Drive {
     /// (on the same filesystem as the backing files, so the rename is atomic).
     pub fn staging_dir(&self) -> DriveResult<PathBuf> {
         let dir = self.state.root().join("staging");
-        std::fs::create_dir_all(&dir)?;
+        crate::private::create_dir_all(&dir)?;
         Ok(dir)
     }
 

@@ -34,14 +34,14 @@ const FREE_MAX: usize = 16_384;
 impl Backing {
     /// Opens (creating if needed) the content directory `root`.
     pub fn open(root: &Path) -> io::Result<Backing> {
-        fs::create_dir_all(root)?;
+        crate::private::create_dir_all(root)?;
         let free_dir = root.join("free");
         // Files left in the free list by an earlier session are not worth keeping track of.
         match fs::remove_dir_all(&free_dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        fs::create_dir(&free_dir)?;
+        crate::private::create_dir(&free_dir)?;
         Ok(Backing {
             root: root.to_path_buf(),
             free: Mutex::new(FreeList::default()),

@@ -1,6 +1,6 @@
 //! The state directory of one mount: where its database, backing files, lock and log live.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -39,9 +39,9 @@ pub struct StateLock {
 }
 
 impl StateDir {
-    /// The state directory at `root` (created if missing).
+    /// The state directory at `root` (created 0700 if missing, with its missing parents).
     pub fn new(root: &Path) -> io::Result<StateDir> {
-        fs::create_dir_all(root)?;
+        crate::private::create_dir_all(root)?;
         Ok(StateDir {
             root: root.canonicalize()?,
         })
@@ -111,7 +111,7 @@ impl StateDir {
             dir: self.root.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let mut file = crate::private::file_options()
             .read(true)
             .write(true)
             .create(true)

@@ -77,6 +77,9 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("metadata writer stopped")]
     Stopped,
+    /// The database file could not be created.
+    #[error("creating the metadata database: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Everything persistent about one node, as written to a row (no children, no runtime counts).
@@ -192,6 +195,7 @@ pub struct Summary {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    crate::private::create_db_file(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -2,7 +2,7 @@
 //! backing file) plus the chunks it fetches, into a staged file the drive then renames in.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -140,7 +140,7 @@ fn write_content(
 ) -> Result<(), SyncError> {
     let (order, places, kept) = placements(target, in_place);
     // Not truncated: a prefetched file keeps the chunks in place.
-    let file = OpenOptions::new()
+    let file = crate::private::file_options()
         .write(true)
         .create(true)
         .truncate(false)
@@ -338,7 +338,7 @@ fn write_from(
     fsync: bool,
 ) -> Result<(), SyncError> {
     let mut supplied = supplied;
-    let file = File::create(path)?;
+    let file = crate::private::create_file(path)?;
     let mut out = BufWriter::new(&file);
     match base {
         Some((node, manifest)) => {

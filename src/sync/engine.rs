@@ -413,7 +413,7 @@ impl Ctx {
             return;
         };
         let tmp = self.status_path.with_extension("json.tmp");
-        if std::fs::write(&tmp, json)
+        if crate::private::write(&tmp, &json)
             .and_then(|()| std::fs::rename(&tmp, &self.status_path))
             .is_err()
         {

@@ -321,7 +321,7 @@ impl LocalRun<'_> {
                 let staged = Staged::new(self.drive)?;
                 {
                     let mut from = self.drive.open_content(source)?;
-                    let mut to = std::fs::File::create(staged.path())?;
+                    let mut to = crate::private::create_file(staged.path())?;
                     std::io::copy(&mut from, &mut to)?;
                     to.sync_all()?;
                 }

@@ -10,7 +10,7 @@
 //! effort: a missed or wrong one costs a fetch at commit time, as without hints.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -146,7 +146,7 @@ impl Prefetch {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        std::fs::create_dir_all(&dir)?;
+        crate::private::create_dir_all(&dir)?;
         let prefetch = Prefetch {
             inner: Arc::new(Inner {
                 dir,
@@ -347,7 +347,7 @@ impl Prefetch {
             return Ok(None);
         }
         let path = self.inner.dir.join(format!("{node}.part"));
-        let file = OpenOptions::new()
+        let file = crate::private::file_options()
             .create(true)
             .truncate(true)
             .write(true)

@@ -116,6 +116,7 @@ pub struct SyncState {
 impl SyncState {
     /// Opens (creating) the state at `path`.
     pub fn open(path: &Path) -> Result<SyncState, SyncError> {
+        crate::private::create_db_file(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;

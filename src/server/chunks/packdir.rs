@@ -76,6 +76,7 @@ pub(super) fn io_err(path: &Path, source: std::io::Error) -> ChunkStoreError {
 }
 
 fn open_index(path: &Path) -> Result<Connection, ChunkStoreError> {
+    crate::private::create_db_file(path).map_err(|e| io_err(path, e))?;
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -126,7 +127,7 @@ fn highest_pack_on_disk(root: &Path) -> Result<u64, ChunkStoreError> {
 impl PackDirStore {
     /// Opens (creating if needed) the store rooted at `root`, and starts its writer thread.
     pub fn open(root: &Path) -> Result<Self, ChunkStoreError> {
-        std::fs::create_dir_all(root.join("packs")).map_err(|e| io_err(root, e))?;
+        crate::private::create_dir_all(&root.join("packs")).map_err(|e| io_err(root, e))?;
         let index_path = root.join("index.sqlite");
         let conn = open_index(&index_path)?;
         conn.execute_batch(

@@ -14,7 +14,7 @@
 //! bytes that repacking reclaims.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -289,8 +289,8 @@ impl Writer {
             let path = pack_path(&self.root, no);
             let dir = path.parent().unwrap_or(&self.root).to_path_buf();
             let new_dir = !dir.exists();
-            std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-            let mut file = OpenOptions::new()
+            crate::private::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+            let mut file = crate::private::file_options()
                 .create_new(true)
                 .append(true)
                 .open(&path)

@@ -95,11 +95,15 @@ impl SqliteMeta {
     /// Opens (creating if needed) the store at `path`, and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, MetaError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| MetaError::Io {
+            crate::private::create_dir_all(dir).map_err(|source| MetaError::Io {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
+        crate::private::create_db_file(path).map_err(|source| MetaError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(path)?;
         schema::prepare(&conn, true)?;
         let (tx, rx) = mpsc::channel::<Job>();
