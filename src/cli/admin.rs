@@ -98,6 +98,7 @@ pub enum VolumeCommand {
 
 /// Runs one admin command; results go to stdout, one item per line, tab-separated.
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    super::serve::make_private(&args.data);
     let store = SqliteMeta::open(&meta_path(&args.data))
         .with_context(|| format!("opening {}", args.data.display()))?;
     match args.what {

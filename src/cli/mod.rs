@@ -55,10 +55,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging();
     heap::keep_big_buffers();
     match cli.command {
-        Command::Mount(args) => mount::run(args),
+        // umask 077 for the two that keep state: what a dependency might create is private
+        // too (ours is, whatever the umask: crate::private).
+        Command::Mount(args) => {
+            crate::private::restrict_umask();
+            mount::run(args)
+        }
         Command::Umount(args) => umount::run(args),
         Command::Status(args) => status::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => {
+            crate::private::restrict_umask();
+            serve::run(args)
+        }
         Command::Admin(args) => admin::run(args),
     }
 }

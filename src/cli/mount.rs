@@ -222,6 +222,7 @@ fn serve_until_stopped(
     }
     let signals = block_stop_signals();
     let _lock = state.lock()?;
+    make_private(&state);
     // SAFETY: getuid/getgid have no preconditions.
     let owner = unsafe {
         Caller {
@@ -283,6 +284,17 @@ fn serve_until_stopped(
     let how = result.with_context(|| format!("cannot mount {}", mountpoint.display()))?;
     tracing::info!(?how, "unmounted");
     Ok(())
+}
+
+/// Makes the state directory (and deltadrive's directory under $XDG_DATA_HOME, which names
+/// every mountpoint) private if an older build left them readable by other users; logged.
+/// Under the lock, before the databases open. Not fatal: the drive works either way.
+fn make_private(state: &StateDir) {
+    for root in [StateDir::data_home(), state.root().to_path_buf()] {
+        if let Err(e) = crate::private::tighten(&root) {
+            tracing::warn!(root = %root.display(), error = %e, "cannot make the state private");
+        }
+    }
 }
 
 /// After readiness the parent stops reading our stdout; later writes must not fail or block.

@@ -33,6 +33,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    make_private(&args.data);
     let (meta, chunks) = server::open_embedded(&args.data)
         .with_context(|| format!("opening the data directory {}", args.data.display()))?;
     let result = runtime.block_on(serve(&args, meta.clone(), chunks.clone()));
@@ -41,6 +42,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop((meta, chunks));
     tracing::info!("stopped");
     result
+}
+
+/// Makes a data directory an older build left readable by other users private (logged).
+/// Not fatal: opening the stores reports a directory we cannot read.
+pub(super) fn make_private(data: &std::path::Path) {
+    if let Err(e) = crate::private::tighten(data) {
+        tracing::warn!(data = %data.display(), error = %e, "cannot make the data directory private");
+    }
 }
 
 async fn serve(
