@@ -54,13 +54,18 @@ pub enum ReconstructError {
         /// Its id.
         id: ChunkId,
     },
-    /// The source handed back a different chunk from the one asked for.
-    #[error("chunk {index}: asked for {expected}, got {actual} ({len} bytes)")]
+    /// The source handed back a different chunk from the one asked for, or one of another
+    /// length than the manifest says.
+    #[error(
+        "chunk {index}: asked for {expected} of {expected_len} bytes, got {actual} ({len} bytes)"
+    )]
     WrongChunk {
         /// Position of the chunk in the target manifest.
         index: usize,
         /// The id asked for.
         expected: ChunkId,
+        /// The length the manifest gives it.
+        expected_len: u32,
         /// The id received.
         actual: ChunkId,
         /// The length received.
@@ -147,6 +152,7 @@ where
             return Err(ReconstructError::WrongChunk {
                 index,
                 expected: c.id,
+                expected_len: c.len,
                 actual: chunk.id(),
                 len: chunk.bytes().len(),
             });

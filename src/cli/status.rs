@@ -185,8 +185,30 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
                 (now - ms).max(0) as f64 / 1000.0
             );
         }
+        if !s.sync.set_aside.is_empty() {
+            println!(
+                "  set aside:         {} file(s) whose content could not be rebuilt, retried \
+                 with backoff:",
+                s.sync.set_aside.len()
+            );
+            for f in &s.sync.set_aside {
+                println!(
+                    "    {} ({}; {} attempt(s), next in {:.0} s)",
+                    f.path,
+                    f.reason,
+                    f.attempts,
+                    f.retry_in_ms as f64 / 1000.0
+                );
+            }
+        }
         if let Some(e) = &s.sync.last_error {
-            println!("  last error:        {e}");
+            match s.sync.retry_in_ms {
+                Some(ms) => println!(
+                    "  last error:        {e} (next attempt in {:.0} s)",
+                    ms as f64 / 1000.0
+                ),
+                None => println!("  last error:        {e}"),
+            }
         }
     }
     Ok(())

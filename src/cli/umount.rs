@@ -56,7 +56,19 @@ fn wait_for_sync(mountpoint: &Path, pid: u32, timeout: Duration) -> anyhow::Resu
         if !s.daemon_running {
             return Ok(());
         }
-        if s.sync.updated_ms >= asked && s.sync.idle && s.pending_versions == 0 {
+        // A drive that cannot sync now (the server is away, or its answers make no sense)
+        // and has nothing of its own to send leaves nothing to wait for.
+        let stuck_with_nothing_to_send = s.sync.retry_in_ms.is_some()
+            && s.sync.pending_transactions == 0
+            && s.pending_upload_bytes == 0
+            && s.unrecorded_files == 0;
+        if s.sync.updated_ms >= asked
+            && (s.sync.idle || stuck_with_nothing_to_send)
+            && s.pending_versions == 0
+        {
+            if let (false, Some(e)) = (s.sync.idle, &s.sync.last_error) {
+                eprintln!("not in sync, but nothing to upload: {e}");
+            }
             return Ok(());
         }
         if start.elapsed() > timeout {

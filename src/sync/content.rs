@@ -184,7 +184,7 @@ fn write_content(
     }
     written += fetch_into(remote, &need, &out)?;
     if written != target.size() {
-        return Err(SyncError::Inconsistent(format!(
+        return Err(SyncError::Misfit(format!(
             "rebuilt {written} bytes of a {} byte file",
             target.size()
         )));
@@ -279,6 +279,7 @@ fn fetch_into(remote: &Remote, need: &[ChunkRef], out: &Placer<'_>) -> Result<u6
         parts.push(part);
         rest = tail;
     }
+    let lens: HashMap<ChunkId, u32> = need.iter().map(|c| (c.id, c.len)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     // One pending kick is enough: a writeback started later covers everything before it.
     let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
@@ -290,15 +291,26 @@ fn fetch_into(remote: &Remote, need: &[ChunkRef], out: &Placer<'_>) -> Result<u6
             let ids: Vec<ChunkId> = part.iter().map(|c| c.id).collect();
             let mut failed = None;
             remote.fetch_each_buffered(&ids, &mut answer, |chunk| {
-                if failed.is_none() {
-                    match out.put(&mut run, chunk.bytes(), &chunk.id()) {
-                        Ok(n) => written += n,
-                        Err(e) => failed = Some(e),
-                    }
+                if failed.is_some() {
+                    return;
+                }
+                let expected = lens.get(&chunk.id()).copied().unwrap_or(0);
+                if chunk.bytes().len() != expected as usize {
+                    // A chunk is what its id says; the manifest's length for it is wrong.
+                    failed = Some(SyncError::Misfit(format!(
+                        "chunk {} is {} bytes, the manifest says {expected}",
+                        chunk.id(),
+                        chunk.bytes().len()
+                    )));
+                    return;
+                }
+                match out.put(&mut run, chunk.bytes(), &chunk.id()) {
+                    Ok(n) => written += n,
+                    Err(e) => failed = Some(e.into()),
                 }
             })?;
             if let Some(e) = failed {
-                return Err(e.into());
+                return Err(e);
             }
             out.flush(&mut run)?;
             let _ = kick.try_send(());

@@ -23,6 +23,7 @@ use crate::protocol::{AccountName, ChangesResponse, CommitRequest, NodeId, Seq, 
 use crate::remote::{Remote, RemoteError};
 
 use super::SyncError;
+use super::aside::{Aside, AsideFile, keep_out};
 use super::execute::{Applied, LocalRun};
 use super::local::scan;
 use super::plan::{ConflictStamp, Context, Plan, plan};
@@ -86,6 +87,12 @@ pub struct EngineStatus {
     pub idle: bool,
     /// The last error, if the last attempt failed.
     pub last_error: Option<String>,
+    /// After a failed attempt: time until the next one, in milliseconds.
+    #[serde(default)]
+    pub retry_in_ms: Option<u64>,
+    /// Files whose content could not be rebuilt, set aside and tried again with backoff.
+    #[serde(default)]
+    pub set_aside: Vec<AsideFile>,
     /// When this status was written (ms since the epoch).
     #[serde(default)]
     pub updated_ms: i64,
@@ -107,6 +114,9 @@ struct Wake {
     /// request of a burst does, costs one atomic load and no lock.
     hint: AtomicBool,
     cv: Condvar,
+    /// Set by an explicit request to look now (`umount`, `status`): it also cuts a backoff
+    /// short, which the drive's own rings (every write) must not.
+    nudged: AtomicBool,
 }
 
 impl Wake {
@@ -152,6 +162,8 @@ enum Next {
     Soon(Duration),
     /// All quiet.
     Idle,
+    /// All quiet but for set-aside files: the next is due after this long.
+    Aside(Duration),
 }
 
 struct Ctx {
@@ -179,6 +191,16 @@ struct Ctx {
     held: HashSet<ChunkId>,
     /// Content fetched ahead from the other devices' upload hints.
     prefetch: Prefetch,
+    /// Files whose content could not be rebuilt, waiting for their next attempt.
+    aside: Aside,
+    /// The change that did not apply to the remote tree and made it reload from a snapshot:
+    /// if the reloaded tree meets it again, the change log itself is at fault.
+    reloaded_at: Option<Seq>,
+    /// Bumped by everything a cycle gets done (a change pulled, a transaction committed,
+    /// local steps applied): a cycle that asks to go again without moving it is stalled.
+    progress: u64,
+    /// Stalled cycles in a row.
+    stalls: u32,
 }
 
 /// What the waker's long-poll saw, shared with the engine.
@@ -207,6 +229,10 @@ impl Polled {
             _ => None,
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn now_ms() -> i64 {
@@ -259,6 +285,10 @@ impl Engine {
             joined: false,
             held: HashSet::new(),
             prefetch,
+            aside: Aside::default(),
+            reloaded_at: None,
+            progress: 0,
+            stalls: 0,
         };
         // The status file may be a dead daemon's (idle, after a crash): this one is not idle
         // until its first cycle says so.
@@ -279,10 +309,14 @@ impl Engine {
         })
     }
 
-    /// A handle that makes the engine look at both sides now (and publish its status).
+    /// A handle that makes the engine look at both sides now (and publish its status), also
+    /// in the middle of a backoff.
     pub fn nudger(&self) -> crate::drive::ChangeHook {
         let wake = Arc::clone(&self.wake);
-        Arc::new(move || wake.ring())
+        Arc::new(move || {
+            wake.nudged.store(true, Ordering::Relaxed);
+            wake.ring();
+        })
     }
 
     /// Asks the engine to stop and waits for its current step (the waker thread, which may
@@ -310,14 +344,27 @@ pub(super) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
     }
 }
 
+/// Whether a long-poll answer with nothing in it came back long before its wait: a server
+/// that does not hold long-polls (or is shutting down) must not turn a poll loop into a
+/// tight one, so the caller backs off as after a failure.
+pub(super) fn returned_early(asked: Instant, empty: bool, wait_secs: u64) -> bool {
+    empty && asked.elapsed() < Duration::from_secs(wait_secs) / 2
+}
+
 /// Long-polls the change log and rings when the head moves past what was seen.
 fn waker(remote: Remote, stop: Arc<AtomicBool>, wake: Arc<Wake>, polled: Arc<Polled>) {
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         let after = Seq(polled.head.load(Ordering::Relaxed));
+        let asked = Instant::now();
         match remote.changes(after, POLL_WAIT_SECS, 1) {
             Ok(page) => {
-                backoff = Duration::from_secs(1);
+                if returned_early(asked, page.changes.is_empty(), POLL_WAIT_SECS) {
+                    sleep_unless_stopped(&stop, backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                } else {
+                    backoff = Duration::from_secs(1);
+                }
                 if page.head > after {
                     let head = page.head.0;
                     if !page.changes.is_empty() {
@@ -345,6 +392,7 @@ impl Ctx {
         let mut backoff = Duration::from_secs(1);
         while !self.stop.load(Ordering::Relaxed) {
             self.wake.clear();
+            self.wake.nudged.store(false, Ordering::Relaxed);
             if self.status.idle {
                 // Woken: a change may be waiting. Readers must not see `idle` while this
                 // cycle scans (chunking a large file takes seconds) and takes the drive's
@@ -352,13 +400,20 @@ impl Ctx {
                 self.status.idle = false;
                 self.publish();
             }
+            let before = self.progress;
             let next = self.cycle();
             match next {
+                Ok(Next::Again) if self.progress == before => {
+                    let pause = self.stalled();
+                    self.sleep(pause);
+                }
                 Ok(next) => {
                     backoff = Duration::from_secs(1);
+                    self.stalls = 0;
                     self.status.online = true;
                     self.status.last_error = None;
-                    let quiet = matches!(next, Next::Idle) && !self.wake.is_rung();
+                    self.status.retry_in_ms = None;
+                    let quiet = matches!(next, Next::Idle | Next::Aside(_)) && !self.wake.is_rung();
                     self.status.idle = quiet;
                     if quiet {
                         self.status.pending_transactions = 0;
@@ -370,8 +425,12 @@ impl Ctx {
                         Next::Soon(d) => {
                             self.wake.wait(d);
                         }
-                        Next::Idle => {
-                            if self.wake.wait(RESCAN) {
+                        Next::Idle | Next::Aside(_) => {
+                            let wait = match next {
+                                Next::Aside(d) => d.min(RESCAN),
+                                _ => RESCAN,
+                            };
+                            if self.wake.wait(wait) {
                                 // Let a burst of changes land before looking.
                                 std::thread::sleep(SETTLE);
                             }
@@ -387,6 +446,7 @@ impl Ctx {
                     self.status.online = !matches!(&e, SyncError::Remote(r) if r.is_retryable());
                     self.status.idle = false;
                     self.status.last_error = Some(e.to_string());
+                    self.status.retry_in_ms = Some(millis(backoff));
                     self.estimate_pending();
                     self.publish();
                     self.sleep(backoff);
@@ -397,8 +457,39 @@ impl Ctx {
         self.publish();
     }
 
+    /// A cycle asked to go again without getting anything done (a server whose head runs
+    /// ahead of its change log, a commit refused again and again): the first time it goes
+    /// again at once, as a refusal needs; then it backs off like a failure (1 s, doubling).
+    fn stalled(&mut self) -> Duration {
+        self.stalls = self.stalls.saturating_add(1);
+        if self.stalls == 1 {
+            return Duration::ZERO;
+        }
+        let pause = Duration::from_secs(1)
+            .saturating_mul(1 << (self.stalls - 2).min(16))
+            .min(MAX_BACKOFF);
+        let why = format!(
+            "sync makes no progress (cursor {}, server head {})",
+            self.status.cursor, self.status.server_head
+        );
+        tracing::warn!("{why}; looking again in {pause:?}");
+        self.status.idle = false;
+        self.status.last_error = Some(why);
+        self.status.retry_in_ms = Some(millis(pause));
+        self.publish();
+        pause
+    }
+
+    /// Backs off for `total`, or less once stopped or nudged; the drive's rings do not cut it
+    /// short (a program writing all the time would turn the backoff into a tight loop).
     fn sleep(&self, total: Duration) {
-        sleep_unless_stopped(&self.stop, total);
+        let deadline = Instant::now() + total;
+        while Instant::now() < deadline
+            && !self.stop.load(Ordering::Relaxed)
+            && !self.wake.nudged.swap(false, Ordering::Relaxed)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn publish(&mut self) {
@@ -408,6 +499,7 @@ impl Ctx {
         self.status.bytes_prefetched = self.prefetch.placed_bytes();
         self.status.chunk_upload_bytes = self.to_upload.load(Ordering::Relaxed);
         self.status.bytes_to_download = self.to_download.load(Ordering::Relaxed);
+        self.status.set_aside = self.aside.report(&self.mem.remote.tree, Instant::now());
         self.status.updated_ms = now_ms();
         let Ok(json) = serde_json::to_vec_pretty(&self.status) else {
             return;
@@ -469,6 +561,10 @@ impl Ctx {
             self.join()?;
         }
         self.pull(None)?;
+        let (remote, local) = (&self.mem.remote.tree, &self.mem.local);
+        self.aside.settle(remote, |node, content| {
+            local.get(&node).is_some_and(|c| c.manifest == *content)
+        });
         let started = Instant::now();
         let (plan, remote, busy_wait) = self.plan_now(&device)?;
         tracing::debug!(
@@ -482,10 +578,12 @@ impl Ctx {
             self.setbacks = 0;
             return Ok(if busy_wait {
                 Next::Soon(BUSY_RETRY)
-            } else if caught_up {
-                Next::Idle
-            } else {
+            } else if !caught_up {
                 Next::Again
+            } else if let Some(due) = self.aside.next_retry(Instant::now()) {
+                Next::Aside(due)
+            } else {
+                Next::Idle
             });
         }
         self.status.pending_transactions = plan.to_remote.len().div_ceil(PUSH_BATCH) as u64;
@@ -500,7 +598,7 @@ impl Ctx {
         if !plan.to_local.is_empty() {
             let started = Instant::now();
             let local_before = self.last_local.take().unwrap_or_default();
-            let applied = LocalRun {
+            let mut run = LocalRun {
                 drive: &self.drive,
                 remote: &self.remote,
                 prefetch: Some(&self.prefetch),
@@ -509,8 +607,21 @@ impl Ctx {
                 params: self.params,
                 to_download: &self.to_download,
                 placed: Vec::new(),
+                unbuilt: Vec::new(),
+            };
+            let applied = run.run(&plan.to_local, &local_before);
+            let unbuilt = std::mem::take(&mut run.unbuilt);
+            let applied = applied?;
+            self.progress += 1;
+            if !unbuilt.is_empty() {
+                let now = Instant::now();
+                for u in unbuilt {
+                    self.aside.set(u.node, u.content, u.reason, now);
+                }
+                // The synced tree must not take the remote tree as held: plan again with
+                // those files kept out.
+                return Ok(Next::Again);
             }
-            .run(&plan.to_local, &local_before)?;
             if let Applied::Interrupted(why) = applied {
                 tracing::info!("local steps interrupted by a local change: {why}");
                 return Ok(Next::Soon(self.setback()));
@@ -540,7 +651,7 @@ impl Ctx {
             let mut agreed = remote.tree.clone();
             for batch in plan.to_remote.chunks(PUSH_BATCH) {
                 match self.push(batch, &mut agreed)? {
-                    Pushed::Committed => {}
+                    Pushed::Committed => self.progress += 1,
                     Pushed::Again => return Ok(Next::Again),
                     Pushed::Later => return Ok(Next::Soon(self.setback().max(BUSY_RETRY))),
                 }
@@ -581,6 +692,9 @@ impl Ctx {
         let mut l = local.tree;
         let mut r = self.mem.remote.clone();
         let mut held = false;
+        for node in self.aside.waiting(Instant::now()) {
+            keep_out(node, &self.mem.synced, &mut r.tree, &mut l);
+        }
         for id in &local.busy {
             // Remote content for a file being written waits until it is closed: both sides'
             // content stays out of this plan.
@@ -643,6 +757,7 @@ impl Ctx {
         self.state.replace_remote(&remote, &manifests, snap.seq)?;
         self.mem.remote = remote;
         self.joined = true;
+        self.progress += 1;
         self.status.cursor = snap.seq.0;
         self.status.server_head = self.status.server_head.max(snap.seq.0);
         self.polled.head.fetch_max(snap.seq.0, Ordering::Relaxed);
@@ -671,12 +786,22 @@ impl Ctx {
                         .apply(change.seq, &change.ops, &mut self.mem.manifests)
                     {
                         Ok(rows) => rows,
+                        Err(e) if self.reloaded_at == Some(change.seq) => {
+                            // A tree reloaded for this very change meets it again: the
+                            // server's change log does not make sense here. Reloading once
+                            // more would not help; the failure backs off and shows in status.
+                            return Err(SyncError::Inconsistent(format!(
+                                "the server's change {} does not apply to its own tree: {e}",
+                                change.seq.0
+                            )));
+                        }
                         Err(e) => {
                             // The remote tree no longer matches the server's: start it over.
                             tracing::error!(
                                 "change {}: {e}; reloading the remote tree",
                                 change.seq.0
                             );
+                            self.reloaded_at = Some(change.seq);
                             return self.join();
                         }
                     };
@@ -686,6 +811,10 @@ impl Ctx {
                     change.seq,
                 )?;
                 self.status.cursor = change.seq.0;
+                self.progress += 1;
+                if self.reloaded_at.is_some_and(|at| at <= change.seq) {
+                    self.reloaded_at = None;
+                }
             }
             if !page.more && until.is_none() {
                 return Ok(());
@@ -729,6 +858,7 @@ impl Ctx {
                     ),
                 }
                 self.state.remove_outbox(req.txn)?;
+                self.progress += 1;
             }
             Err(e) if is_refusal(&e) => {
                 // Its changes are still in the local tree: the next plan pushes them anew.

@@ -28,6 +28,10 @@ pub enum SyncError {
     /// Content could not be rebuilt from chunks.
     #[error("rebuilding content: {0}")]
     Reconstruct(#[from] ReconstructError),
+    /// Content from the server does not fit its manifest (a chunk of another length than
+    /// the manifest says): that file cannot be rebuilt.
+    #[error("content does not fit its manifest: {0}")]
+    Misfit(String),
     /// The server sent something that contradicts what this device holds.
     #[error("inconsistent change from the server: {0}")]
     Inconsistent(String),
@@ -45,6 +49,34 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// Whether the failure is about one file's content as the server sent it (a chunk the
+    /// server does not serve, an answer that does not verify, a chunk that does not fit its
+    /// manifest), so that the file can be set aside and the rest go on. Local I/O and a
+    /// server that cannot be reached are not: those stop the whole attempt.
+    pub fn is_content_fault(&self) -> bool {
+        match self {
+            SyncError::Reconstruct(e) => match e {
+                ReconstructError::Missing { .. }
+                | ReconstructError::WrongChunk { .. }
+                | ReconstructError::BadChunkLength { .. } => true,
+                ReconstructError::ReadBase { .. }
+                | ReconstructError::Source { .. }
+                | ReconstructError::Write(_) => false,
+            },
+            SyncError::Remote(RemoteError::NotFound { body, .. }) => !body.chunks.is_empty(),
+            SyncError::Remote(e) => matches!(e, RemoteError::Protocol(_)),
+            SyncError::Misfit(_) => true,
+            SyncError::Drive(_)
+            | SyncError::State(_)
+            | SyncError::Manifest(_)
+            | SyncError::Edit(_)
+            | SyncError::Chunk(_)
+            | SyncError::Inconsistent(_)
+            | SyncError::Io(_)
+            | SyncError::WrongBinding { .. } => false,
+        }
+    }
+
     /// Whether waiting and trying again may succeed (the network, a busy file).
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -55,6 +87,7 @@ impl SyncError {
             | SyncError::Manifest(_)
             | SyncError::Edit(_)
             | SyncError::Reconstruct(_)
+            | SyncError::Misfit(_)
             | SyncError::Chunk(_)
             | SyncError::Inconsistent(_)
             | SyncError::Io(_)

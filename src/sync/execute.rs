@@ -4,6 +4,8 @@
 //! The drive checks each change under its own lock, so a program racing the engine (writing
 //! a file about to be replaced, taking a name about to be used) makes the step fail instead
 //! of losing its bytes; the run then stops and the engine plans again from what is there.
+//! A file whose new content cannot be rebuilt from what the server sends is skipped and
+//! reported in [`LocalRun::unbuilt`]; the run goes on with the rest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +54,29 @@ pub struct LocalRun<'a> {
     /// Contents of files placed, recorded together at the end: one transaction, not one
     /// per file (losing them in a crash only costs chunking those files again).
     pub placed: Vec<(NodeId, LocalContent)>,
+    /// Files whose new content could not be rebuilt; their steps were skipped.
+    pub unbuilt: Vec<Unbuilt>,
+}
+
+/// A file whose remote content could not be rebuilt from what the server sent.
+#[derive(Debug)]
+pub struct Unbuilt {
+    /// The file.
+    pub node: NodeId,
+    /// The content it should have had.
+    pub content: ManifestId,
+    /// Why not.
+    pub reason: String,
+}
+
+/// How a small file of a batch was staged.
+enum Batched {
+    /// Staged from the batch's chunks.
+    Ready(Staged),
+    /// Its content does not fit its manifest (the batch supplied every chunk).
+    Failed(SyncError),
+    /// The batch's fetch failed on content: staged alone, so the fault is this file's.
+    Alone,
 }
 
 impl LocalRun<'_> {
@@ -75,7 +100,7 @@ impl LocalRun<'_> {
     fn run_steps(&mut self, steps: &[LocalStep], local: &Tree) -> Result<Applied, SyncError> {
         let total: u64 = steps.iter().map(download_size).sum();
         self.to_download.store(total, Ordering::Relaxed);
-        let mut staged: HashMap<NodeId, Staged> = HashMap::new();
+        let mut staged: HashMap<NodeId, Batched> = HashMap::new();
         for (i, step) in steps.iter().enumerate() {
             let outcome = self.step(step, &steps[i..], local, &mut staged);
             self.to_download
@@ -92,10 +117,19 @@ impl LocalRun<'_> {
                     self.to_download.store(0, Ordering::Relaxed);
                     return Ok(Applied::Interrupted(format!("{step:?}: {e}")));
                 }
-                Err(e) => {
-                    self.to_download.store(0, Ordering::Relaxed);
-                    return Err(e);
-                }
+                Err(e) => match (remote_content(step), e.is_content_fault()) {
+                    (Some((node, content)), true) => {
+                        self.unbuilt.push(Unbuilt {
+                            node,
+                            content,
+                            reason: e.to_string(),
+                        });
+                    }
+                    _ => {
+                        self.to_download.store(0, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                },
             }
         }
         Ok(Applied::Done)
@@ -106,7 +140,7 @@ impl LocalRun<'_> {
         step: &LocalStep,
         rest: &[LocalStep],
         local: &Tree,
-        staged: &mut HashMap<NodeId, Staged>,
+        staged: &mut HashMap<NodeId, Batched>,
     ) -> Result<(), SyncError> {
         match step {
             LocalStep::Create { node, entry } => self.create(*node, entry, rest, staged),
@@ -160,7 +194,7 @@ impl LocalRun<'_> {
         node: NodeId,
         entry: &Entry,
         rest: &[LocalStep],
-        staged: &mut HashMap<NodeId, Staged>,
+        staged: &mut HashMap<NodeId, Batched>,
     ) -> Result<(), SyncError> {
         let attrs = remote_attrs(entry);
         let name = entry.name.as_str().as_bytes();
@@ -174,24 +208,24 @@ impl LocalRun<'_> {
             }
             Content::File { manifest_id, .. } => {
                 let manifest = self.manifest(manifest_id)?;
-                let file = if manifest.size() > PREFETCH_BYTES || self.fetched_ahead(node) {
-                    // A large file streams through its own windows (and takes over what
-                    // was fetched of it ahead).
-                    materialize(
+                let alone = manifest.size() > PREFETCH_BYTES || self.fetched_ahead(node);
+                if !alone && !staged.contains_key(&node) {
+                    *staged = self.stage_batch(rest)?;
+                }
+                let file = match staged.remove(&node) {
+                    Some(Batched::Ready(file)) => file,
+                    Some(Batched::Failed(e)) => return Err(e),
+                    // A large file streams through its own windows (and takes over what was
+                    // fetched of it ahead); a small one whose batch failed on content is
+                    // fetched alone, so that the fault is its own.
+                    Some(Batched::Alone) | None => materialize(
                         self.drive,
                         self.remote,
                         self.prefetch,
                         node,
                         None,
                         &manifest,
-                    )?
-                } else {
-                    if !staged.contains_key(&node) {
-                        *staged = self.stage_batch(rest)?;
-                    }
-                    staged.remove(&node).ok_or_else(|| {
-                        SyncError::Inconsistent(format!("file {node} was not staged"))
-                    })?
+                    )?,
                 };
                 self.place_file(node, entry, &attrs, file, &manifest)?;
             }
@@ -207,7 +241,7 @@ impl LocalRun<'_> {
     /// Stages the small file creates at the head of `rest` together: their chunks fetched in
     /// one request and the files made durable with one syncfs, so that many small files cost
     /// a few round trips and one flush instead of one each.
-    fn stage_batch(&self, rest: &[LocalStep]) -> Result<HashMap<NodeId, Staged>, SyncError> {
+    fn stage_batch(&self, rest: &[LocalStep]) -> Result<HashMap<NodeId, Batched>, SyncError> {
         let mut batch: Vec<(NodeId, Manifest)> = Vec::new();
         let mut ids = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -240,14 +274,31 @@ impl LocalRun<'_> {
             bytes += size;
             batch.push((*node, m));
         }
-        let mut supplied: HashMap<ChunkId, VerifiedChunk> =
-            self.remote.fetch(&ids)?.into_iter().collect();
+        let mut supplied: HashMap<ChunkId, VerifiedChunk> = match self.remote.fetch(&ids) {
+            Ok(chunks) => chunks.into_iter().collect(),
+            Err(e) => {
+                let e = SyncError::from(e);
+                if !e.is_content_fault() {
+                    return Err(e);
+                }
+                tracing::info!(
+                    "batched fetch of {} files failed ({e}); each alone",
+                    batch.len()
+                );
+                return Ok(batch
+                    .iter()
+                    .map(|(node, _)| (*node, Batched::Alone))
+                    .collect());
+            }
+        };
         let mut staged = HashMap::with_capacity(batch.len());
         for (node, m) in &batch {
-            staged.insert(
-                *node,
-                materialize_from_unsynced(self.drive, &mut supplied, m)?,
-            );
+            let file = match materialize_from_unsynced(self.drive, &mut supplied, m) {
+                Ok(file) => Batched::Ready(file),
+                Err(e) if e.is_content_fault() => Batched::Failed(e),
+                Err(e) => return Err(e),
+            };
+            staged.insert(*node, file);
         }
         sync_staging(self.drive)?;
         Ok(staged)
@@ -389,6 +440,25 @@ impl LocalRun<'_> {
             }
             Content::Dir => Ok(()),
         }
+    }
+}
+
+/// The file and the remote content a step rebuilds, if it rebuilds one.
+fn remote_content(step: &LocalStep) -> Option<(NodeId, ManifestId)> {
+    match step {
+        LocalStep::Create {
+            node,
+            entry:
+                Entry {
+                    content: Content::File { manifest_id, .. },
+                    ..
+                },
+        }
+        | LocalStep::UpdateContent {
+            node,
+            content: Content::File { manifest_id, .. },
+        } => Some((*node, *manifest_id)),
+        _ => None,
     }
 }
 

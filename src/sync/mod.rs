@@ -6,6 +6,7 @@
 //! cursor. Local changes are pushed as difference transactions; both directions are planned
 //! together from the local, synced and remote trees.
 
+mod aside;
 mod content;
 mod engine;
 mod error;
@@ -19,6 +20,7 @@ mod push;
 mod state;
 pub mod trees;
 
+pub use aside::AsideFile;
 pub use engine::{Engine, EngineStatus};
 pub use error::SyncError;
 pub use state::{Binding, SyncState};

@@ -26,7 +26,7 @@ use crate::protocol::{FileHint, NodeId};
 use crate::remote::Remote;
 
 use super::content::RUN_BYTES;
-use super::engine::sleep_unless_stopped;
+use super::engine::{returned_early, sleep_unless_stopped};
 
 /// How long the poller's long-poll waits for hints.
 const POLL_WAIT_SECS: u64 = 25;
@@ -232,9 +232,15 @@ impl Prefetch {
         let mut backoff = Duration::from_secs(1);
         while !stop.load(Ordering::Relaxed) {
             self.drop_stale();
+            let asked = std::time::Instant::now();
             match remote.hints(after, POLL_WAIT_SECS) {
                 Ok(page) => {
-                    backoff = Duration::from_secs(1);
+                    if returned_early(asked, page.files.is_empty(), POLL_WAIT_SECS) {
+                        sleep_unless_stopped(stop, backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    } else {
+                        backoff = Duration::from_secs(1);
+                    }
                     after = page.next;
                     for hint in page.files {
                         let no = self.inner.queued.fetch_add(1, Ordering::Relaxed) + 1;
