@@ -83,6 +83,9 @@ pub enum ChunkStoreError {
     /// The writer thread is gone.
     #[error("chunk writer is not running")]
     WriterGone,
+    /// The index was written by a newer schema than this build knows.
+    #[error("chunk index schema version {0} is newer than this build knows")]
+    UnknownSchema(i64),
     /// A stored payload no longer matches its id (disk corruption); it is not served.
     #[error("stored chunk {id} is corrupt: {source}")]
     Corrupt {
@@ -104,6 +107,7 @@ impl ChunkStoreError {
             },
             Self::Index(e) => Self::Index(e.clone()),
             Self::WriterGone => Self::WriterGone,
+            Self::UnknownSchema(v) => Self::UnknownSchema(*v),
             Self::Corrupt { id, source } => Self::Corrupt {
                 id: *id,
                 source: match source {
@@ -136,7 +140,7 @@ impl ChunkStoreError {
             ChunkStoreError::Io { .. }
             | ChunkStoreError::Index(_)
             | ChunkStoreError::WriterGone => true,
-            ChunkStoreError::Corrupt { .. } => false,
+            ChunkStoreError::Corrupt { .. } | ChunkStoreError::UnknownSchema(_) => false,
         }
     }
 }

@@ -4,11 +4,12 @@
 //!
 //! Layout under the store's root:
 //! ```text
-//! index.sqlite                      chunk id -> (pack, offset, len), WAL, synchronous=FULL
+//! index.sqlite                      (chunk id, pack, offset) -> len, a row per stored copy;
+//!                                   WAL, synchronous=FULL
 //! packs/NNNNN/NNNNNNNNNN.pack       "DDPACK01" | (chunk id 32 | len u32 LE | payload) *
 //! ```
-//! One writer thread appends every waiting put to the open pack (rotating as it fills),
-//! fsyncs each pack it wrote once (and the directory of each new pack), and only then commits
+//! Writer threads append every waiting put to their open packs (rotating as they fill),
+//! fsync each pack they wrote once (and the directory of each new pack), and only then commit
 //! the index rows pointing into them, so a
 //! crash never leaves an index row pointing at missing bytes. Bytes past the last indexed
 //! entry (a crash mid-append) are never referenced. Packs are rotated at
@@ -84,6 +85,45 @@ fn open_index(path: &Path) -> Result<Connection, ChunkStoreError> {
     Ok(conn)
 }
 
+/// Index schema 1: one row per chunk. Frozen: upgraded to 2 at open.
+const INDEX_V1: &str = "CREATE TABLE chunks (
+    id BLOB PRIMARY KEY,
+    pack INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    len INTEGER NOT NULL
+) WITHOUT ROWID;";
+
+/// Index schema 2: one row per stored copy of a chunk. Every put adds its rows whether or not
+/// the chunk is stored already, so that storing a chunk another user stores runs the same
+/// statements as storing a new one; a read takes any copy.
+const INDEX_V2: &str = "CREATE TABLE copies (
+    id BLOB NOT NULL,
+    pack INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    PRIMARY KEY (id, pack, offset)
+) WITHOUT ROWID;
+INSERT INTO copies (id, pack, offset, len) SELECT id, pack, offset, len FROM chunks;
+DROP TABLE chunks;";
+
+/// Creates or upgrades the index schema, under one write lock.
+fn prepare_index(conn: &Connection) -> Result<(), ChunkStoreError> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let steps = match version {
+        0 => format!("{INDEX_V1} {INDEX_V2}"),
+        1 => {
+            tracing::info!("chunk index schema 1 -> 2: one row per stored copy");
+            INDEX_V2.to_owned()
+        }
+        2 => return Ok(()),
+        newer => return Err(ChunkStoreError::UnknownSchema(newer)),
+    };
+    tx.execute_batch(&format!("{steps} PRAGMA user_version = 2;"))?;
+    tx.commit()?;
+    Ok(())
+}
+
 pub(super) fn pack_path(root: &Path, no: u64) -> PathBuf {
     root.join("packs")
         .join(format!("{:05}", no >> PACKS_PER_DIR_SHIFT))
@@ -130,17 +170,9 @@ impl PackDirStore {
         crate::private::create_dir_all(&root.join("packs")).map_err(|e| io_err(root, e))?;
         let index_path = root.join("index.sqlite");
         let conn = open_index(&index_path)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS chunks (
-                 id BLOB PRIMARY KEY,
-                 pack INTEGER NOT NULL,
-                 offset INTEGER NOT NULL,
-                 len INTEGER NOT NULL
-             ) WITHOUT ROWID;
-             PRAGMA user_version = 1;",
-        )?;
+        prepare_index(&conn)?;
         let indexed: i64 =
-            conn.query_row("SELECT coalesce(max(pack), 0) FROM chunks", [], |r| {
+            conn.query_row("SELECT coalesce(max(pack), 0) FROM copies", [], |r| {
                 r.get(0)
             })?;
         let next_no = highest_pack_on_disk(root)?.max(u64::try_from(indexed).unwrap_or(0)) + 1;
@@ -198,7 +230,7 @@ impl PackDirStore {
         }
         self.read(|c| {
             let row: Option<(i64, i64, i64)> = c
-                .prepare_cached("SELECT pack, offset, len FROM chunks WHERE id = ?1")?
+                .prepare_cached("SELECT pack, offset, len FROM copies WHERE id = ?1 LIMIT 1")?
                 .query_row([&id.as_bytes()[..]], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
@@ -362,6 +394,33 @@ mod tests {
             on_disk,
             handed + packs.len() as u64 * PACK_MAGIC.len() as u64
         );
+    }
+
+    #[test]
+    fn an_index_of_schema_1_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks: Vec<_> = (0..5).map(|i| chunk(i, 4096)).collect();
+        PackDirStore::open(dir.path())
+            .unwrap()
+            .put(chunks.clone())
+            .unwrap();
+        // As a build of schema 1 left it: one row per chunk in `chunks`.
+        let conn = Connection::open(dir.path().join("index.sqlite")).unwrap();
+        conn.execute_batch(&format!(
+            "{INDEX_V1} INSERT INTO chunks SELECT id, pack, offset, len FROM copies;
+             DROP TABLE copies; PRAGMA user_version = 1;"
+        ))
+        .unwrap();
+        drop(conn);
+        let store = PackDirStore::open(dir.path()).unwrap();
+        for c in &chunks {
+            assert_eq!(store.get(&c.id()).unwrap().unwrap(), c.payload());
+        }
+        let conn = Connection::open(dir.path().join("index.sqlite")).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
     }
 
     fn walk_packs(root: &Path) -> Vec<PathBuf> {

@@ -8,10 +8,10 @@
 //! one transaction (one fsync), so the writers neither queue on SQLite's write lock (whose
 //! waiters poll with growing sleeps) nor pay an fsync each.
 //!
-//! Every payload handed in is written, even one the store holds already: whether another
-//! user stores a chunk must not change how long an upload takes (the API layer skips what
-//! the uploading volume holds). The index keeps a chunk's first place; later copies are dead
-//! bytes that repacking reclaims.
+//! Every payload handed in is written, and gets an index row of its own, even for a chunk
+//! the store holds already: whether another user stores a chunk must not change how long an
+//! upload takes (the API layer skips what the uploading volume holds). Extra copies are dead
+//! weight that repacking can reclaim.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -123,9 +123,10 @@ fn insert_rows<'r>(
 ) -> Result<(), ChunkStoreError> {
     let tx = conn.unchecked_transaction()?;
     {
-        let mut ins = tx.prepare_cached(
-            "INSERT OR IGNORE INTO chunks (id, pack, offset, len) VALUES (?1, ?2, ?3, ?4)",
-        )?;
+        // A new row for every copy, also of a chunk stored already: the same statement and the
+        // same work either way (see the module doc).
+        let mut ins = tx
+            .prepare_cached("INSERT INTO copies (id, pack, offset, len) VALUES (?1, ?2, ?3, ?4)")?;
         for (id, pack, offset, len) in rows {
             ins.execute(params![
                 &id.as_bytes()[..],
