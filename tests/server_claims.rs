@@ -90,9 +90,17 @@ fn pack_bytes(data: &std::path::Path) -> u64 {
     total
 }
 
+/// Rows of the chunk index: one per stored copy.
+fn index_rows(data: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(data.join("chunks").join("index.sqlite")).unwrap();
+    conn.query_row("SELECT count(*) FROM copies", [], |r| r.get(0))
+        .unwrap()
+}
+
 /// No cross-user chunk oracle, by construction: uploading a chunk another user stores does
 /// the same work as uploading a chunk nobody stores (the payload is written to a pack and
-/// made durable again), so its timing cannot tell the uploader that the other user has it.
+/// made durable again, and indexed again), so its timing cannot tell the uploader that the
+/// other user has it.
 /// Only the uploader's own volume's holdings are skipped.
 #[test]
 fn an_upload_does_the_same_work_whether_or_not_another_user_stores_the_chunk() {
@@ -101,26 +109,35 @@ fn an_upload_does_the_same_work_whether_or_not_another_user_stores_the_chunk() {
     let alice = Client::new(&f.server, &f.laptop, "alice-docs");
     let bob = Client::new(&f.server, &f.bob, "bob-docs");
 
-    let before = pack_bytes(data);
+    let work = || (pack_bytes(data), index_rows(data));
+    let before = work();
     alice.put_chunk(&bytes(10, 30_000));
-    let fresh = pack_bytes(data) - before;
-    assert!(fresh > 0);
+    let after = work();
+    let fresh = (after.0 - before.0, after.1 - before.1);
+    assert!(fresh.0 > 0);
+    assert_eq!(fresh.1, 1);
 
-    // The same-sized chunk alice stores: bob's upload writes as much as a fresh one.
-    let before = pack_bytes(data);
+    // The same chunk alice stores: bob's upload writes and indexes as much as a fresh one.
+    let before = work();
     bob.put_chunk(&bytes(10, 30_000));
-    assert_eq!(pack_bytes(data) - before, fresh, "written again for bob");
+    let after = work();
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        fresh,
+        "stored again for bob"
+    );
 
     // A chunk nobody stores, of the same size: the same again.
-    let before = pack_bytes(data);
+    let before = work();
     bob.put_chunk(&bytes(11, 30_000));
-    assert_eq!(pack_bytes(data) - before, fresh);
+    let after = work();
+    assert_eq!((after.0 - before.0, after.1 - before.1), fresh);
 
     // Re-uploading what one's own volume holds is skipped: that is one's own business.
-    let before = pack_bytes(data);
+    let before = work();
     bob.put_chunk(&bytes(10, 30_000));
     alice.put_chunk(&bytes(10, 30_000));
-    assert_eq!(pack_bytes(data), before);
+    assert_eq!(work(), before);
 
     // And both volumes read it back.
     for c in [&alice, &bob] {
