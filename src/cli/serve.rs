@@ -25,6 +25,15 @@ pub struct ServeArgs {
     /// Also write the bound address to this file (written whole, then renamed into place).
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    /// Most connections served at once; more wait to be accepted. Each holds a file
+    /// descriptor: keep it under the process's limit (`ulimit -n`).
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Memory for request bodies being received or handled at once, in MiB; more wait.
+    #[arg(long, default_value_t = (server::DEFAULT_BODY_MEMORY >> 20) as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub body_memory_mib: u32,
 }
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
@@ -79,7 +88,11 @@ async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stop = stop_rx;
-    server::serve(listener, state, async move {
+    let limits = server::ServeLimits {
+        max_connections: args.max_connections as usize,
+        body_memory: (args.body_memory_mib as usize) << 20,
+    };
+    server::serve(listener, state, limits, async move {
         // An error means the sender is gone, which also means stop.
         let _ = stop.wait_for(|s| *s).await;
     })

@@ -55,6 +55,8 @@ pub enum ErrorCode {
     UnsupportedEncoding,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
+    /// 408: the request body did not arrive in time (it fell behind the minimum pace).
+    Timeout,
     /// 500: the server failed; the request may be retried.
     Internal,
     /// 503: the server is shutting down or overloaded; retry later.
@@ -77,6 +79,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Timeout => 408,
             ErrorCode::Stale
             | ErrorCode::NameTaken
             | ErrorCode::Cycle
@@ -98,7 +101,7 @@ impl ErrorCode {
     /// 409s are not: the device must pull, rebase or upload first (MissingChunks: upload, then retry).
     pub fn retryable(self) -> bool {
         match self {
-            ErrorCode::Internal | ErrorCode::Unavailable => true,
+            ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::Timeout => true,
             ErrorCode::BadRequest
             | ErrorCode::UnsupportedVersion
             | ErrorCode::UnknownOp

@@ -6,10 +6,12 @@
 
 mod answers;
 pub mod auth;
+mod bodies;
 pub mod chunks;
 mod error;
 mod handlers;
 pub mod hints;
+mod listen;
 pub mod meta;
 mod notify;
 mod readers;
@@ -22,7 +24,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
@@ -32,8 +34,10 @@ use crate::protocol::limits::{
     MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE, MAX_JSON_BODY,
 };
 pub use answers::AnswerPool;
+pub use bodies::{BODY_GRACE, BODY_MIN_RATE, BodyBudget, DEFAULT_BODY_MEMORY};
 pub use chunks::{ChunkStore, ChunkStoreError, PackDirStore, VerifiedPayload};
 pub use error::ApiError;
+pub use listen::{DEFAULT_MAX_CONNECTIONS, HEADER_TIMEOUT};
 pub use meta::{MetaError, MetaStore, SqliteMeta};
 pub use notify::Notifier;
 
@@ -112,33 +116,75 @@ fn fill_chunk_lens(meta: &SqliteMeta, chunks: &PackDirStore) -> Result<(), OpenE
     Ok(())
 }
 
-/// The HTTP app: /healthz, the /v1 API, JSON errors everywhere, zstd both ways.
-pub fn router(state: AppState) -> Router {
+/// How much the server takes on at once.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Bytes of request bodies being received or handled at once; more wait.
+    pub body_memory: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            body_memory: DEFAULT_BODY_MEMORY,
+        }
+    }
+}
+
+/// `route` taking bodies of at most `limit` bytes (decoded), held within `budget`.
+fn with_body(
+    route: MethodRouter<AppState>,
+    limit: usize,
+    budget: &BodyBudget,
+) -> MethodRouter<AppState> {
+    route
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            bodies::Bounds::new(limit, budget),
+            bodies::bound,
+        ))
+}
+
+/// The HTTP app: /healthz, the /v1 API, JSON errors everywhere, zstd both ways; request bodies
+/// share `budget`.
+pub fn router(state: AppState, budget: &BodyBudget) -> Router {
     // A batch body: its header, then per entry a 36-byte header and the payload bytes.
     let batch_limit = MAX_BATCH_BYTES + 8 + MAX_BATCH_CHUNKS * 36;
+    let json = |route| with_body(route, MAX_JSON_BODY, budget);
     let v1 = Router::new()
         .route("/volumes", get(handlers::volumes))
-        .route("/volumes/{vol}/chunks/missing", post(handlers::missing))
-        .route("/volumes/{vol}/chunks/fetch", post(handlers::fetch_chunks))
+        .route(
+            "/volumes/{vol}/chunks/missing",
+            json(post(handlers::missing)),
+        )
+        .route(
+            "/volumes/{vol}/chunks/fetch",
+            json(post(handlers::fetch_chunks)),
+        )
         .route(
             "/volumes/{vol}/chunks",
-            post(handlers::upload_batch).layer(DefaultBodyLimit::max(batch_limit)),
+            with_body(post(handlers::upload_batch), batch_limit, budget),
         )
         .route(
             "/volumes/{vol}/chunks/{id}",
-            put(handlers::put_chunk)
-                .get(handlers::get_chunk)
-                .layer(DefaultBodyLimit::max(MAX_CHUNK_PAYLOAD)),
+            with_body(
+                put(handlers::put_chunk).get(handlers::get_chunk),
+                MAX_CHUNK_PAYLOAD,
+                budget,
+            ),
         )
-        .route("/volumes/{vol}/commit", post(handlers::commit))
+        .route("/volumes/{vol}/commit", json(post(handlers::commit)))
         .route("/volumes/{vol}/changes", get(handlers::changes))
         .route(
             "/volumes/{vol}/hints",
-            get(handlers::hints).post(handlers::post_hints),
+            json(get(handlers::hints).post(handlers::post_hints)),
         )
         .route("/volumes/{vol}/snapshot", get(handlers::snapshot))
         .route("/volumes/{vol}/devices", get(handlers::devices))
-        .route("/volumes/{vol}/cursor", post(handlers::cursor))
+        .route("/volumes/{vol}/cursor", json(post(handlers::cursor)))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed);
     // Chunk payloads are zstd already (or incompressible): never compress them again.
@@ -165,6 +211,8 @@ pub fn router(state: AppState) -> Router {
                 .no_gzip(),
         )
         .layer(axum::middleware::map_response(json_415))
+        // Outermost: sees the body as it came, before decompression.
+        .layer(axum::middleware::from_fn(bodies::watch_wire))
         .with_state(state)
 }
 
@@ -182,16 +230,16 @@ async fn json_415(resp: axum::response::Response) -> axum::response::Response {
     resp
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` completes, then lets in-flight
-/// requests finish (long-polls end early through `state.shutdown`).
+/// Serves `router(state)` on `listener` within `limits` until `shutdown` completes, then lets
+/// in-flight requests finish (long-polls end early through `state.shutdown`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(state, &BodyBudget::new(limits.body_memory));
+    listen::run(listener, app, limits.max_connections, shutdown).await
 }
 
 /// Milliseconds since the Unix epoch.
