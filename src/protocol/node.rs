@@ -5,6 +5,7 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use serde::de::{Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::limits::{MAX_XATTR_NAME, MAX_XATTR_VALUE, MAX_XATTRS_TOTAL};
@@ -103,6 +104,51 @@ pub fn validate_xattrs(xattrs: &Xattrs) -> Result<(), XattrError> {
     Ok(())
 }
 
+/// Reads extended attributes, refusing them once their total passes [`MAX_XATTRS_TOTAL`], so
+/// a body of millions of tiny attributes is refused without being held (a map entry costs
+/// several times its JSON). The other checks are [`validate_xattrs`]'s.
+pub fn deserialize_xattrs<'de, D: Deserializer<'de>>(d: D) -> Result<Xattrs, D::Error> {
+    struct Bounded;
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Xattrs;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of extended attribute names to base64 values")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Xattrs, A::Error> {
+            let mut out = Xattrs::new();
+            let mut total = 0usize;
+            while let Some(name) = map.next_key::<String>()? {
+                let value: XattrValue = map.next_value()?;
+                total += name.len() + value.0.len();
+                if total > MAX_XATTRS_TOTAL {
+                    return Err(A::Error::custom(XattrError::TotalTooLarge {
+                        total,
+                        max: MAX_XATTRS_TOTAL,
+                    }));
+                }
+                if let Some(old) = out.insert(name.clone(), value) {
+                    total -= name.len() + old.0.len();
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Bounded)
+}
+
+/// [`deserialize_xattrs`] for an optional field (`null` is `None`).
+pub fn deserialize_xattrs_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Xattrs>, D::Error> {
+    struct Field(Xattrs);
+    impl<'de> Deserialize<'de> for Field {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            deserialize_xattrs(d).map(Field)
+        }
+    }
+    Ok(Option::<Field>::deserialize(d)?.map(|f| f.0))
+}
+
 /// One node as the server holds it at some seq (snapshot entries).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -121,7 +167,11 @@ pub struct NodeRecord {
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime: i64,
     /// Extended attributes.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "deserialize_xattrs"
+    )]
     pub xattrs: Xattrs,
     /// Content size in bytes (files; 0 otherwise).
     #[serde(default)]
@@ -152,6 +202,31 @@ mod tests {
         assert_eq!(json, r#"{"user.k":"AP8B"}"#);
         assert_eq!(serde_json::from_str::<Xattrs>(&json).unwrap(), x);
         assert!(serde_json::from_str::<Xattrs>(r#"{"user.k":"!!"}"#).is_err());
+    }
+
+    #[test]
+    fn xattrs_past_the_total_are_refused_while_read() {
+        #[derive(Debug, Deserialize)]
+        struct Holder {
+            #[serde(deserialize_with = "deserialize_xattrs")]
+            x: Xattrs,
+        }
+        // Tiny attributes to twice the total: refused, and the reading stopped there (the
+        // input that follows is not even JSON).
+        let entries: Vec<String> = (0..MAX_XATTRS_TOTAL / 4)
+            .map(|i| format!(r#""{i:07x}":"""#))
+            .collect();
+        let over = format!(r#"{{"x":{{{},"#, entries.join(","));
+        let e = serde_json::from_str::<Holder>(&format!("{over}!!!")).unwrap_err();
+        assert!(e.to_string().contains("more than 262144"), "{e}");
+        // Within the total, and a repeated name counted once.
+        let ok = format!(
+            r#"{{"x":{{"a":"AAAA","a":"AAAA",{}}}}}"#,
+            entries[..1000].join(",")
+        );
+        let held = serde_json::from_str::<Holder>(&ok).unwrap();
+        assert_eq!(held.x.len(), 1001);
+        assert_eq!(held.x["a"], XattrValue(vec![0, 0, 0]));
     }
 
     #[test]

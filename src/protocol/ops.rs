@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::node::{deserialize_xattrs, deserialize_xattrs_opt};
 use super::{Name, NodeId, NodeKind, Seq, Xattrs};
 use crate::chunking::{Manifest, ManifestEdit, ManifestId};
 
@@ -64,7 +65,11 @@ pub struct CreateOp {
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime: i64,
     /// Extended attributes.
-    #[serde(default, skip_serializing_if = "Xattrs::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Xattrs::is_empty",
+        deserialize_with = "deserialize_xattrs"
+    )]
     pub xattrs: Xattrs,
     /// Full content manifest (files only; every chunk must be held by the volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,7 +111,11 @@ pub struct SetAttrsOp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<i64>,
     /// New extended attributes: the full map, replacing the old one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_xattrs_opt"
+    )]
     pub xattrs: Option<Xattrs>,
 }
 
