@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
-use reqwest::blocking::Client;
+use reqwest::blocking::{Client, Response};
 use reqwest::header::{
     ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue,
 };
@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 
 use super::batch::UploadBatch;
 use super::error::RemoteError;
-use super::wire::{LimitedSink, Outgoing, WireCounters, decode_body};
+use super::wire::{
+    DecodeError, LimitedSink, Outgoing, StreamError, WireCounters, decode_body, parse_streamed,
+};
 use crate::chunking::{ChunkId, VerifiedChunk, VerifiedSlice, payload};
 use crate::protocol::framing::{self, BATCH_MEDIA_TYPE};
 use crate::protocol::limits::{
@@ -31,6 +33,9 @@ use crate::protocol::{
 
 /// Time to open a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle connection is kept for the next request: under the server's 10 s
+/// (`server::HEADER_TIMEOUT`, not imported: the client does not depend on the server).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whole-request time limit of ordinary requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A long-poll may take its wait plus this much before it counts as lost.
@@ -150,6 +155,9 @@ impl Remote {
             .timeout(REQUEST_TIMEOUT)
             // We ask for zstd and decompress ourselves, so the counters see the raw bytes.
             .no_zstd()
+            // The server closes connections idle for HEADER_TIMEOUT (10 s): let go of them
+            // first, so a request never goes out on one the server is closing.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             // The protocol never redirects; following one could carry the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("deltadrive/", env!("CARGO_PKG_VERSION")))
@@ -289,8 +297,8 @@ impl Remote {
         let timeout = transfer_timeout(body.len());
         let path = self.vol_path("chunks");
         let body = Outgoing::raw(body, BATCH_MEDIA_TYPE);
-        let answer = self.call(Method::POST, &path, Some(body), timeout, JSON_ANSWER_LIMIT)?;
-        let answer: UploadResponse = self.parse(&path, &answer)?;
+        let answer: UploadResponse =
+            self.call_json(Method::POST, &path, Some(body), timeout, JSON_ANSWER_LIMIT)?;
         if answer.stored != count {
             return Err(RemoteError::Protocol(format!(
                 "server at {} acknowledged {} of {} uploaded chunks",
@@ -488,8 +496,7 @@ impl Remote {
         timeout: Duration,
         limit: usize,
     ) -> Result<T, RemoteError> {
-        let answer = self.call(Method::GET, path, None, timeout, limit)?;
-        self.parse(path, &answer)
+        self.call_json(Method::GET, path, None, timeout, limit)
     }
 
     fn post_json<B: Serialize, T: DeserializeOwned>(
@@ -499,8 +506,7 @@ impl Remote {
         timeout: Duration,
     ) -> Result<T, RemoteError> {
         let (body, _) = self.json_body(body)?;
-        let answer = self.call(Method::POST, path, Some(body), timeout, JSON_ANSWER_LIMIT)?;
-        self.parse(path, &answer)
+        self.call_json(Method::POST, path, Some(body), timeout, JSON_ANSWER_LIMIT)
     }
 
     /// Posts a JSON body to an endpoint that answers with no body (204).
@@ -516,13 +522,62 @@ impl Remote {
         Ok(())
     }
 
-    fn parse<T: DeserializeOwned>(&self, path: &str, answer: &[u8]) -> Result<T, RemoteError> {
-        serde_json::from_slice(answer).map_err(|e| {
-            RemoteError::Protocol(format!(
+    /// The error for an answer to `path` over `limit` bytes.
+    fn too_large_answer(&self, path: &str, limit: usize) -> RemoteError {
+        RemoteError::AnswerTooLarge {
+            server: self.server.clone(),
+            path: path.to_owned(),
+            limit,
+        }
+    }
+
+    /// One request whose 2xx answer is JSON: parsed as it streams in (decompressed on the
+    /// fly), so an answer's text is never held whole and one past `limit` bytes is refused
+    /// once the limit is reached. Other answers are read as [`Remote::call`] reads them.
+    fn call_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Outgoing>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<T, RemoteError> {
+        let (resp, encoding, sent) = self.send(&method, path, body, timeout)?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let mut answer = Vec::new();
+            self.read_answer(resp, &method, path, encoding, sent, limit, &mut answer)?;
+            return Err(self.answer_error(status, &answer));
+        }
+        let (parsed, seen) = parse_streamed::<T>(resp, encoding.as_deref(), limit);
+        self.wire.received(seen);
+        tracing::debug!(%method, path, status, sent, received = seen, "remote call");
+        parsed.map_err(|e| match e {
+            StreamError::TooLarge(limit) => self.too_large_answer(path, limit),
+            StreamError::Io(io) => match io.into_inner().map(|e| e.downcast::<reqwest::Error>()) {
+                Some(Ok(source)) => RemoteError::Network {
+                    server: self.server.clone(),
+                    source: *source,
+                },
+                Some(Err(other)) => RemoteError::Protocol(format!(
+                    "server at {} sent an unreadable answer to {path}: {other}",
+                    self.server
+                )),
+                None => RemoteError::Protocol(format!(
+                    "server at {} sent an unreadable answer to {path}",
+                    self.server
+                )),
+            },
+            StreamError::Json(_) | StreamError::Encoding(_) => RemoteError::Protocol(format!(
                 "server at {} sent a malformed answer to {path}: {e}",
                 self.server
-            ))
+            )),
         })
+    }
+
+    /// The error for a non-2xx answer with this (decompressed) body.
+    fn answer_error(&self, status: u16, answer: &[u8]) -> RemoteError {
+        RemoteError::from_answer(&self.server, self.volume.as_str(), status, answer)
     }
 
     /// One request: sends `body` as it is, reads the raw answer (at most `limit` bytes),
@@ -551,6 +606,24 @@ impl Remote {
         limit: usize,
         answer: &mut Vec<u8>,
     ) -> Result<(), RemoteError> {
+        let (resp, encoding, sent) = self.send(&method, path, body, timeout)?;
+        let status = resp.status().as_u16();
+        self.read_answer(resp, &method, path, encoding, sent, limit, answer)?;
+        if !(200..300).contains(&status) {
+            return Err(self.answer_error(status, answer));
+        }
+        Ok(())
+    }
+
+    /// Sends a request; returns the answer (its body unread), its `Content-Encoding`, and the
+    /// body bytes sent (counted already).
+    fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<Outgoing>,
+        timeout: Duration,
+    ) -> Result<(Response, Option<String>, usize), RemoteError> {
         let url = format!("{}{path}", self.server);
         let mut req = self
             .http
@@ -569,12 +642,10 @@ impl Remote {
         }
         // Counted when handed over: a request that fails midway may still have used the link.
         self.wire.sent(sent);
-        let network = |source| RemoteError::Network {
+        let resp = req.send().map_err(|source| RemoteError::Network {
             server: self.server.clone(),
             source,
-        };
-        let mut resp = req.send().map_err(network)?;
-        let status = resp.status().as_u16();
+        })?;
         let encoding = match resp.headers().get(CONTENT_ENCODING) {
             None => None,
             Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
@@ -584,6 +655,23 @@ impl Remote {
                 ))
             })?),
         };
+        Ok((resp, encoding, sent))
+    }
+
+    /// Reads a whole answer into `answer` (at most `limit` bytes, raw and decompressed) and
+    /// counts it.
+    #[allow(clippy::too_many_arguments)]
+    fn read_answer(
+        &self,
+        mut resp: Response,
+        method: &Method,
+        path: &str,
+        encoding: Option<String>,
+        sent: usize,
+        limit: usize,
+        answer: &mut Vec<u8>,
+    ) -> Result<(), RemoteError> {
+        let status = resp.status().as_u16();
         let expected = resp.content_length();
         let mut sink = LimitedSink::new(answer, limit, expected);
         let copied = resp.copy_to(&mut sink);
@@ -591,26 +679,24 @@ impl Remote {
         self.wire.received(seen);
         tracing::debug!(%method, path, status, sent, received = seen, "remote call");
         if overflowed {
-            return Err(RemoteError::Protocol(format!(
-                "server at {} sent an answer to {path} over {limit} bytes",
-                self.server
-            )));
+            return Err(self.too_large_answer(path, limit));
         }
-        copied.map_err(network)?;
-        *answer = decode_body(std::mem::take(answer), encoding.as_deref(), limit).map_err(|e| {
-            RemoteError::Protocol(format!(
-                "server at {} sent an unreadable answer to {path}: {e}",
-                self.server
-            ))
+        copied.map_err(|source| RemoteError::Network {
+            server: self.server.clone(),
+            source,
         })?;
-        if !(200..300).contains(&status) {
-            return Err(RemoteError::from_answer(
-                &self.server,
-                self.volume.as_str(),
-                status,
-                answer,
-            ));
-        }
+        *answer =
+            decode_body(std::mem::take(answer), encoding.as_deref(), limit).map_err(
+                |e| match e {
+                    DecodeError::TooLarge(limit) => self.too_large_answer(path, limit),
+                    DecodeError::Encoding(_) | DecodeError::Zstd(_) => {
+                        RemoteError::Protocol(format!(
+                            "server at {} sent an unreadable answer to {path}: {e}",
+                            self.server
+                        ))
+                    }
+                },
+            )?;
         Ok(())
     }
 }

@@ -49,12 +49,13 @@ pub enum RemoteError {
     /// 400: the server found the request malformed (bad op, bad name, bad chunk, ...).
     #[error("server refused the request (400 {}): {}", code_name(.0.code), .0.message)]
     BadRequest(Box<ErrorBody>),
-    /// 5xx: the server failed or is unavailable; worth retrying later.
+    /// 5xx: the server failed or is unavailable; or 408: it stopped waiting for the request's
+    /// body (a stalled link). Worth retrying later.
     #[error("server at {server} failed ({status}): {message}")]
     Server {
         /// The server's base URL.
         server: String,
-        /// The HTTP status (500 to 599).
+        /// The HTTP status (408, or 500 to 599).
         status: u16,
         /// The server's explanation, or the start of its answer.
         message: String,
@@ -71,6 +72,17 @@ pub enum RemoteError {
     /// The server's answer is not what the protocol says (malformed, unverifiable chunk, ...).
     #[error("{0}")]
     Protocol(String),
+    /// The server's answer passed this client's limit for it (raw or decompressed): refused
+    /// when the limit was reached, without holding the answer.
+    #[error("server at {server} sent an answer to {path} over {limit} bytes; refused")]
+    AnswerTooLarge {
+        /// The server's base URL.
+        server: String,
+        /// The request's path.
+        path: String,
+        /// The limit it passed.
+        limit: usize,
+    },
     /// The token file could not be read.
     #[error(
         "cannot read token file {}: {source}; pass the file holding this device's token \
@@ -107,6 +119,7 @@ impl RemoteError {
             | RemoteError::TooLarge(_)
             | RemoteError::BadRequest(_)
             | RemoteError::Protocol(_)
+            | RemoteError::AnswerTooLarge { .. }
             | RemoteError::TokenFile { .. }
             | RemoteError::Config(_)
             | RemoteError::Setup(_) => false,
@@ -125,6 +138,7 @@ impl RemoteError {
             | RemoteError::Server { .. }
             | RemoteError::Network { .. }
             | RemoteError::Protocol(_)
+            | RemoteError::AnswerTooLarge { .. }
             | RemoteError::TokenFile { .. }
             | RemoteError::Config(_)
             | RemoteError::Setup(_) => None,
@@ -169,14 +183,14 @@ impl RemoteError {
             },
             413 => RemoteError::TooLarge(body_or(ErrorCode::TooLarge)),
             400 => RemoteError::BadRequest(body_or(ErrorCode::BadRequest)),
-            500..=599 => RemoteError::Server {
+            408 | 500..=599 => RemoteError::Server {
                 server: server.to_owned(),
                 status,
                 message,
             },
             // 405, 415 and anything else this protocol never sends: client and server
             // disagree about the protocol, which a retry will not fix.
-            0..=399 | 402 | 405..=408 | 410..=412 | 414..=499 | 600..=u16::MAX => {
+            0..=399 | 402 | 405..=407 | 410..=412 | 414..=499 | 600..=u16::MAX => {
                 RemoteError::Protocol(format!(
                     "server at {server} answered an unexpected {status}: {message}; is it a \
                      deltadrive server speaking protocol v1?"
@@ -273,7 +287,7 @@ mod tests {
         assert!(matches!(answer(404, "nope"), RemoteError::NotFound { .. }));
         assert!(matches!(answer(413, ""), RemoteError::TooLarge(_)));
         assert!(matches!(answer(400, "x"), RemoteError::BadRequest(_)));
-        for status in [500, 502, 503] {
+        for status in [408, 500, 502, 503] {
             let e = answer(status, "<html>busy</html>");
             assert!(matches!(e, RemoteError::Server { .. }), "{status}: {e:?}");
             assert!(e.is_retryable(), "{status}");
