@@ -83,6 +83,11 @@ impl Server {
 
     /// Starts a server on `data` listening on `listen` (to come back on the same port).
     pub fn start_at(data: &Path, listen: &str) -> Server {
+        Server::start_with(data, listen, &[])
+    }
+
+    /// Starts a server on `data` listening on `listen`, with these extra `serve` arguments.
+    pub fn start_with(data: &Path, listen: &str, extra: &[&str]) -> Server {
         let log = File::create(data.join(format!(
             "serve-{}.log",
             std::time::SystemTime::now()
@@ -97,6 +102,7 @@ impl Server {
             .arg(data)
             .arg("--listen")
             .arg(listen)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -185,6 +191,11 @@ pub struct Fixture {
 
 /// Sets up the users, devices and volumes of [`Fixture`] and starts a server.
 pub fn fixture() -> Fixture {
+    fixture_with(&[])
+}
+
+/// [`fixture`] with these extra `serve` arguments.
+pub fn fixture_with(serve_args: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     admin(data, &["user", "add", "alice"]);
@@ -194,7 +205,7 @@ pub fn fixture() -> Fixture {
     let bob = add_device(data, "bob", "pc");
     admin(data, &["volume", "create", "alice", "alice-docs"]);
     admin(data, &["volume", "create", "bob", "bob-docs"]);
-    let server = Server::start(data);
+    let server = Server::start_with(data, "127.0.0.1:0", serve_args);
     Fixture {
         dir,
         server,
