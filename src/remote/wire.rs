@@ -17,6 +17,9 @@ const JSON_ZSTD_LEVEL: i32 = 3;
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 /// Buffer between the decompressor and the JSON parser.
 const PARSE_BUFFER: usize = 64 << 10;
+/// Answers shorter than this (decompressed) are read whole and parsed from memory, which is
+/// about twice as fast; longer ones are parsed as they stream in.
+const WHOLE_BELOW: usize = 8 << 20;
 
 /// Body bytes sent and received, as they crossed the wire (compressed where they were).
 #[derive(Debug, Default)]
@@ -267,9 +270,24 @@ impl From<serde_json::Error> for StreamError {
     }
 }
 
+/// Parses JSON text: from memory if it ends within [`WHOLE_BELOW`] bytes, else as it comes.
+fn parse_text<T: DeserializeOwned>(mut text: impl Read) -> Result<T, StreamError> {
+    let mut head = Vec::new();
+    (&mut text)
+        .take(WHOLE_BELOW as u64)
+        .read_to_end(&mut head)
+        .map_err(StreamError::Io)?;
+    if head.len() < WHOLE_BELOW {
+        return serde_json::from_slice(&head).map_err(StreamError::from);
+    }
+    let rest = io::Cursor::new(head).chain(text);
+    serde_json::from_reader(BufReader::with_capacity(PARSE_BUFFER, rest)).map_err(StreamError::from)
+}
+
 /// Parses a JSON answer from `raw` as it arrives, decompressing on the fly for zstd. The text
-/// is never held whole: memory is the parsed value plus fixed buffers (the parser's
-/// [`PARSE_BUFFER`] and a zstd window of at most 2^[`ZSTD_WINDOW_LOG_MAX`] bytes), and it
+/// is never held whole: memory is the parsed value plus fixed buffers (the first
+/// [`WHOLE_BELOW`] bytes, the parser's [`PARSE_BUFFER`] and a zstd window of at most
+/// 2^[`ZSTD_WINDOW_LOG_MAX`] bytes), and it
 /// stops with [`StreamError::TooLarge`] once more than `limit` bytes came (raw or
 /// decompressed). Returns also the raw bytes read (for the wire counters).
 pub fn parse_streamed<T: DeserializeOwned>(
@@ -279,18 +297,14 @@ pub fn parse_streamed<T: DeserializeOwned>(
 ) -> (Result<T, StreamError>, usize) {
     let mut raw = Capped::new(raw, limit);
     let parsed = match encoding.map(str::trim) {
-        None | Some("") | Some("identity") => {
-            serde_json::from_reader(BufReader::with_capacity(PARSE_BUFFER, &mut raw))
-                .map_err(StreamError::from)
-        }
+        None | Some("") | Some("identity") => parse_text(&mut raw),
         Some(e) if e.eq_ignore_ascii_case("zstd") => match zstd_reader(&mut raw) {
             Ok(decoder) => {
                 let mut text = Capped::new(decoder, limit);
-                let parsed =
-                    serde_json::from_reader(BufReader::with_capacity(PARSE_BUFFER, &mut text));
+                let parsed = parse_text(&mut text);
                 match parsed {
                     Err(_) if text.over => Err(StreamError::TooLarge(limit)),
-                    other => other.map_err(StreamError::from),
+                    other => other,
                 }
             }
             Err(e) => Err(StreamError::Io(e)),
@@ -387,6 +401,13 @@ mod tests {
         let packed = zstd::bulk::compress(text, 3).unwrap();
         let (zipped, seen) = parse_streamed::<Answer>(&packed[..], Some("zstd"), 100);
         assert_eq!((zipped.unwrap().seq, seen), (7, packed.len()));
+        // Past WHOLE_BELOW, the rest streams in after the part read whole.
+        let long = format!(r#"{{"pad": "{}", "seq": 8}}"#, "a".repeat(WHOLE_BELOW));
+        let (streamed, _) = parse_streamed::<Answer>(long.as_bytes(), None, long.len());
+        assert_eq!(streamed.unwrap().seq, 8);
+        let packed_long = zstd::bulk::compress(long.as_bytes(), 3).unwrap();
+        let (streamed, _) = parse_streamed::<Answer>(&packed_long[..], Some("zstd"), long.len());
+        assert_eq!(streamed.unwrap().seq, 8);
         // One byte short of the text: refused as too large, not as truncated JSON.
         let (short, _) = parse_streamed::<Answer>(&text[..], None, text.len() - 1);
         assert!(matches!(short, Err(StreamError::TooLarge(_))));
