@@ -545,6 +545,8 @@ impl Remote {
         let (resp, encoding, sent) = self.send(&method, path, body, timeout)?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
+            // An error body is read whole: never to a snapshot's limit.
+            let limit = limit.min(JSON_ANSWER_LIMIT);
             let mut answer = Vec::new();
             self.read_answer(resp, &method, path, encoding, sent, limit, &mut answer)?;
             return Err(self.answer_error(status, &answer));
