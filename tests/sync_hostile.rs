@@ -13,16 +13,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use deltadrive::chunking::{
-    ChunkRef, ChunkerParams, EditOp, Manifest, ManifestEdit, ManifestId, chunk_bytes, payload,
-};
+use deltadrive::chunking::{ChunkRef, EditOp, Manifest, ManifestEdit, ManifestId};
 use deltadrive::protocol::{
-    AccountName, Change, ChangesResponse, CommitRequest, CreateOp, MoveOp, NodeId, NodeKind, Op,
-    Seq, SnapshotResponse, TxnId, WriteOp, Xattrs, limits::COMMIT_FORMAT, manifest_id,
+    AccountName, Change, ChangesResponse, CreateOp, MoveOp, NodeId, NodeKind, Op, Seq,
+    SnapshotResponse, TxnId, WriteOp, manifest_id,
 };
-use deltadrive::remote::Remote;
 
 use common::sync::{Synced, synced_mount, wait_for};
+use support::{Device, create};
 
 /// What the proxy rewrites.
 #[derive(Clone)]
@@ -256,59 +254,17 @@ fn tamper_changes(rule: &Rule, bytes: &Bytes) -> Bytes {
     Bytes::from(serde_json::to_vec(&page).expect("encode"))
 }
 
-/// Another device, committing straight to the real server.
-struct Device {
-    remote: Remote,
-}
-
-impl Device {
-    fn upload(&self, data: &[u8]) -> Manifest {
-        let manifest = chunk_bytes(ChunkerParams::default(), data);
-        let chunks: Vec<_> = manifest
-            .offsets()
-            .map(|(off, c)| {
-                let bytes = &data[off as usize..off as usize + c.len as usize];
-                (c.id, payload::encode(bytes, 3))
-            })
-            .collect();
-        self.remote.upload(chunks).expect("upload");
-        manifest
-    }
-
-    fn commit(&self, ops: Vec<Op>) -> u64 {
-        let req = CommitRequest {
-            format: COMMIT_FORMAT,
-            txn: TxnId::random(),
-            ops,
-        };
-        self.remote.commit(&req).expect("commit").seq.0
-    }
-
-    fn create_file(&self, node: NodeId, name: &str, data: &[u8]) -> Op {
-        let manifest = self.upload(data);
-        create(node, NodeId::ROOT, name, NodeKind::File, Some(manifest))
-    }
-}
-
-fn create(
-    node: NodeId,
-    parent: NodeId,
-    name: &str,
-    kind: NodeKind,
-    manifest: Option<Manifest>,
-) -> Op {
-    Op::Create(CreateOp {
+/// A file create op for `data`, uploaded first.
+fn create_file(device: &Device, node: NodeId, name: &str, data: &[u8]) -> Op {
+    let manifest = device.upload(data);
+    create(
         node,
-        parent,
-        name: support::name(name),
-        kind,
-        mode: if kind == NodeKind::Dir { 0o755 } else { 0o644 },
-        mtime: 1_700_000_000_000_000_000,
-        xattrs: Xattrs::new(),
-        manifest_id: manifest.as_ref().map(manifest_id),
-        manifest,
-        target: None,
-    })
+        NodeId::ROOT,
+        name,
+        NodeKind::File,
+        Some(manifest),
+        None,
+    )
 }
 
 fn set_aside(m: &Synced) -> Vec<serde_json::Value> {
@@ -325,12 +281,10 @@ fn set_aside(m: &Synced) -> Vec<serde_json::Value> {
 #[test]
 fn a_file_whose_content_cannot_be_rebuilt_is_set_aside_and_the_rest_applies() {
     let fx = support::fixture();
-    let laptop = Device {
-        remote: Remote::new(&fx.server.base, "alice-docs", &fx.laptop).expect("remote"),
-    };
+    let laptop = Device::new(&fx.server, &fx.laptop);
     let bad = NodeId::random();
     let small = common::random_bytes(7, 16);
-    let bad_op = laptop.create_file(bad, "bad.bin", &small);
+    let bad_op = create_file(&laptop, bad, "bad.bin", &small);
     let Op::Create(CreateOp {
         manifest: Some(original),
         ..
@@ -359,7 +313,12 @@ fn a_file_whose_content_cannot_be_rebuilt_is_set_aside_and_the_rest_applies() {
         .map(|i| common::random_bytes(100 + i, 3000 + i as usize * 1000))
         .collect();
     for (i, data) in goods.iter().enumerate() {
-        ops.push(laptop.create_file(NodeId::random(), &format!("good-{i}.txt"), data));
+        ops.push(create_file(
+            &laptop,
+            NodeId::random(),
+            &format!("good-{i}.txt"),
+            data,
+        ));
     }
     let created = laptop.commit(ops);
 
@@ -427,15 +386,13 @@ fn a_file_whose_content_cannot_be_rebuilt_is_set_aside_and_the_rest_applies() {
 #[test]
 fn a_change_log_that_is_not_a_tree_is_reported_and_not_hammered() {
     let fx = support::fixture();
-    let laptop = Device {
-        remote: Remote::new(&fx.server.base, "alice-docs", &fx.laptop).expect("remote"),
-    };
-    let op = laptop.create_file(NodeId::random(), "real.txt", b"real");
+    let laptop = Device::new(&fx.server, &fx.laptop);
+    let op = create_file(&laptop, NodeId::random(), "real.txt", b"real");
     let real_head = laptop.commit(vec![op]);
     let (p, q) = (NodeId::random(), NodeId::random());
     let txns = vec![
-        vec![create(p, NodeId::ROOT, "p", NodeKind::Dir, None)],
-        vec![create(q, p, "q", NodeKind::Dir, None)],
+        vec![create(p, NodeId::ROOT, "p", NodeKind::Dir, None, None)],
+        vec![create(q, p, "q", NodeKind::Dir, None, None)],
         vec![Op::Move(MoveOp {
             node: p,
             base: Seq(real_head + 1),
@@ -484,10 +441,8 @@ fn a_change_log_that_is_not_a_tree_is_reported_and_not_hammered() {
 #[test]
 fn a_head_that_runs_ahead_of_the_change_log_backs_off() {
     let fx = support::fixture();
-    let laptop = Device {
-        remote: Remote::new(&fx.server.base, "alice-docs", &fx.laptop).expect("remote"),
-    };
-    let op = laptop.create_file(NodeId::random(), "real.txt", b"real");
+    let laptop = Device::new(&fx.server, &fx.laptop);
+    let op = create_file(&laptop, NodeId::random(), "real.txt", b"real");
     let real_head = laptop.commit(vec![op]);
     let proxy = ProxyHandle::start(
         &fx.server.base,

@@ -9,62 +9,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use deltadrive::chunking::{ChunkerParams, Manifest, chunk_bytes, diff, payload};
-use deltadrive::protocol::{
-    CommitRequest, CreateOp, DeleteOp, MoveOp, NodeId, NodeKind, Op, SetAttrsOp, TxnId, WriteOp,
-    Xattrs, limits::COMMIT_FORMAT,
-};
-use deltadrive::remote::Remote;
+use deltadrive::protocol::{DeleteOp, MoveOp, NodeId, NodeKind, Op, SetAttrsOp, WriteOp};
 
-/// Another device: uploads chunks and commits through the real client.
-struct Device {
-    remote: Remote,
-}
-
-impl Device {
-    fn upload(&self, data: &[u8]) -> Manifest {
-        let manifest = chunk_bytes(ChunkerParams::default(), data);
-        let chunks: Vec<_> = manifest
-            .offsets()
-            .map(|(off, c)| {
-                let bytes = &data[off as usize..off as usize + c.len as usize];
-                (c.id, payload::encode(bytes, 3))
-            })
-            .collect();
-        self.remote.upload(chunks).unwrap();
-        manifest
-    }
-
-    fn commit(&self, ops: Vec<Op>) -> u64 {
-        let req = CommitRequest {
-            format: COMMIT_FORMAT,
-            txn: TxnId::random(),
-            ops,
-        };
-        self.remote.commit(&req).unwrap().seq.0
-    }
-}
-
-fn create(
-    node: NodeId,
-    parent: NodeId,
-    name: &str,
-    kind: NodeKind,
-    manifest: Option<Manifest>,
-    target: Option<&str>,
-) -> Op {
-    Op::Create(CreateOp {
-        node,
-        parent,
-        name: support::name(name),
-        kind,
-        mode: if kind == NodeKind::Dir { 0o755 } else { 0o644 },
-        mtime: 1_600_000_000_000_000_000,
-        xattrs: Xattrs::new(),
-        manifest_id: manifest.as_ref().map(Manifest::id),
-        manifest,
-        target: target.map(str::to_string),
-    })
-}
+use support::{Device, create};
 
 /// Mounts a drive that follows alice-docs as alice's phone.
 fn join_as_phone(fx: &support::Fixture) -> common::sync::Synced {
@@ -80,9 +27,7 @@ fn applied(m: &common::Mount, seq: u64) -> bool {
 #[test]
 fn a_mounted_drive_follows_another_devices_commits() {
     let fx = support::fixture();
-    let laptop = Device {
-        remote: Remote::new(&fx.server.base, "alice-docs", &fx.laptop).unwrap(),
-    };
+    let laptop = Device::new(&fx.server, &fx.laptop);
     let (docs, file, link, empty) = (
         NodeId::random(),
         NodeId::random(),
@@ -254,9 +199,7 @@ fn a_wrong_token_or_an_unknown_volume_fails_the_mount_clearly() {
 #[test]
 fn a_new_device_joining_a_volume_of_ten_thousand_files_sees_the_whole_tree() {
     let fx = support::fixture();
-    let laptop = Device {
-        remote: Remote::new(&fx.server.base, "alice-docs", &fx.laptop).unwrap(),
-    };
+    let laptop = Device::new(&fx.server, &fx.laptop);
     let dirs: Vec<NodeId> = (0..100).map(|_| NodeId::random()).collect();
     let mut ops: Vec<Op> = dirs
         .iter()
@@ -346,9 +289,7 @@ fn the_drive_works_offline_and_catches_up_when_the_server_returns() {
 
     // It comes back on the same address; another device commits; the drive catches up.
     fx.server = support::Server::start_at(&fx.server.data, &addr);
-    let laptop = Device {
-        remote: Remote::new(&fx.server.base, "alice-docs", &laptop_token).unwrap(),
-    };
+    let laptop = Device::new(&fx.server, &laptop_token);
     let manifest = laptop.upload(b"made while the phone was cut off");
     let seq = laptop.commit(vec![create(
         NodeId::random(),

@@ -441,3 +441,67 @@ pub fn manifest(chunks: &[ChunkRef]) -> Manifest {
 pub fn cid(b: &[u8]) -> ChunkId {
     ChunkId::of(b)
 }
+
+/// Another device, committing through the real client (`deltadrive::remote::Remote`).
+pub struct Device {
+    /// Its client of alice-docs.
+    pub remote: deltadrive::remote::Remote,
+}
+
+impl Device {
+    /// A device of alice-docs on `server` with `token`.
+    pub fn new(server: &Server, token: &str) -> Device {
+        Device {
+            remote: deltadrive::remote::Remote::new(&server.base, "alice-docs", token)
+                .expect("remote"),
+        }
+    }
+
+    /// Chunks `data` as the drive does and uploads every chunk; returns its manifest.
+    pub fn upload(&self, data: &[u8]) -> Manifest {
+        let manifest =
+            deltadrive::chunking::chunk_bytes(deltadrive::chunking::ChunkerParams::default(), data);
+        let chunks: Vec<_> = manifest
+            .offsets()
+            .map(|(off, c)| {
+                let bytes = &data[off as usize..off as usize + c.len as usize];
+                (c.id, payload::encode(bytes, 3))
+            })
+            .collect();
+        self.remote.upload(chunks).expect("upload");
+        manifest
+    }
+
+    /// Commits `ops` in a new transaction; returns its seq.
+    pub fn commit(&self, ops: Vec<Op>) -> u64 {
+        let req = CommitRequest {
+            format: deltadrive::protocol::limits::COMMIT_FORMAT,
+            txn: TxnId::random(),
+            ops,
+        };
+        self.remote.commit(&req).expect("commit").seq.0
+    }
+}
+
+/// A create op: a directory, a file with `manifest`, or a symlink to `target`.
+pub fn create(
+    node: NodeId,
+    parent: NodeId,
+    n: &str,
+    kind: NodeKind,
+    manifest: Option<Manifest>,
+    target: Option<&str>,
+) -> Op {
+    Op::Create(CreateOp {
+        node,
+        parent,
+        name: name(n),
+        kind,
+        mode: if kind == NodeKind::Dir { 0o755 } else { 0o644 },
+        mtime: 1_600_000_000_000_000_000,
+        xattrs: Xattrs::new(),
+        manifest_id: manifest.as_ref().map(Manifest::id),
+        manifest,
+        target: target.map(str::to_string),
+    })
+}
