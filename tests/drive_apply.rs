@@ -33,7 +33,11 @@ impl InProcessMount {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (d, mp) = (Arc::clone(&drive), mountpoint.clone());
         let thread = std::thread::spawn(move || {
-            deltadrive::fs::serve(d, &mp, stop_rx, move || ready_tx.send(()).unwrap()).unwrap();
+            deltadrive::fs::serve(d, &mp, stop_rx, move || {
+                ready_tx.send(()).unwrap();
+                Ok(())
+            })
+            .unwrap();
         });
         ready_rx
             .recv_timeout(std::time::Duration::from_secs(10))

@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod heap;
+mod join;
 mod mount;
 mod mounts;
 pub mod serve;

@@ -27,45 +27,18 @@ pub struct MountArgs {
     /// Internal: the daemon started by a background mount reports readiness on stdout.
     #[arg(long, hide = true)]
     pub report_ready: bool,
-    /// Server to sync with (e.g. http://host:8470); without it the drive is local only.
-    #[arg(long, value_name = "URL", requires_all = ["volume", "token_file"])]
+    /// Server to sync with (e.g. http://host:8470), to join a volume; a state directory that
+    /// joined one remembers it (and the token), so later mounts need none of these. Without
+    /// it, a new state directory is a local-only drive.
+    #[arg(long, value_name = "URL", requires = "volume")]
     pub server: Option<String>,
     /// Volume on the server.
     #[arg(long, value_name = "NAME", requires = "server")]
     pub volume: Option<String>,
-    /// File holding this device's token (from `deltadrive admin device add`).
+    /// File holding this device's token (from `deltadrive admin device add`); needed to join,
+    /// and replaces the remembered token when given again.
     #[arg(long, value_name = "FILE", requires = "server")]
     pub token_file: Option<PathBuf>,
-}
-
-/// The server side of a mount, checked before anything is mounted.
-struct Sync {
-    remote: crate::remote::Remote,
-    state: crate::sync::SyncState,
-}
-
-/// Connects to the server, checks the token and the volume, and binds the state directory.
-fn connect(args: &MountArgs, state: &StateDir) -> anyhow::Result<Option<Sync>> {
-    let (Some(server), Some(volume), Some(token_file)) =
-        (&args.server, &args.volume, &args.token_file)
-    else {
-        return Ok(None);
-    };
-    let token = crate::remote::Remote::token_from_file(token_file)?;
-    let remote = crate::remote::Remote::new(server, volume, &token)?;
-    let volumes = remote.volumes()?;
-    if !volumes.iter().any(|v| v.name.as_str() == volume) {
-        bail!("volume {volume} not found on {server} (the token's user has no such volume)");
-    }
-    let sync_state = crate::sync::SyncState::open(&state.root().join("sync.db"))?;
-    sync_state.bind(&crate::sync::Binding {
-        server: server.clone(),
-        volume: volume.clone(),
-    })?;
-    Ok(Some(Sync {
-        remote,
-        state: sync_state,
-    }))
 }
 
 /// Refuses a mountpoint that cannot take a mount, with the reason in one line.
@@ -129,14 +102,14 @@ fn spawn_daemon(mountpoint: &Path, state: &StateDir, args: &MountArgs) -> anyhow
         .arg("--state")
         .arg(state.root())
         .arg("--report-ready");
-    if let (Some(server), Some(volume), Some(token_file)) =
-        (&args.server, &args.volume, &args.token_file)
-    {
+    if let Some(server) = &args.server {
+        command.arg("--server").arg(server);
+    }
+    if let Some(volume) = &args.volume {
+        command.arg("--volume").arg(volume);
+    }
+    if let Some(token_file) = &args.token_file {
         command
-            .arg("--server")
-            .arg(server)
-            .arg("--volume")
-            .arg(volume)
             .arg("--token-file")
             .arg(std::path::absolute(token_file)?);
     }
@@ -230,7 +203,7 @@ fn serve_until_stopped(
             gid: libc::getgid(),
         }
     };
-    let sync = connect(args, &state)?;
+    let sync = super::join::connect(args, &state)?;
     let drive = Arc::new(Drive::open(state.clone(), owner).context("cannot open the drive state")?);
     mounts::register(mountpoint, state.root())?;
 
@@ -260,20 +233,18 @@ fn serve_until_stopped(
     let result = crate::fs::serve(Arc::clone(&drive), mountpoint, stop_rx, || {
         tracing::info!(mountpoint = %mountpoint.display(), state = %state.root().display(), "mounted");
         // The engine starts once the mount exists, so its changes can invalidate the
-        // kernel's caches.
+        // kernel's caches. A drive asked to sync that cannot is not reported ready.
         if let Some(sync) = sync {
-            match crate::sync::Engine::start(Arc::clone(&drive), sync.remote, sync.state) {
-                Ok(e) => {
-                    let _ = nudge.set(e.nudger());
-                    engine = Some(e);
-                }
-                Err(e) => tracing::error!("cannot start the sync engine: {e}"),
-            }
+            let e = crate::sync::Engine::start(Arc::clone(&drive), sync.remote, sync.state)
+                .map_err(|e| std::io::Error::other(format!("cannot start the sync engine: {e}")))?;
+            let _ = nudge.set(e.nudger());
+            engine = Some(e);
         }
         report("ready");
         if report_ready {
             redirect_stdout_to_null();
         }
+        Ok(())
     });
     if let Some(mut e) = engine {
         e.stop();

@@ -95,6 +95,16 @@ impl StateDir {
         self.root.join("content")
     }
 
+    /// The device token of the volume this state is bound to (0600, never logged).
+    pub fn token_path(&self) -> PathBuf {
+        self.root.join("token")
+    }
+
+    /// The sync engine's database (only for a drive that syncs).
+    pub fn sync_db_path(&self) -> PathBuf {
+        self.root.join("sync.db")
+    }
+
     /// The daemon's log file.
     pub fn log_path(&self) -> PathBuf {
         self.root.join("daemon.log")

@@ -56,7 +56,7 @@ pub fn serve(
     drive: Arc<Drive>,
     mountpoint: &Path,
     stop: mpsc::Receiver<()>,
-    ready: impl FnOnce(),
+    ready: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<Stop> {
     let mut config = Config::default();
     config.mount_options = vec![
@@ -91,7 +91,14 @@ pub fn serve(
     // A stat of the root goes through the kernel to our threads: when it answers, so will
     // every program.
     std::fs::metadata(mountpoint)?;
-    ready();
+    if let Err(e) = ready() {
+        // A part the user asked for did not start: the mount goes again, and the caller
+        // says why.
+        let _ = unmount_when_idle(mountpoint);
+        let _ = unmounter.unmount();
+        let _ = ended_rx.recv_timeout(std::time::Duration::from_secs(5));
+        return Err(e);
+    }
 
     let how = loop {
         if ended_rx.try_recv().is_ok() {

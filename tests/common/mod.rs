@@ -63,6 +63,23 @@ impl Mount {
 
     /// Mounts again (after `umount` or a crash).
     pub fn mount(&mut self) {
+        let out = self.try_mount();
+        assert!(
+            out.status.success(),
+            "mount failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The `mount` arguments used from now on (after the mountpoint and `--state`).
+    pub fn set_args(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Runs `deltadrive mount` with this mount's arguments and returns its output; the
+    /// drive counts as mounted when it succeeded.
+    pub fn try_mount(&mut self) -> Output {
         let out = Command::new(bin())
             .arg("mount")
             .arg(&self.mountpoint)
@@ -71,13 +88,10 @@ impl Mount {
             .args(&self.extra)
             .output()
             .expect("run deltadrive mount");
-        assert!(
-            out.status.success(),
-            "mount failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.mounted = true;
+        if out.status.success() {
+            self.mounted = true;
+        }
+        out
     }
 
     /// Unmounts with `deltadrive umount` and asserts it worked.
@@ -163,6 +177,14 @@ impl Drop for Mount {
             let _ = Command::new("fusermount3").args(["-u", "-z", &mp]).status();
         }
     }
+}
+
+/// Whether something is mounted at `path` now (field 5 of /proc/self/mountinfo; test paths
+/// need no unescaping).
+pub fn is_mounted(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_str().unwrap_or("\0");
+    table.lines().any(|l| l.split(' ').nth(4) == Some(want))
 }
 
 /// Unmounts a mountpoint on drop if it is still mounted (for tests that mount by hand).

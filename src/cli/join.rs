@@ -1,0 +1,118 @@
+//! How a mount finds its volume. A first join checks the token and the volume with the
+//! server, then binds the state directory to them: server and volume in sync.db, the device
+//! token in the state directory (0600, never logged). A bound state mounts again from what
+//! it remembers, without the server: the engine connects when the server answers.
+
+use anyhow::{Context, bail};
+
+use super::mount::MountArgs;
+use crate::drive::StateDir;
+use crate::remote::Remote;
+use crate::sync::{Binding, SyncState};
+
+/// The server side of a mount.
+pub(super) struct Sync {
+    /// The client of the bound volume.
+    pub remote: Remote,
+    /// The engine's state.
+    pub state: SyncState,
+}
+
+/// The server side of this mount: `None` for a local-only drive. Refuses, in one line, a
+/// bound state asked to follow another server or volume, and a local-only drive asked to
+/// start syncing in place.
+pub(super) fn connect(args: &MountArgs, state: &StateDir) -> anyhow::Result<Option<Sync>> {
+    let bound = if state.sync_db_path().exists() {
+        SyncState::open(&state.sync_db_path())?.binding()?
+    } else {
+        None
+    };
+    let asked = args.server.as_ref().zip(args.volume.as_ref());
+    match (bound, asked) {
+        (None, None) => Ok(None),
+        (Some(bound), None) => remount(state, bound).map(Some),
+        (Some(bound), Some((server, volume))) => {
+            if bound.server != *server || bound.volume != *volume {
+                bail!(
+                    "state directory {} is bound to volume {} on {}: mount it without \
+                     --server/--volume, or give another --state to join {volume} on {server}",
+                    state.root().display(),
+                    bound.volume,
+                    bound.server
+                );
+            }
+            // The same volume again: a token file given now replaces the one remembered.
+            if let Some(file) = &args.token_file {
+                save_token(state, &Remote::token_from_file(file)?)?;
+            }
+            remount(state, bound).map(Some)
+        }
+        (None, Some((server, volume))) => {
+            if state.db_path().exists() {
+                bail!(
+                    "state directory {} holds a local-only drive, which cannot start syncing \
+                     in place: give another --state to join {volume} on {server}",
+                    state.root().display()
+                );
+            }
+            let file = args
+                .token_file
+                .as_ref()
+                .context("--token-file is needed to join a volume")?;
+            join(state, server, volume, &Remote::token_from_file(file)?).map(Some)
+        }
+    }
+}
+
+/// A first join: the server must answer, know the token and hold the volume.
+fn join(state: &StateDir, server: &str, volume: &str, token: &str) -> anyhow::Result<Sync> {
+    let remote = Remote::new(server, volume, token)?;
+    let volumes = remote.volumes()?;
+    if !volumes.iter().any(|v| v.name.as_str() == volume) {
+        bail!("volume {volume} not found on {server} (the token's user has no such volume)");
+    }
+    // The token first: a bound state always has one.
+    save_token(state, token)?;
+    let sync_state = SyncState::open(&state.sync_db_path())?;
+    sync_state.bind(&Binding {
+        server: server.to_owned(),
+        volume: volume.to_owned(),
+    })?;
+    Ok(Sync {
+        remote,
+        state: sync_state,
+    })
+}
+
+/// A bound state: everything comes from the state directory; nothing needs the server.
+fn remount(state: &StateDir, bound: Binding) -> anyhow::Result<Sync> {
+    let token_path = state.token_path();
+    if !token_path.exists() {
+        bail!(
+            "state directory {} is bound to volume {} on {} but keeps no device token (an \
+             older version joined it): mount it once with --server {} --volume {} --token-file \
+             FILE",
+            state.root().display(),
+            bound.volume,
+            bound.server,
+            bound.server,
+            bound.volume
+        );
+    }
+    let token = Remote::token_from_file(&token_path)?;
+    let remote = Remote::new(&bound.server, &bound.volume, &token)?;
+    let sync_state = SyncState::open(&state.sync_db_path())?;
+    Ok(Sync {
+        remote,
+        state: sync_state,
+    })
+}
+
+/// Keeps `token` in the state directory, 0600, replacing any earlier one whole.
+fn save_token(state: &StateDir, token: &str) -> anyhow::Result<()> {
+    let path = state.token_path();
+    let tmp = path.with_extension("tmp");
+    crate::private::write(&tmp, format!("{token}\n").as_bytes())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot keep the device token in {}", path.display()))
+}

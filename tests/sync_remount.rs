@@ -1,0 +1,203 @@
+//! A state directory that joined a volume remembers it: it mounts again without flags, also
+//! while the server is away, and refuses to follow another volume; a drive asked to sync
+//! that cannot start its engine is not mounted at all. Real mounts, a real `serve`.
+
+mod common;
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::sync::{synced_mount, wait_for};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
+/// Joined once, the laptop's state mounts again with no flags while the server is down:
+/// the drive works at once and says it is offline; what is written there reaches the phone
+/// when the server is back. The token is kept in the state directory, 0600.
+#[test]
+fn a_joined_state_mounts_again_without_flags_and_without_the_server() {
+    let mut fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    std::fs::write(laptop.path("before.txt"), b"written online").expect("write");
+    wait_for(
+        &[&laptop],
+        Duration::from_secs(30),
+        "the first push",
+        || laptop.status()["idle"] == true && laptop.status()["pending_transactions"] == 0,
+    );
+    laptop.umount();
+    let token = laptop.state.join("token");
+    let kept = std::fs::read_to_string(&token).expect("token kept");
+    assert_eq!(kept.trim(), fx.laptop);
+    let mode = std::fs::metadata(&token)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !laptop.log().contains(&fx.laptop),
+        "the token is never logged"
+    );
+
+    let addr = fx.server.addr();
+    fx.server.kill9();
+    laptop.set_args(&[]);
+    let started = std::time::Instant::now();
+    laptop.mount();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "mounted without waiting for the server"
+    );
+    assert_eq!(
+        std::fs::read(laptop.path("before.txt")).expect("read"),
+        b"written online"
+    );
+    std::fs::write(laptop.path("offline.txt"), b"written offline").expect("write");
+    wait_for(
+        &[&laptop],
+        Duration::from_secs(30),
+        "offline in status",
+        || {
+            let s = laptop.status();
+            s["online"] == false
+                && s["server"].as_str() == Some(fx.server.base.as_str())
+                && s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cannot reach the server"))
+        },
+    );
+
+    fx.server = support::Server::start_at(&fx.server.data, &addr);
+    let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
+    wait_for(
+        &[&laptop, &phone],
+        Duration::from_secs(60),
+        "the offline write on the phone",
+        || std::fs::read(phone.path("offline.txt")).is_ok_and(|b| b == b"written offline"),
+    );
+    assert_eq!(laptop.status()["online"], true);
+}
+
+/// A bound state refuses another volume (or server) with one line and stays unmounted; a
+/// local-only drive refuses to start syncing in place; the same volume again is fine.
+#[test]
+fn a_bound_state_refuses_another_volume_and_a_local_drive_refuses_to_join() {
+    let fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    laptop.umount();
+    let token_file = laptop.state.join("token").display().to_string();
+    for (server, volume) in [
+        (fx.server.base.as_str(), "bob-docs"),
+        ("http://127.0.0.1:9", "alice-docs"),
+    ] {
+        laptop.set_args(&[
+            "--server",
+            server,
+            "--volume",
+            volume,
+            "--token-file",
+            &token_file,
+        ]);
+        let out = laptop.try_mount();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("is bound to volume alice-docs on")
+                && err.contains("mount it without --server/--volume"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!common::is_mounted(&laptop.mountpoint));
+    }
+    // The same volume with its flags again mounts.
+    laptop.set_args(&[
+        "--server",
+        &fx.server.base,
+        "--volume",
+        "alice-docs",
+        "--token-file",
+        &token_file,
+    ]);
+    laptop.mount();
+    laptop.umount();
+
+    let mut local = common::Mount::new();
+    std::fs::write(local.path("mine.txt"), b"local only").expect("write");
+    local.umount();
+    local.set_args(&[
+        "--server",
+        &fx.server.base,
+        "--volume",
+        "alice-docs",
+        "--token-file",
+        &token_file,
+    ]);
+    let out = local.try_mount();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds a local-only drive, which cannot start syncing in place"),
+        "{}",
+        stderr(&out)
+    );
+    // Without flags it is the local drive it was.
+    local.set_args(&[]);
+    local.mount();
+    assert_eq!(
+        std::fs::read(local.path("mine.txt")).expect("read"),
+        b"local only"
+    );
+    assert!(local.status()["server"].is_null());
+}
+
+/// The sync engine of a joined state cannot start (its staging directory is a file): the
+/// mount fails with the reason in one line and leaves nothing mounted.
+#[test]
+fn a_drive_whose_sync_engine_cannot_start_is_not_mounted() {
+    let fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    laptop.umount();
+    let staging = laptop.state.join("staging");
+    std::fs::remove_dir_all(&staging).expect("remove staging");
+    std::fs::write(&staging, b"in the way").expect("a file in the way");
+    laptop.set_args(&[]);
+    let out = laptop.try_mount();
+    assert!(!out.status.success(), "mount succeeded");
+    let err = stderr(&out);
+    assert!(err.contains("cannot start the sync engine"), "{err}");
+    assert!(!common::is_mounted(&laptop.mountpoint));
+}
+
+/// The laptop's token is revoked while it is offline: mounted again, the drive works
+/// locally, keeps its changes, and `status` names the refused token.
+#[test]
+fn a_token_revoked_while_offline_shows_in_status_and_the_drive_keeps_working() {
+    let mut fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    laptop.umount();
+    let addr = fx.server.addr();
+    fx.server.kill9();
+    support::admin(&fx.server.data, &["token", "revoke", "alice", "laptop"]);
+    laptop.set_args(&[]);
+    laptop.mount();
+    std::fs::write(laptop.path("kept.txt"), b"kept").expect("write");
+    fx.server = support::Server::start_at(&fx.server.data, &addr);
+    wait_for(
+        &[&laptop],
+        Duration::from_secs(60),
+        "the refusal in status",
+        || {
+            laptop.status()["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused the token (401"))
+        },
+    );
+    assert_eq!(
+        std::fs::read(laptop.path("kept.txt")).expect("read"),
+        b"kept"
+    );
+    let out = laptop.umount_with(&["--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
