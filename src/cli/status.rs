@@ -1,6 +1,6 @@
 //! `deltadrive status`: whether a drive is mounted and what its state holds.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -26,6 +26,7 @@ pub struct StatusArgs {
 #[derive(Debug, Serialize)]
 pub struct DriveStatus {
     /// The mountpoint.
+    #[serde(serialize_with = "lossy")]
     pub mountpoint: PathBuf,
     /// Whether it is mounted now.
     pub mounted: bool,
@@ -34,6 +35,7 @@ pub struct DriveStatus {
     /// The daemon's pid.
     pub pid: Option<u32>,
     /// The state directory.
+    #[serde(serialize_with = "lossy")]
     pub state_dir: PathBuf,
     /// Files, directories and symlinks.
     pub nodes: u64,
@@ -52,6 +54,12 @@ pub struct DriveStatus {
     /// What the sync engine last reported (online, cursor, head, bytes up and down).
     #[serde(flatten)]
     pub sync: crate::sync::EngineStatus,
+}
+
+/// A path as JSON text: one that is not UTF-8 gets U+FFFD for its stray bytes rather than
+/// failing the whole answer (serde refuses such a path).
+fn lossy<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
 }
 
 pub(super) fn status_of(
