@@ -301,3 +301,28 @@ fn default_state_directory_is_under_xdg_data_home() {
     assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"x");
     assert!(run(&["umount", mp.to_str().unwrap()]).status.success());
 }
+
+#[test]
+fn status_refuses_a_sync_state_from_a_newer_build_with_one_line() {
+    let mut m = Mount::new();
+    m.umount();
+    let sync_db = m.state.join("sync.db");
+    let conn = rusqlite::Connection::open(&sync_db).unwrap();
+    conn.pragma_update(None, "user_version", 9).unwrap();
+    drop(conn);
+    let out = deltadrive(&[
+        "status",
+        m.mountpoint.to_str().unwrap(),
+        "--state",
+        m.state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "deltadrive: {}: sync state schema version 9 is newer than this deltadrive knows \
+             (1); use a newer deltadrive",
+            sync_db.display()
+        )
+    );
+}

@@ -46,6 +46,20 @@ pub enum SyncError {
         /// The volume it is bound to.
         volume: String,
     },
+    /// The sync state was written by a newer deltadrive, whose schema this build cannot read.
+    #[error(
+        "{}: sync state schema version {found} is newer than this deltadrive knows ({known}); \
+         use a newer deltadrive",
+        path.display()
+    )]
+    NewerSchema {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest version this build knows.
+        known: i64,
+    },
 }
 
 impl SyncError {
@@ -73,7 +87,8 @@ impl SyncError {
             | SyncError::Chunk(_)
             | SyncError::Inconsistent(_)
             | SyncError::Io(_)
-            | SyncError::WrongBinding { .. } => false,
+            | SyncError::WrongBinding { .. }
+            | SyncError::NewerSchema { .. } => false,
         }
     }
 
@@ -91,7 +106,8 @@ impl SyncError {
             | SyncError::Chunk(_)
             | SyncError::Inconsistent(_)
             | SyncError::Io(_)
-            | SyncError::WrongBinding { .. } => false,
+            | SyncError::WrongBinding { .. }
+            | SyncError::NewerSchema { .. } => false,
         }
     }
 }

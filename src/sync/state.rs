@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::chunking::{Manifest, ManifestId};
 use crate::protocol::{CommitRequest, Name, NodeId, Seq, TxnId, Xattrs};
@@ -16,7 +16,12 @@ use crate::protocol::{CommitRequest, Name, NodeId, Seq, TxnId, Xattrs};
 use super::SyncError;
 use super::plan::{Content, Entry, Tree};
 
-const SCHEMA: &str = "
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Version 1, frozen. Its tables were created before sync.db had a version, with `IF NOT
+/// EXISTS`, so it also completes an unversioned file of that time (version 0 with tables).
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS remote (
     node_id BLOB PRIMARY KEY, parent BLOB NOT NULL, name TEXT NOT NULL, mode INTEGER NOT NULL,
@@ -114,13 +119,16 @@ pub struct SyncState {
 }
 
 impl SyncState {
-    /// Opens (creating) the state at `path`.
+    /// Opens (creating) the state at `path`, upgrading an older schema; one written by a
+    /// newer build is refused ([`SyncError::NewerSchema`]), not guessed at.
     pub fn open(path: &Path) -> Result<SyncState, SyncError> {
         crate::private::create_db_file(path)?;
         let conn = Connection::open(path)?;
+        // `status` opens it beside a running daemon: wait for the writer rather than fail.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        prepare_schema(&conn, path)?;
         Ok(SyncState { conn })
     }
 
@@ -420,6 +428,38 @@ impl SyncState {
     }
 }
 
+/// Brings the schema to [`SCHEMA_VERSION`]. Read and upgraded under one write lock, so two
+/// processes opening an old or new file at once cannot both upgrade it; the lock is only
+/// taken when there is something to do.
+fn prepare_schema(conn: &Connection, path: &Path) -> Result<(), SyncError> {
+    let version = |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get(0));
+    if version(conn)? == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let steps = match version(&tx)? {
+        0 => {
+            let tables: i64 =
+                tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            if tables > 0 {
+                tracing::info!(path = %path.display(), "unversioned sync state taken as schema 1");
+            }
+            SCHEMA_V1
+        }
+        SCHEMA_VERSION => return Ok(()),
+        found => {
+            return Err(SyncError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+    };
+    tx.execute_batch(&format!("{steps} PRAGMA user_version = {SCHEMA_VERSION};"))?;
+    tx.commit()?;
+    Ok(())
+}
+
 fn set_cursor(tx: &Transaction<'_>, cursor: Seq) -> Result<(), SyncError> {
     tx.execute(
         "INSERT OR REPLACE INTO meta(key, value) VALUES ('cursor', ?1)",
@@ -505,4 +545,89 @@ fn manifest_id(b: &[u8]) -> Result<ManifestId, SyncError> {
         .try_into()
         .map_err(|_| SyncError::Inconsistent("stored manifest id is not 32 bytes".into()))?;
     Ok(ManifestId::from_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .and_then(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .expect("read user_version")
+    }
+
+    #[test]
+    fn a_new_state_gets_the_current_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sync.db");
+        let state = SyncState::open(&path).expect("open");
+        assert_eq!(state.cursor().expect("cursor"), Seq(0));
+        drop(state);
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+        // Opening again is a no-op that keeps it.
+        SyncState::open(&path).expect("reopen");
+        assert_eq!(user_version(&path), 1);
+    }
+
+    #[test]
+    fn an_unversioned_state_is_taken_as_version_1_and_keeps_its_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sync.db");
+        {
+            // What deltadrive wrote before sync.db had a version: the tables, user_version 0.
+            let conn = Connection::open(&path).expect("create");
+            conn.execute_batch(SCHEMA_V1).expect("old schema");
+            conn.execute_batch(
+                "INSERT INTO meta(key, value) VALUES
+                    ('server', 'http://127.0.0.1:1'), ('volume', 'v'), ('cursor', '42');
+                 INSERT INTO outbox(txn, body) VALUES (x'00', '{}');",
+            )
+            .expect("old rows");
+        }
+        assert_eq!(user_version(&path), 0);
+        let state = SyncState::open(&path).expect("open");
+        assert_eq!(user_version(&path), 1);
+        assert_eq!(state.cursor().expect("cursor"), Seq(42));
+        assert_eq!(
+            state.binding().expect("binding"),
+            Some(Binding {
+                server: "http://127.0.0.1:1".into(),
+                volume: "v".into()
+            })
+        );
+        let outbox: i64 = state
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+            .expect("outbox");
+        assert_eq!(outbox, 1);
+    }
+
+    #[test]
+    fn a_state_from_a_newer_build_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sync.db");
+        drop(SyncState::open(&path).expect("create"));
+        Connection::open(&path)
+            .and_then(|c| c.pragma_update(None, "user_version", 7))
+            .expect("stamp a newer version");
+        let err = SyncState::open(&path).expect_err("a newer schema must be refused");
+        assert!(
+            matches!(
+                err,
+                SyncError::NewerSchema {
+                    found: 7,
+                    known: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("schema version 7 is newer") && msg.contains("sync.db"),
+            "{msg}"
+        );
+        assert_eq!(user_version(&path), 7);
+    }
 }
