@@ -7,6 +7,7 @@ mod join;
 mod mount;
 mod mounts;
 pub mod serve;
+mod service;
 mod status;
 mod umount;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Manage users, devices, tokens and volumes of a server's data directory.
     Admin(admin::AdminArgs),
+    /// Mount a drive at login or boot with a systemd unit, or remove that unit.
+    Service(service::ServiceArgs),
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             serve::run(args)
         }
         Command::Admin(args) => admin::run(args),
+        Command::Service(args) => service::run(args),
     }
 }
 

@@ -179,12 +179,39 @@ impl Drop for Mount {
     }
 }
 
-/// Whether something is mounted at `path` now (field 5 of /proc/self/mountinfo; test paths
-/// need no unescaping).
+/// Whether something is mounted at `path` now (field 5 of /proc/self/mountinfo, whose
+/// octal escapes such as `\040` for a space are undone).
 pub fn is_mounted(path: &Path) -> bool {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = path.to_str().unwrap_or("\0");
-    table.lines().any(|l| l.split(' ').nth(4) == Some(want))
+    use std::os::unix::ffi::OsStrExt;
+    let table = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.as_os_str().as_bytes();
+    table.split(|b| *b == b'\n').any(|line| {
+        line.split(|b| *b == b' ')
+            .nth(4)
+            .is_some_and(|field| unescape_octal(field) == want)
+    })
+}
+
+fn unescape_octal(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let digits = field.get(i + 1..i + 4);
+        match digits {
+            Some(d) if field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |acc, c| acc.wrapping_mul(8) + (c - b'0')),
+                );
+                i += 4;
+            }
+            _ => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Unmounts a mountpoint on drop if it is still mounted (for tests that mount by hand).
@@ -192,8 +219,7 @@ pub struct UnmountGuard(pub PathBuf);
 
 impl Drop for UnmountGuard {
     fn drop(&mut self) {
-        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if table.contains(self.0.to_str().unwrap_or("\0")) {
+        if is_mounted(&self.0) {
             let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
         }
     }
