@@ -12,7 +12,7 @@ mod common;
 mod support;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Once};
@@ -151,7 +151,7 @@ fn assert_private_tree(root: &Path, skip: &dyn Fn(&Path) -> bool) -> usize {
                     stack.push(child);
                 }
             }
-        } else if meta.is_file() {
+        } else if meta.is_file() || meta.file_type().is_socket() {
             if mode != 0o600 {
                 wrong.push(format!("file {mode:04o} {}", path.display()));
             }
@@ -286,7 +286,7 @@ fn other_users_can_read_neither_a_drives_state_nor_the_servers_data() {
             state.join("sync.db"),
             state.join("daemon.log"),
             state.join("daemon.lock"),
-            state.join("sync-status.json"),
+            state.join("control.sock"),
             backing,
         ] {
             assert_nobody_cannot_read(&file);

@@ -201,3 +201,51 @@ fn a_token_revoked_while_offline_shows_in_status_and_the_drive_keeps_working() {
     let out = laptop.umount_with(&["--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// `status` asks the running daemon through its control socket (0600): a status file left
+/// in the state directory is never shown, a killed daemon's drive is not online, and a
+/// local-only drive mounted where a synced one was shows no server.
+#[test]
+fn status_asks_the_running_daemon_not_what_was_left_behind() {
+    let fx = support::fixture();
+    let mut laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    wait_for(&[&laptop], Duration::from_secs(30), "idle", || {
+        laptop.status()["idle"] == true
+    });
+    let socket = laptop.state.join("control.sock");
+    let mode = std::fs::symlink_metadata(&socket)
+        .expect("control socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    std::fs::write(
+        laptop.state.join("sync-status.json"),
+        br#"{"online":true,"cursor":999,"server_head":999,"bytes_uploaded":0,
+            "bytes_downloaded":0,"last_error":"left behind"}"#,
+    )
+    .expect("a file left behind");
+    let s = laptop.status();
+    assert_ne!(s["cursor"], 999, "{s}");
+    assert_ne!(s["last_error"], "left behind", "{s}");
+    assert_eq!(s["online"], true, "{s}");
+
+    laptop.kill_daemon();
+    let s = laptop.status();
+    assert_eq!(s["daemon_running"], false, "{s}");
+    assert_eq!(s["online"], false, "{s}");
+    laptop.umount();
+
+    let mut local = common::Mount::new();
+    local.umount();
+    let mountpoint = laptop.mountpoint.to_str().expect("utf-8").to_owned();
+    let state = local.state.to_str().expect("utf-8").to_owned();
+    let out = common::deltadrive(&["mount", &mountpoint, "--state", &state]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _guard = common::UnmountGuard(laptop.mountpoint.clone());
+    let human = common::deltadrive(&["status", &mountpoint]);
+    let human = String::from_utf8_lossy(&human.stdout).into_owned();
+    assert!(human.contains(": mounted"), "{human}");
+    assert!(!human.contains("syncs with"), "{human}");
+    let out = common::deltadrive(&["umount", &mountpoint]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -2,6 +2,7 @@
 //! `main` parses and calls [`run`].
 
 pub mod admin;
+mod control;
 mod heap;
 mod join;
 mod mount;

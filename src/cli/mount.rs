@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, mpsc};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -207,9 +207,15 @@ fn serve_until_stopped(
     let drive = Arc::new(Drive::open(state.clone(), owner).context("cannot open the drive state")?);
     mounts::register(mountpoint, state.root())?;
 
+    let sources = super::control::Sources::default();
+    super::control::serve(state.root(), sources.clone()).with_context(|| {
+        format!(
+            "cannot open the control socket in {}",
+            state.root().display()
+        )
+    })?;
     let (stop_tx, stop_rx) = mpsc::channel();
-    let nudge: Arc<OnceLock<crate::drive::ChangeHook>> = Arc::new(OnceLock::new());
-    let nudge_slot = Arc::clone(&nudge);
+    let nudge_slot = Arc::clone(&sources.nudge);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -237,7 +243,8 @@ fn serve_until_stopped(
         if let Some(sync) = sync {
             let e = crate::sync::Engine::start(Arc::clone(&drive), sync.remote, sync.state)
                 .map_err(|e| std::io::Error::other(format!("cannot start the sync engine: {e}")))?;
-            let _ = nudge.set(e.nudger());
+            let _ = sources.nudge.set(e.nudger());
+            let _ = sources.status.set(e.live_status());
             engine = Some(e);
         }
         report("ready");

@@ -112,9 +112,15 @@ pub(super) fn status_of(
             status.sync.conflicts = sync.conflicts()?;
             status.sync.pending_transactions = u64::from(sync.outbox()?.is_some());
         }
-        if let Some(e) =
-            crate::sync::Engine::read_status(state.root()).filter(|_| status.daemon_running)
-        {
+        // Live, from the daemon itself: nothing a dead or earlier daemon left behind.
+        let reply = status
+            .daemon_running
+            .then(|| super::control::ask_status(state.root()))
+            .flatten();
+        if status.daemon_running && reply.is_none() {
+            tracing::debug!("the daemon does not answer on its control socket");
+        }
+        if let Some(e) = reply.and_then(|r| r.sync) {
             let cursor = status.sync.cursor.max(e.cursor);
             status.sync = e;
             status.sync.cursor = cursor;

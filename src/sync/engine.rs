@@ -8,7 +8,6 @@
 //! as the server has answered it.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -48,7 +47,7 @@ const SETTLE: Duration = Duration::from_millis(15);
 /// Push steps per transaction (each makes at most two ops; the server takes 10,000).
 const PUSH_BATCH: usize = 4000;
 
-/// What the engine reports (written to `sync-status.json` in the state directory).
+/// What the engine reports, read live by `status` through the daemon's control socket.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStatus {
     /// The server answered the last request.
@@ -104,6 +103,25 @@ pub struct Engine {
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
     thread: Option<JoinHandle<()>>,
+    status: LiveStatus,
+}
+
+/// The engine's status as last published, shared with whoever asks (the control socket).
+#[derive(Clone, Debug, Default)]
+pub struct LiveStatus(Arc<Mutex<EngineStatus>>);
+
+impl LiveStatus {
+    /// A copy of the status as last published.
+    pub fn get(&self) -> EngineStatus {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, status: &EngineStatus) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = status.clone();
+    }
 }
 
 /// A doorbell: rung by the drive (local change) and the waker (remote news).
@@ -177,7 +195,8 @@ struct Ctx {
     /// What the waker's long-poll saw.
     polled: Arc<Polled>,
     status: EngineStatus,
-    status_path: PathBuf,
+    /// Where published statuses go.
+    live: LiveStatus,
     to_upload: AtomicU64,
     to_download: AtomicU64,
     /// Cycles in a row cut short by a race or a refusal: each waits longer than the last, so
@@ -247,7 +266,7 @@ impl Engine {
         let mem = state.load()?;
         let removed = state.collect_manifests()?;
         tracing::debug!(removed, "unreferenced manifests removed");
-        let status_path = drive.state_root().join("sync-status.json");
+        let live = LiveStatus::default();
         let status = EngineStatus {
             cursor: state.cursor()?.0,
             conflicts: state.conflicts()?,
@@ -277,7 +296,7 @@ impl Engine {
             wake: Arc::clone(&wake),
             polled: Arc::clone(&polled),
             status,
-            status_path,
+            live: live.clone(),
             to_upload: AtomicU64::new(0),
             to_download: AtomicU64::new(0),
             setbacks: 0,
@@ -290,8 +309,7 @@ impl Engine {
             progress: 0,
             stalls: 0,
         };
-        // The status file may be a dead daemon's (idle, after a crash): this one is not idle
-        // until its first cycle says so.
+        // Not idle until its first cycle says so.
         ctx.publish();
         {
             let (stop, wake) = (Arc::clone(&stop), Arc::clone(&wake));
@@ -306,6 +324,7 @@ impl Engine {
             stop,
             wake,
             thread: Some(thread),
+            status: live,
         })
     }
 
@@ -329,10 +348,9 @@ impl Engine {
         }
     }
 
-    /// The last status the engine wrote for `state_root`.
-    pub fn read_status(state_root: &std::path::Path) -> Option<EngineStatus> {
-        let text = std::fs::read_to_string(state_root.join("sync-status.json")).ok()?;
-        serde_json::from_str(&text).ok()
+    /// The engine's status, live.
+    pub fn live_status(&self) -> LiveStatus {
+        self.status.clone()
     }
 }
 
@@ -501,16 +519,7 @@ impl Ctx {
         self.status.bytes_to_download = self.to_download.load(Ordering::Relaxed);
         self.status.set_aside = self.aside.report(&self.mem.remote.tree, Instant::now());
         self.status.updated_ms = now_ms();
-        let Ok(json) = serde_json::to_vec_pretty(&self.status) else {
-            return;
-        };
-        let tmp = self.status_path.with_extension("json.tmp");
-        if crate::private::write(&tmp, &json)
-            .and_then(|()| std::fs::rename(&tmp, &self.status_path))
-            .is_err()
-        {
-            tracing::debug!("could not write sync status");
-        }
+        self.live.set(&self.status);
     }
 
     /// While the server is away: how many transactions the local changes would make, and

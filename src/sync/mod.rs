@@ -21,6 +21,6 @@ mod state;
 pub mod trees;
 
 pub use aside::AsideFile;
-pub use engine::{Engine, EngineStatus};
+pub use engine::{Engine, EngineStatus, LiveStatus};
 pub use error::SyncError;
 pub use state::{Binding, SyncState};
