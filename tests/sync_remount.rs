@@ -249,3 +249,38 @@ fn status_asks_the_running_daemon_not_what_was_left_behind() {
     let out = common::deltadrive(&["umount", &mountpoint]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// `umount` waiting for the outbox on a terminal redraws one progress line in place rather
+/// than printing a line a second (the terminal comes from `script`).
+#[test]
+fn umount_on_a_terminal_shows_one_updating_progress_line() {
+    let mut fx = support::fixture();
+    let laptop = synced_mount(&fx.server.base, "laptop", &fx.laptop);
+    fx.server.kill9();
+    std::fs::write(laptop.path("offline.bin"), common::random_bytes(3, 100_000)).expect("write");
+    wait_for(
+        &[&laptop],
+        Duration::from_secs(30),
+        "the pending upload",
+        || laptop.status()["pending_upload_bytes"].as_u64() > Some(0),
+    );
+    let command = format!(
+        "{} umount --timeout 3 {}",
+        common::bin(),
+        laptop.mountpoint.to_str().expect("utf-8")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run script");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let redraws = shown
+        .matches("\r\u{1b}[2Kwaiting for sync: 1 transaction(s), 100000 bytes to upload")
+        .count();
+    assert!(redraws >= 3, "{redraws} redraws: {shown:?}");
+    let (before, _) = shown.split_once("gave up waiting").expect("gave up");
+    assert!(
+        before.matches('\n').count() <= 1,
+        "one line, redrawn: {before:?}"
+    );
+}

@@ -1,5 +1,6 @@
 //! `deltadrive umount`: unmount, then wait for the daemon to flush its state and exit.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -53,10 +54,11 @@ fn wait_for_sync(mountpoint: &Path, pid: u32, timeout: Duration) -> anyhow::Resu
         unsafe { libc::kill(p, libc::SIGUSR1) };
     }
     let start = Instant::now();
-    let mut last_report = Instant::now();
+    let mut progress = Progress::new();
     loop {
         let s = super::status::status_of(mountpoint.to_path_buf(), None)?;
         if !s.daemon_running {
+            progress.end();
             return Ok(());
         }
         // A drive that cannot sync now (the server is away, or its answers make no sense)
@@ -69,12 +71,14 @@ fn wait_for_sync(mountpoint: &Path, pid: u32, timeout: Duration) -> anyhow::Resu
             && (s.sync.idle || stuck_with_nothing_to_send)
             && s.pending_versions == 0
         {
+            progress.end();
             if let (false, Some(e)) = (s.sync.idle, &s.sync.last_error) {
                 eprintln!("not in sync, but nothing to upload: {e}");
             }
             return Ok(());
         }
         if start.elapsed() > timeout {
+            progress.end();
             eprintln!(
                 "gave up waiting after {}s: {} transaction(s) stay in the outbox and go with the \
                  next mount{}",
@@ -88,20 +92,62 @@ fn wait_for_sync(mountpoint: &Path, pid: u32, timeout: Duration) -> anyhow::Resu
             );
             return Ok(());
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
-            eprintln!(
-                "waiting for sync: {} transaction(s), {} bytes to upload{}",
-                s.sync.pending_transactions,
-                s.pending_upload_bytes,
-                if s.sync.online {
-                    ""
-                } else {
-                    " (server unreachable)"
-                }
-            );
-        }
+        // A version the engine has not taken yet (it is backing off) is a transaction too.
+        let waiting = u64::from(s.pending_versions > 0 || s.unrecorded_files > 0);
+        progress.show(&format!(
+            "waiting for sync: {} transaction(s), {} bytes to upload{}",
+            s.sync.pending_transactions.max(waiting),
+            s.pending_upload_bytes,
+            if s.sync.online {
+                ""
+            } else {
+                " (server unreachable)"
+            }
+        ));
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The waiting line: on a terminal one line redrawn in place; otherwise a line when what it
+/// says changes (at most one a second).
+struct Progress {
+    terminal: bool,
+    last: String,
+    shown: Option<Instant>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            last: String::new(),
+            shown: None,
+        }
+    }
+
+    fn show(&mut self, line: &str) {
+        let due = self.shown.is_none_or(|t| {
+            t.elapsed() >= Duration::from_millis(if self.terminal { 200 } else { 1000 })
+        });
+        if !due || (!self.terminal && line == self.last) {
+            return;
+        }
+        if self.terminal {
+            // Back to the start of the line, and clear it.
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        self.last = line.to_owned();
+        self.shown = Some(Instant::now());
+    }
+
+    /// Ends the redrawn line, if one is on the terminal.
+    fn end(&mut self) {
+        if self.terminal && self.shown.is_some() {
+            eprintln!();
+        }
+        self.shown = None;
     }
 }
 
