@@ -11,6 +11,7 @@ pub mod serve;
 mod service;
 mod status;
 mod umount;
+mod watch;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

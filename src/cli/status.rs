@@ -18,8 +18,12 @@ pub struct StatusArgs {
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Keep showing live progress (bytes to move, rates, time left, files in flight) until
+    /// interrupted: progress bars on a terminal, a line per change otherwise.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// What `status` reports about one drive.
@@ -133,16 +137,27 @@ pub(super) fn status_of(
     Ok(status)
 }
 
-/// Runs `deltadrive status`.
-pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let statuses = match args.mountpoint {
-        Some(m) => vec![status_of(super::absolute(&m)?, args.state)?],
+/// The statuses `deltadrive status` shows: one drive, or every mounted one.
+fn statuses(
+    mountpoint: Option<&PathBuf>,
+    state: Option<&PathBuf>,
+) -> anyhow::Result<Vec<DriveStatus>> {
+    match mountpoint {
+        Some(m) => Ok(vec![status_of(super::absolute(m)?, state.cloned())?]),
         None => mounts::mount_table()?
             .into_iter()
             .filter(mounts::is_deltadrive)
             .map(|m| status_of(m.mountpoint, None))
-            .collect::<anyhow::Result<_>>()?,
-    };
+            .collect(),
+    }
+}
+
+/// Runs `deltadrive status`.
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    if args.watch {
+        return super::watch::run(|| statuses(args.mountpoint.as_ref(), args.state.as_ref()));
+    }
+    let statuses = statuses(args.mountpoint.as_ref(), args.state.as_ref())?;
     if args.json {
         let json = if statuses.len() == 1 {
             serde_json::to_string_pretty(&statuses[0])?

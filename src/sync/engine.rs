@@ -23,7 +23,7 @@ use crate::remote::{Remote, RemoteError};
 
 use super::SyncError;
 use super::aside::{Aside, AsideFile, keep_out};
-use super::execute::{Applied, LocalRun};
+use super::execute::{Applied, LocalRun, remote_content};
 use super::local::scan;
 use super::plan::{ConflictStamp, Context, Plan, plan};
 use super::prefetch::Prefetch;
@@ -44,6 +44,8 @@ const BUSY_RETRY: Duration = Duration::from_millis(300);
 const RESCAN: Duration = Duration::from_secs(30);
 /// A burst of local changes is taken together: wait this long after the first.
 const SETTLE: Duration = Duration::from_millis(15);
+/// Files named in `status` as in flight, at most.
+const IN_FLIGHT_SHOWN: usize = 8;
 /// Push steps per transaction (each makes at most two ops; the server takes 10,000).
 const PUSH_BATCH: usize = 4000;
 
@@ -92,6 +94,9 @@ pub struct EngineStatus {
     /// Files whose content could not be rebuilt, set aside and tried again with backoff.
     #[serde(default)]
     pub set_aside: Vec<AsideFile>,
+    /// Paths of files being uploaded or brought in now (the first few).
+    #[serde(default)]
+    pub in_flight: Vec<String>,
     /// When this status was written (ms since the epoch).
     #[serde(default)]
     pub updated_ms: i64,
@@ -106,21 +111,42 @@ pub struct Engine {
     status: LiveStatus,
 }
 
-/// The engine's status as last published, shared with whoever asks (the control socket).
-#[derive(Clone, Debug, Default)]
-pub struct LiveStatus(Arc<Mutex<EngineStatus>>);
+/// The engine's status, shared with whoever asks (the control socket): as last published,
+/// with the byte counters read at the moment of asking, so progress shows while a long
+/// upload or download runs.
+#[derive(Clone)]
+pub struct LiveStatus {
+    published: Arc<Mutex<EngineStatus>>,
+    remote: Remote,
+    to_upload: Arc<AtomicU64>,
+    to_download: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for LiveStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveStatus").finish_non_exhaustive()
+    }
+}
 
 impl LiveStatus {
-    /// A copy of the status as last published.
+    /// The status now.
     pub fn get(&self) -> EngineStatus {
-        self.0
+        let mut status = self
+            .published
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        (status.bytes_uploaded, status.bytes_downloaded) = self.remote.wire_stats();
+        status.chunk_upload_bytes = self.to_upload.load(Ordering::Relaxed);
+        status.bytes_to_download = self.to_download.load(Ordering::Relaxed);
+        status
     }
 
     fn set(&self, status: &EngineStatus) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = status.clone();
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = status.clone();
     }
 }
 
@@ -197,8 +223,8 @@ struct Ctx {
     status: EngineStatus,
     /// Where published statuses go.
     live: LiveStatus,
-    to_upload: AtomicU64,
-    to_download: AtomicU64,
+    to_upload: Arc<AtomicU64>,
+    to_download: Arc<AtomicU64>,
     /// Cycles in a row cut short by a race or a refusal: each waits longer than the last, so
     /// a situation that does not resolve itself costs little (it is logged every time).
     setbacks: u32,
@@ -266,7 +292,13 @@ impl Engine {
         let mem = state.load()?;
         let removed = state.collect_manifests()?;
         tracing::debug!(removed, "unreferenced manifests removed");
-        let live = LiveStatus::default();
+        let (to_upload, to_download) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let live = LiveStatus {
+            published: Arc::default(),
+            remote: remote.clone(),
+            to_upload: Arc::clone(&to_upload),
+            to_download: Arc::clone(&to_download),
+        };
         let status = EngineStatus {
             cursor: state.cursor()?.0,
             conflicts: state.conflicts()?,
@@ -297,8 +329,8 @@ impl Engine {
             polled: Arc::clone(&polled),
             status,
             live: live.clone(),
-            to_upload: AtomicU64::new(0),
-            to_download: AtomicU64::new(0),
+            to_upload,
+            to_download,
             setbacks: 0,
             last_local: None,
             joined: false,
@@ -607,6 +639,14 @@ impl Ctx {
         if !plan.to_local.is_empty() {
             let started = Instant::now();
             let local_before = self.last_local.take().unwrap_or_default();
+            self.status.in_flight = plan
+                .to_local
+                .iter()
+                .filter_map(remote_content)
+                .filter_map(|(node, _)| remote.tree.path_of(node))
+                .take(IN_FLIGHT_SHOWN)
+                .collect();
+            self.publish();
             let mut run = LocalRun {
                 drive: &self.drive,
                 remote: &self.remote,
@@ -620,6 +660,7 @@ impl Ctx {
             };
             let applied = run.run(&plan.to_local, &local_before);
             let unbuilt = std::mem::take(&mut run.unbuilt);
+            self.status.in_flight.clear();
             let applied = applied?;
             self.progress += 1;
             if !unbuilt.is_empty() {
@@ -887,13 +928,26 @@ impl Ctx {
         agreed: &mut super::plan::Tree,
     ) -> Result<Pushed, SyncError> {
         let (ops, chunks) = build_ops(steps, &self.mem.remote, &self.mem.manifests)?;
-        match upload_missing(
+        let local = self.last_local.as_ref();
+        self.status.in_flight = steps
+            .iter()
+            .filter_map(|step| match step {
+                super::plan::PushStep::Create { node, .. }
+                | super::plan::PushStep::Write { node, .. } => local.and_then(|l| l.path_of(*node)),
+                _ => None,
+            })
+            .take(IN_FLIGHT_SHOWN)
+            .collect();
+        self.publish();
+        let uploaded = upload_missing(
             &self.drive,
             &self.remote,
             &chunks,
             &self.held,
             &self.to_upload,
-        )? {
+        );
+        self.status.in_flight.clear();
+        match uploaded? {
             Upload::Done => {}
             Upload::Changed(node) => {
                 tracing::debug!(%node, "file changed during upload; planning again");

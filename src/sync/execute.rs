@@ -444,7 +444,7 @@ impl LocalRun<'_> {
 }
 
 /// The file and the remote content a step rebuilds, if it rebuilds one.
-fn remote_content(step: &LocalStep) -> Option<(NodeId, ManifestId)> {
+pub(super) fn remote_content(step: &LocalStep) -> Option<(NodeId, ManifestId)> {
     match step {
         LocalStep::Create {
             node,
