@@ -67,7 +67,16 @@ pub(super) fn human_bytes(n: f64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n;
     let mut unit = 0;
-    while v >= 1000.0 && unit + 1 < UNITS.len() {
+    // Up a unit while the figure as printed (whole bytes, else one decimal) reaches 1000.
+    loop {
+        let shown = if unit == 0 {
+            v.round()
+        } else {
+            (v * 10.0).round() / 10.0
+        };
+        if shown < 1000.0 || unit + 1 == UNITS.len() {
+            break;
+        }
         v /= 1000.0;
         unit += 1;
     }
@@ -203,13 +212,14 @@ mod tests {
         let mut flow = Flow::new(1000);
         assert_eq!(flow.sample(1000, 0.5), 0);
         assert_eq!(flow.left(10), None, "no rate yet");
-        for i in 1..=20 {
+        for i in 1..=40 {
             flow.sample(1000 + i * 500_000, 0.5);
         }
         assert!((flow.rate - 1_000_000.0).abs() < 1000.0, "{}", flow.rate);
         let left = flow.left(30_000_000).expect("a time left");
         assert!((left.as_secs_f64() - 30.0).abs() < 0.1, "{left:?}");
         assert_eq!(human_bytes(999.0), "999 B");
+        assert_eq!(human_bytes(999_999.0), "1.0 MB");
         assert_eq!(human_bytes(1_234_567.0), "1.2 MB");
         assert_eq!(human_left(Some(Duration::from_secs(83))), "1m23s left");
         assert_eq!(
