@@ -54,6 +54,7 @@ struct Client {
 
 impl Client {
     fn new(base: &str, token: &str) -> Res<Self> {
+        deltadrive::tls::install_provider();
         Ok(Self {
             http: Http::builder().timeout(Duration::from_secs(120)).build()?,
             base: base.to_owned(),

@@ -11,3 +11,4 @@ pub mod protocol;
 pub mod remote;
 pub mod server;
 pub mod sync;
+pub mod tls;

@@ -614,6 +614,7 @@ fn zstd_bodies_both_ways_and_a_zstd_bomb_is_413() {
     let ok: CommitResponse = decode(resp).unwrap();
     assert_eq!(ok.seq, Seq(1));
     // A JSON answer compressed on request (seen raw, without the client's decoding).
+    deltadrive::tls::install_provider();
     let raw = reqwest::blocking::Client::builder()
         .no_zstd()
         .build()

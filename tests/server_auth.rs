@@ -48,6 +48,7 @@ fn endpoints(c: &Client) -> Vec<(Method, String, Vec<u8>)> {
 #[test]
 fn healthz_answers_without_a_token() {
     let f = fixture();
+    deltadrive::tls::install_provider();
     let resp = reqwest::blocking::get(format!("{}/healthz", f.server.base)).unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().unwrap(), r#"{"status":"ok"}"#);
@@ -65,6 +66,7 @@ fn wrong_token(token: &str) -> String {
 fn no_token_wrong_token_and_malformed_header_are_401_everywhere() {
     let f = fixture();
     let good = Client::new(&f.server, &f.laptop, "alice-docs");
+    deltadrive::tls::install_provider();
     let http = reqwest::blocking::Client::new();
     for (method, url, body) in endpoints(&good) {
         let none = http

@@ -61,6 +61,7 @@ impl ProxyHandle {
             .enable_all()
             .build()
             .expect("runtime");
+        deltadrive::tls::install_provider();
         let proxy = Arc::new(Proxy {
             upstream: upstream.to_owned(),
             http: reqwest::Client::new(),

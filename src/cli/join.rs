@@ -1,13 +1,14 @@
 //! How a mount finds its volume. A first join checks the token and the volume with the
 //! server, then binds the state directory to them: server and volume in sync.db, the device
-//! token in the state directory (0600, never logged). A bound state mounts again from what
-//! it remembers, without the server: the engine connects when the server answers.
+//! token in the state directory (0600, never logged), and the transport options (a private
+//! CA, copied in as ca.pem; plain http accepted off loopback). A bound state mounts again
+//! from what it remembers, without the server: the engine connects when the server answers.
 
 use anyhow::{Context, bail};
 
 use super::mount::MountArgs;
 use crate::drive::StateDir;
-use crate::remote::Remote;
+use crate::remote::{ConnectOptions, Remote};
 use crate::sync::{Binding, SyncState};
 
 /// The server side of a mount.
@@ -41,10 +42,11 @@ pub(super) fn connect(args: &MountArgs, state: &StateDir) -> anyhow::Result<Opti
                     bound.server
                 );
             }
-            // The same volume again: a token file given now replaces the one remembered.
+            // The same volume again: a token file or CA given now replaces the one remembered.
             if let Some(file) = &args.token_file {
                 save_token(state, &Remote::token_from_file(file)?)?;
             }
+            remember_transport(state, &SyncState::open(&state.sync_db_path())?, args)?;
             remount(state, bound).map(Some)
         }
         (None, Some((server, volume))) => {
@@ -59,21 +61,33 @@ pub(super) fn connect(args: &MountArgs, state: &StateDir) -> anyhow::Result<Opti
                 .token_file
                 .as_ref()
                 .context("--token-file is needed to join a volume")?;
-            join(state, server, volume, &Remote::token_from_file(file)?).map(Some)
+            let token = Remote::token_from_file(file)?;
+            join(state, server, volume, &token, args).map(Some)
         }
     }
 }
 
 /// A first join: the server must answer, know the token and hold the volume.
-fn join(state: &StateDir, server: &str, volume: &str, token: &str) -> anyhow::Result<Sync> {
-    let remote = Remote::new(server, volume, token)?;
+fn join(
+    state: &StateDir,
+    server: &str,
+    volume: &str,
+    token: &str,
+    args: &MountArgs,
+) -> anyhow::Result<Sync> {
+    let options = ConnectOptions {
+        ca_file: args.ca_file.clone(),
+        insecure_http: args.insecure_http,
+    };
+    let remote = Remote::with_options(server, volume, token, &options)?;
     let volumes = remote.volumes()?;
     if !volumes.iter().any(|v| v.name.as_str() == volume) {
         bail!("volume {volume} not found on {server} (the token's user has no such volume)");
     }
-    // The token first: a bound state always has one.
+    // The token and transport first: a bound state always has them.
     save_token(state, token)?;
     let sync_state = SyncState::open(&state.sync_db_path())?;
+    remember_transport(state, &sync_state, args)?;
     sync_state.bind(&Binding {
         server: server.to_owned(),
         volume: volume.to_owned(),
@@ -100,12 +114,38 @@ fn remount(state: &StateDir, bound: Binding) -> anyhow::Result<Sync> {
         );
     }
     let token = Remote::token_from_file(&token_path)?;
-    let remote = Remote::new(&bound.server, &bound.volume, &token)?;
     let sync_state = SyncState::open(&state.sync_db_path())?;
+    let options = ConnectOptions {
+        ca_file: Some(state.ca_path()).filter(|p| p.exists()),
+        insecure_http: sync_state.insecure_http()?,
+    };
+    let remote = Remote::with_options(&bound.server, &bound.volume, &token, &options)?;
     Ok(Sync {
         remote,
         state: sync_state,
     })
+}
+
+/// Keeps the transport options given to this mount: a private CA copied into the state
+/// directory (0600; the original may move), and the acceptance of plain http.
+fn remember_transport(
+    state: &StateDir,
+    sync_state: &SyncState,
+    args: &MountArgs,
+) -> anyhow::Result<()> {
+    if let Some(ca) = &args.ca_file {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("cannot read --ca-file {}", ca.display()))?;
+        let path = state.ca_path();
+        let tmp = path.with_extension("tmp");
+        crate::private::write(&tmp, &pem)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot keep the CA in {}", path.display()))?;
+    }
+    if args.insecure_http {
+        sync_state.set_insecure_http()?;
+    }
+    Ok(())
 }
 
 /// Keeps `token` in the state directory, 0600, replacing any earlier one whole.

@@ -27,9 +27,10 @@ pub struct MountArgs {
     /// Internal: the daemon started by a background mount reports readiness on stdout.
     #[arg(long, hide = true)]
     pub report_ready: bool,
-    /// Server to sync with (e.g. http://host:8470), to join a volume; a state directory that
-    /// joined one remembers it (and the token), so later mounts need none of these. Without
-    /// it, a new state directory is a local-only drive.
+    /// Server to sync with (e.g. https://host:7420; http:// only on this machine), to join
+    /// a volume; a state directory that joined one remembers it (with the token and the
+    /// transport options below), so later mounts need none of these. Without it, a new state
+    /// directory is a local-only drive.
     #[arg(long, value_name = "URL", requires = "volume")]
     pub server: Option<String>,
     /// Volume on the server.
@@ -39,6 +40,13 @@ pub struct MountArgs {
     /// and replaces the remembered token when given again.
     #[arg(long, value_name = "FILE", requires = "server")]
     pub token_file: Option<PathBuf>,
+    /// Trust only this CA (PEM) for the server's certificate: a private CA.
+    #[arg(long, value_name = "PEM", requires = "server")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept a plain http:// server off this machine: the device token and files travel in
+    /// the clear.
+    #[arg(long, requires = "server")]
+    pub insecure_http: bool,
 }
 
 /// Refuses a mountpoint that cannot take a mount, with the reason in one line.
@@ -112,6 +120,12 @@ fn spawn_daemon(mountpoint: &Path, state: &StateDir, args: &MountArgs) -> anyhow
         command
             .arg("--token-file")
             .arg(std::path::absolute(token_file)?);
+        if let Some(ca_file) = &args.ca_file {
+            command.arg("--ca-file").arg(std::path::absolute(ca_file)?);
+        }
+        if args.insecure_http {
+            command.arg("--insecure-http");
+        }
     }
     let mut child = command
         .stdin(Stdio::null())

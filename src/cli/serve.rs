@@ -34,10 +34,30 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = (server::DEFAULT_BODY_MEMORY >> 20) as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub body_memory_mib: u32,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Before anything else, so a bad certificate is the only thing said.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls::acceptor(cert, key)?),
+        _ => {
+            if !args.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %args.listen,
+                    "serving plain HTTP off loopback: device tokens and files travel in the \
+                     clear unless a TLS proxy is in front (or use --tls-cert and --tls-key)"
+                );
+            }
+            None
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +65,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     make_private(&args.data);
     let (meta, chunks) = server::open_embedded(&args.data)
         .with_context(|| format!("opening the data directory {}", args.data.display()))?;
-    let result = runtime.block_on(serve(&args, meta.clone(), chunks.clone()));
+    let result = runtime.block_on(serve(&args, tls, meta.clone(), chunks.clone()));
     // Stores flush and stop their writer threads when the last handle goes.
     drop(runtime);
     drop((meta, chunks));
@@ -63,6 +83,7 @@ pub(super) fn make_private(data: &std::path::Path) {
 
 async fn serve(
     args: &ServeArgs,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     meta: Arc<server::SqliteMeta>,
     chunks: Arc<server::PackDirStore>,
 ) -> anyhow::Result<()> {
@@ -71,7 +92,7 @@ async fn serve(
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     announce(addr, args.addr_file.as_ref())?;
-    tracing::info!(%addr, data = %args.data.display(), "serving");
+    tracing::info!(%addr, data = %args.data.display(), https = tls.is_some(), "serving");
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState {
         meta,
@@ -92,7 +113,7 @@ async fn serve(
         max_connections: args.max_connections as usize,
         body_memory: (args.body_memory_mib as usize) << 20,
     };
-    server::serve(listener, state, limits, async move {
+    server::serve(listener, state, limits, tls, async move {
         // An error means the sender is gone, which also means stop.
         let _ = stop.wait_for(|s| *s).await;
     })

@@ -100,6 +100,11 @@ impl StateDir {
         self.root.join("token")
     }
 
+    /// The private CA (PEM) trusted for the bound server's certificate, if one was given.
+    pub fn ca_path(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+
     /// The sync engine's database (only for a drive that syncs).
     pub fn sync_db_path(&self) -> PathBuf {
         self.root.join("sync.db")

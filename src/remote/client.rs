@@ -1,7 +1,7 @@
 //! [`Remote`]: one volume on one server, reached with one device token.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,25 +76,28 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+/// How to reach the server beyond its URL: whom to trust for TLS, and whether plain HTTP to
+/// another machine is accepted.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// Trust only the CA certificates in this PEM file (a private CA) instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Accept a plain `http://` server off loopback, where the token travels in the clear.
+    pub insecure_http: bool,
+}
+
 /// Checks and normalizes the server's base URL.
-fn parse_server(server: &str) -> Result<String, RemoteError> {
+fn parse_server(server: &str) -> Result<reqwest::Url, RemoteError> {
     let url = reqwest::Url::parse(server.trim()).map_err(|e| {
         RemoteError::Config(format!(
-            "server URL {server:?} is not valid ({e}): give it as http://HOST:PORT"
+            "server URL {server:?} is not valid ({e}): give it as https://HOST:PORT"
         ))
     })?;
     match url.scheme() {
-        "http" => {}
-        // TLS plugs in here (see the module doc): this build has no TLS backend.
-        "https" => {
-            return Err(RemoteError::Config(format!(
-                "server URL {server:?} uses https, but this build of deltadrive has no TLS \
-                 support yet: use http:// (on a trusted network or through a tunnel)"
-            )));
-        }
+        "http" | "https" => {}
         other => {
             return Err(RemoteError::Config(format!(
-                "server URL {server:?} has scheme {other:?}: give it as http://HOST:PORT"
+                "server URL {server:?} has scheme {other:?}: give it as https://HOST:PORT"
             )));
         }
     }
@@ -105,11 +108,35 @@ fn parse_server(server: &str) -> Result<String, RemoteError> {
         || url.password().is_some()
     {
         return Err(RemoteError::Config(format!(
-            "server URL {server:?} must be http://HOST:PORT (optionally with a path prefix), \
-             without user, query or fragment"
+            "server URL {server:?} must be https://HOST:PORT (or http://), optionally with a \
+             path prefix, without user, query or fragment"
         )));
     }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
+    Ok(url)
+}
+
+/// Whether `url` may be used: https always; plain http only to this machine (loopback) unless
+/// `insecure_http` accepts the token crossing the network in the clear.
+fn check_transport(url: &reqwest::Url, insecure_http: bool) -> Result<(), RemoteError> {
+    if url.scheme() == "https" || insecure_http || is_loopback(url) {
+        return Ok(());
+    }
+    Err(RemoteError::PlainHttp {
+        server: url.as_str().trim_end_matches('/').to_owned(),
+    })
+}
+
+/// Whether the URL's host is this machine: 127.0.0.0/8, ::1 or `localhost`.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    // An IPv6 host comes in brackets.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// `ids` without repeats, first occurrence kept.
@@ -129,10 +156,23 @@ fn too_large(message: String) -> RemoteError {
 }
 
 impl Remote {
-    /// A client of `volume` on the server at `server` (`http://HOST:PORT`), with this device
-    /// token. Nothing is sent yet; a bad URL, volume name or token is refused here.
+    /// A client of `volume` on the server at `server` (`https://HOST:PORT`, or `http://` on
+    /// loopback), with this device token, trusting the system's CAs. Nothing is sent yet; a bad
+    /// URL, volume name or token is refused here.
     pub fn new(server: &str, volume: &str, token: &str) -> Result<Remote, RemoteError> {
-        let server = parse_server(server)?;
+        Remote::with_options(server, volume, token, &ConnectOptions::default())
+    }
+
+    /// [`Remote::new`] with `options`: a private CA, or plain HTTP to another machine.
+    pub fn with_options(
+        server: &str,
+        volume: &str,
+        token: &str,
+        options: &ConnectOptions,
+    ) -> Result<Remote, RemoteError> {
+        let url = parse_server(server)?;
+        check_transport(&url, options.insecure_http)?;
+        let server = url.as_str().trim_end_matches('/').to_owned();
         let volume = AccountName::new(volume).map_err(|e| {
             RemoteError::Config(format!("volume name {volume:?} is not valid: {e}"))
         })?;
@@ -150,7 +190,20 @@ impl Remote {
             )
         })?;
         auth.set_sensitive(true);
-        let http = Client::builder()
+        crate::tls::install_provider();
+        let mut builder = Client::builder();
+        if let Some(path) = &options.ca_file {
+            let certs = crate::tls::read_certificates(path)
+                .map_err(RemoteError::CaFile)?
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der.as_ref()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(RemoteError::Setup)?;
+            // Like curl's --cacert: only this CA, so a private server cannot be impersonated
+            // by any certificate a public CA would sign.
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             // We ask for zstd and decompress ourselves, so the counters see the raw bytes.
@@ -557,10 +610,7 @@ impl Remote {
         parsed.map_err(|e| match e {
             StreamError::TooLarge(limit) => self.too_large_answer(path, limit),
             StreamError::Io(io) => match io.into_inner().map(|e| e.downcast::<reqwest::Error>()) {
-                Some(Ok(source)) => RemoteError::Network {
-                    server: self.server.clone(),
-                    source: *source,
-                },
+                Some(Ok(source)) => RemoteError::network(&self.server, *source),
                 Some(Err(other)) => RemoteError::Protocol(format!(
                     "server at {} sent an unreadable answer to {path}: {other}",
                     self.server
@@ -644,10 +694,9 @@ impl Remote {
         }
         // Counted when handed over: a request that fails midway may still have used the link.
         self.wire.sent(sent);
-        let resp = req.send().map_err(|source| RemoteError::Network {
-            server: self.server.clone(),
-            source,
-        })?;
+        let resp = req
+            .send()
+            .map_err(|source| RemoteError::network(&self.server, source))?;
         let encoding = match resp.headers().get(CONTENT_ENCODING) {
             None => None,
             Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
@@ -683,10 +732,7 @@ impl Remote {
         if overflowed {
             return Err(self.too_large_answer(path, limit));
         }
-        copied.map_err(|source| RemoteError::Network {
-            server: self.server.clone(),
-            source,
-        })?;
+        copied.map_err(|source| RemoteError::network(&self.server, source))?;
         *answer =
             decode_body(std::mem::take(answer), encoding.as_deref(), limit).map_err(
                 |e| match e {
@@ -709,14 +755,27 @@ mod tests {
 
     #[test]
     fn server_urls_are_checked_and_normalized() {
+        let base = |url: &str| {
+            Remote::with_options(
+                url,
+                "docs",
+                "t",
+                &ConnectOptions {
+                    insecure_http: true,
+                    ..ConnectOptions::default()
+                },
+            )
+            .map(|r| r.server().to_owned())
+        };
         assert_eq!(
-            parse_server("http://127.0.0.1:8080/").unwrap(),
+            base("http://127.0.0.1:8080/").unwrap(),
             "http://127.0.0.1:8080"
         );
         assert_eq!(
-            parse_server("http://host:1/prefix/").unwrap(),
+            base("http://host:1/prefix/").unwrap(),
             "http://host:1/prefix"
         );
+        assert_eq!(base("https://host:1/").unwrap(), "https://host:1");
         for bad in [
             "127.0.0.1:8080",
             "ftp://host",
@@ -729,8 +788,43 @@ mod tests {
                 "{bad}"
             );
         }
-        let tls = parse_server("https://host").unwrap_err().to_string();
-        assert!(tls.contains("no TLS support"), "{tls}");
+    }
+
+    #[test]
+    fn plain_http_is_for_loopback_only_unless_accepted() {
+        let allowed = |url: &str, insecure: bool| {
+            check_transport(&parse_server(url).unwrap(), insecure).is_ok()
+        };
+        for here in [
+            "http://127.0.0.1:1",
+            "http://127.8.9.10:1",
+            "http://[::1]:1",
+            "http://localhost:1",
+            "http://LOCALHOST.:1",
+        ] {
+            assert!(allowed(here, false), "{here}");
+        }
+        for away in [
+            "http://192.0.2.1:1",
+            "http://10.0.0.1:1",
+            "http://[2001:db8::1]:1",
+            "http://example.com:1",
+            "http://localhost.example.com:1",
+            "http://0.0.0.0:1",
+        ] {
+            assert!(!allowed(away, false), "{away}");
+            assert!(allowed(away, true), "{away} with --insecure-http");
+        }
+        assert!(allowed("https://example.com", false));
+        let refused = Remote::new("http://192.0.2.1:1", "docs", "t").unwrap_err();
+        assert!(matches!(refused, RemoteError::PlainHttp { .. }));
+        let line = refused.to_string();
+        assert!(
+            line.contains("in the clear")
+                && line.contains("--insecure-http")
+                && !line.contains('\n'),
+            "{line}"
+        );
     }
 
     #[test]

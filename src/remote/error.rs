@@ -69,6 +69,30 @@ pub enum RemoteError {
         #[source]
         source: reqwest::Error,
     },
+    /// The TLS handshake failed: a certificate this client does not trust, or a server that
+    /// does not speak TLS.
+    #[error("cannot talk securely to the server at {server}: {reason}")]
+    Tls {
+        /// The server's base URL.
+        server: String,
+        /// What went wrong and what to do, in one line.
+        reason: String,
+    },
+    /// A plain `http://` server off this machine, without the flag that accepts the risk.
+    #[error(
+        "server URL {server} is plain http to another machine: the device token and your files \
+         would cross the network in the clear; use https:// (README: Across the internet), or \
+         pass --insecure-http to accept that"
+    )]
+    PlainHttp {
+        /// The URL as given.
+        server: String,
+    },
+    /// A `--ca-file` that cannot be used.
+    #[error(
+        "CA file: {0}; pass --ca-file a PEM file with the CA certificate that signed the server's"
+    )]
+    CaFile(crate::tls::PemError),
     /// The server's answer is not what the protocol says (malformed, unverifiable chunk, ...).
     #[error("{0}")]
     Protocol(String),
@@ -121,6 +145,9 @@ impl RemoteError {
             | RemoteError::Protocol(_)
             | RemoteError::AnswerTooLarge { .. }
             | RemoteError::TokenFile { .. }
+            | RemoteError::Tls { .. }
+            | RemoteError::PlainHttp { .. }
+            | RemoteError::CaFile(_)
             | RemoteError::Config(_)
             | RemoteError::Setup(_) => false,
         }
@@ -140,8 +167,26 @@ impl RemoteError {
             | RemoteError::Protocol(_)
             | RemoteError::AnswerTooLarge { .. }
             | RemoteError::TokenFile { .. }
+            | RemoteError::Tls { .. }
+            | RemoteError::PlainHttp { .. }
+            | RemoteError::CaFile(_)
             | RemoteError::Config(_)
             | RemoteError::Setup(_) => None,
+        }
+    }
+
+    /// The error for a request that got no answer: [`RemoteError::Tls`] when the TLS
+    /// handshake failed (retrying will not help), else [`RemoteError::Network`].
+    pub(super) fn network(server: &str, source: reqwest::Error) -> Self {
+        match tls_failure(&source) {
+            Some(e) => RemoteError::Tls {
+                server: server.to_owned(),
+                reason: tls_reason(e),
+            },
+            None => RemoteError::Network {
+                server: server.to_owned(),
+                source,
+            },
         }
     }
 
@@ -232,6 +277,62 @@ fn not_found_message(server: &str, volume: &str, body: &ErrorBody) -> String {
             body.chunks.len(),
             body.message
         )
+    }
+}
+
+/// The rustls error under a failed request, if TLS is what failed. An `io::Error` hides the
+/// error it wraps from `source()` (and may wrap another `io::Error`), so each is opened by hand.
+fn tls_failure(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(wrapped) => Some(wrapped),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// One line for a TLS failure, saying what the user can do about it.
+fn tls_reason(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            C::UnknownIssuer => "the server's certificate is not trusted (unknown issuer): pass \
+                                 --ca-file with the CA certificate that signed it"
+                .to_owned(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "the server's certificate is not made for this host name: give --server the name \
+                 (or address) the certificate names"
+                    .to_owned()
+            }
+            C::Expired | C::ExpiredContext { .. } => {
+                "the server's certificate has expired: renew it on the server".to_owned()
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the server's certificate is not valid yet: check this machine's clock".to_owned()
+            }
+            C::Revoked => "the server's certificate is revoked".to_owned(),
+            other => format!(
+                "the server's certificate is refused ({other}): check the server's certificate, \
+                 or pass --ca-file with the CA that signed it"
+            ),
+        },
+        rustls::Error::InvalidMessage(_) => format!(
+            "the TLS handshake failed ({e}): does the server serve HTTPS (`serve --tls-cert`)? \
+             Otherwise use http://"
+        ),
+        rustls::Error::General(reason) if reason.contains("No CA certificates") => format!(
+            "the TLS handshake failed: {reason}: install the system's CA certificates \
+             (ca-certificates), or pass --ca-file"
+        ),
+        other => format!("the TLS handshake failed: {other}"),
     }
 }
 

@@ -20,10 +20,11 @@
 //!   raw bytes). HTTP headers (a few hundred bytes per request) and TCP/IP overhead are not
 //!   counted.
 //!
-//! TLS plugs in here: reqwest is built without a TLS backend for now (its rustls default pulls
-//! a heavy C build), so [`Remote::new`] refuses `https://` URLs with a clear error. To add TLS,
-//! enable reqwest's `rustls` (or `native-tls`) feature in Cargo.toml and drop that refusal in
-//! `client.rs` (`parse_server`); nothing else changes.
+//! Transport: `https://` with rustls (see [`crate::tls`]), trusting the system's CA store or,
+//! with [`ConnectOptions::ca_file`], only a private CA; a failed handshake is one
+//! [`RemoteError::Tls`] line saying what to do. Plain `http://` is accepted on loopback only,
+//! unless [`ConnectOptions::insecure_http`] accepts the token crossing the network in the
+//! clear ([`RemoteError::PlainHttp`] otherwise).
 
 mod batch;
 mod client;
@@ -31,5 +32,5 @@ mod error;
 mod wire;
 
 pub use batch::UploadBatch;
-pub use client::Remote;
+pub use client::{ConnectOptions, Remote};
 pub use error::RemoteError;

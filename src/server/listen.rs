@@ -1,5 +1,6 @@
-//! The accept loop: HTTP/1.1 connections up to a cap, a deadline for each request head, and a
-//! graceful stop that lets requests in flight finish.
+//! The accept loop: HTTP/1.1 connections (over TLS when configured) up to a cap, a deadline
+//! for each TLS handshake and request head, and a graceful stop that lets requests in flight
+//! finish.
 
 use std::future::Future;
 use std::io;
@@ -17,11 +18,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 
 /// Time a connection gets to deliver a whole request head, counted from when it is accepted or
 /// its previous answer went out: a head is a few hundred bytes, so only a stalled or hostile
 /// client needs longer. Idle kept-alive connections close after it too (the client keeps
-/// them for less).
+/// them for less). A TLS handshake gets as long, so a client that never finishes one frees
+/// its connection slot.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on connections served at once: far more than the devices of one server use
 /// (each holds a few), well under a process's usual 1024 file descriptors.
@@ -32,13 +35,14 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Pause after an accept error that is not about one connection (e.g. out of descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Serves `app` on `listener`, at most `max_connections` at once (more wait in the listen
-/// backlog), until `shutdown` completes; then stops accepting, closes idle connections and
-/// waits for those with a request in flight.
+/// Serves `app` on `listener` (over TLS with `tls`), at most `max_connections` at once (more
+/// wait in the listen backlog), until `shutdown` completes; then stops accepting, closes idle
+/// connections and waits for those with a request in flight.
 pub(super) async fn run(
     listener: TcpListener,
     app: Router,
     max_connections: usize,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
@@ -91,10 +95,31 @@ pub(super) async fn run(
             at_cap = false;
         }
         let service = TowerToHyperService::new(app.clone());
-        let io = TokioIo::new(Lingering::new(stream));
-        let conn = graceful.watch(http.serve_connection(io, service));
+        let stream = Lingering::new(stream);
+        let watcher = graceful.watcher();
+        let (http, tls) = (http.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let conn = http.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(slot);

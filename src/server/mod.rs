@@ -16,6 +16,7 @@ pub mod meta;
 mod notify;
 mod readers;
 mod recent;
+pub mod tls;
 mod validate;
 
 use std::future::Future;
@@ -230,16 +231,18 @@ async fn json_415(resp: axum::response::Response) -> axum::response::Response {
     resp
 }
 
-/// Serves `router(state)` on `listener` within `limits` until `shutdown` completes, then lets
-/// in-flight requests finish (long-polls end early through `state.shutdown`).
+/// Serves `router(state)` on `listener` (HTTPS with `tls`, see [`tls::acceptor`]) within
+/// `limits` until `shutdown` completes, then lets in-flight requests finish (long-polls end
+/// early through `state.shutdown`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     limits: ServeLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state, &BodyBudget::new(limits.body_memory));
-    listen::run(listener, app, limits.max_connections, shutdown).await
+    listen::run(listener, app, limits.max_connections, tls, shutdown).await
 }
 
 /// Milliseconds since the Unix epoch.

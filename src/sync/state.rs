@@ -163,6 +163,17 @@ impl SyncState {
         }
     }
 
+    /// Whether the state accepts a plain `http://` server off loopback (`--insecure-http` at
+    /// the join).
+    pub fn insecure_http(&self) -> Result<bool, SyncError> {
+        Ok(self.meta("insecure_http")?.as_deref() == Some("1"))
+    }
+
+    /// Remembers that the state accepts a plain `http://` server off loopback.
+    pub fn set_insecure_http(&self) -> Result<(), SyncError> {
+        self.set_meta("insecure_http", "1")
+    }
+
     /// The binding, if any.
     pub fn binding(&self) -> Result<Option<Binding>, SyncError> {
         Ok(self

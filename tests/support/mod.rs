@@ -231,6 +231,7 @@ pub struct Client {
 impl Client {
     /// A client for `vol` with `token`.
     pub fn new(server: &Server, token: &str, vol: &str) -> Client {
+        deltadrive::tls::install_provider();
         Client {
             http: Http::builder()
                 .timeout(Duration::from_secs(90))
@@ -249,6 +250,7 @@ impl Client {
     }
 
     fn new_at(base: &str, token: &str, vol: &str) -> Client {
+        deltadrive::tls::install_provider();
         Client {
             http: Http::builder()
                 .timeout(Duration::from_secs(90))
