@@ -30,7 +30,9 @@
 # any one wait may last before the run fails), KEEP (1: keep the logs in BENCH_DIR/logs),
 # TIMELINE (0; 1: during (b), sample both status counters every 100 ms to show when A's push
 # and B's apply ended: two `deltadrive status` processes per sample, ~0.7 CPU s per run on
-# the cores the run measures, so it is off unless asked for).
+# the cores the run measures, so it is off unless asked for), TLS (0; 1: the server serves
+# HTTPS with a certificate from a CA made for the run with openssl, and the mounts use
+# https://localhost:PORT with --ca-file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -42,6 +44,7 @@ UNISON_FILES=${UNISON_FILES:-50}
 SEED=${SEED:-20261124}
 EDITS=${EDITS:-overwrite1 insert1 delete4k append1m}
 TIMELINE=${TIMELINE:-0}
+TLS=${TLS:-0}
 BASE=${BENCH_DIR:-/var/tmp/deltadrive-sync-bench}
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 PROBE_PY=$PWD/scripts/bench/sync_probe.py
@@ -54,6 +57,7 @@ install_tools() {
     command -v fusermount3 >/dev/null 2>&1 || pkgs+=(fuse3)
     command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+    if [ "$TLS" = 1 ] && ! command -v openssl >/dev/null 2>&1; then pkgs+=(openssl); fi
     if [ "$UNISON_BENCH" = 1 ] && ! command -v unison >/dev/null 2>&1; then pkgs+=(unison); fi
     if [ ${#pkgs[@]} -gt 0 ]; then
         say "installing ${pkgs[*]} with apt-get"
@@ -118,16 +122,29 @@ say "starting deltadrive serve on 127.0.0.1 (port chosen by the OS)"
 "$DD" admin --data "$W/server" device add bench deviceA >"$W/tokenA" 2>/dev/null
 "$DD" admin --data "$W/server" device add bench deviceB >"$W/tokenB" 2>/dev/null
 "$DD" admin --data "$W/server" volume create bench vol 2>/dev/null
-"$DD" serve --data "$W/server" --listen 127.0.0.1:0 --addr-file "$W/addr" >"$W/server.log" 2>&1 &
+SERVE_TLS=() MOUNT_TLS=()
+if [ "$TLS" = 1 ]; then
+    say "making a CA and a certificate for localhost (openssl)"
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+    openssl req -x509 "${ec[@]}" -days 2 -subj /CN=bench-ca -keyout "$W/ca.key" -out "$W/ca.pem" 2>/dev/null
+    openssl req "${ec[@]}" -subj /CN=localhost -keyout "$W/tls.key" -out "$W/tls.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\n' >"$W/san.ext"
+    openssl x509 -req -in "$W/tls.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial -days 2 \
+        -extfile "$W/san.ext" -out "$W/tls.pem" 2>/dev/null
+    SERVE_TLS=(--tls-cert "$W/tls.pem" --tls-key "$W/tls.key")
+    MOUNT_TLS=(--ca-file "$W/ca.pem")
+fi
+"$DD" serve --data "$W/server" --listen 127.0.0.1:0 --addr-file "$W/addr" "${SERVE_TLS[@]}" >"$W/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 200); do [ -s "$W/addr" ] && break; sleep 0.05; done
 [ -s "$W/addr" ] || { say "the server did not start"; cat "$W/server.log" >&2; exit 1; }
 URL="http://$(cat "$W/addr")"
+[ "$TLS" = 1 ] && URL="https://localhost:$(sed 's/.*://' "$W/addr")"
 say "server at $URL (pid $SERVER_PID)"
 declare -A DAEMON_PID
 for s in A B; do
     mkdir -p "$W/$s"
-    out=$("$DD" mount "$W/$s" --state "$W/state$s" --server "$URL" --volume vol --token-file "$W/token$s")
+    out=$("$DD" mount "$W/$s" --state "$W/state$s" --server "$URL" --volume vol --token-file "$W/token$s" "${MOUNT_TLS[@]}")
     DAEMON_PID[$s]=$(sed -n 's/.*pid \([0-9]*\)).*/\1/p' <<<"$out")
 done
 say "mounted A=$W/A and B=$W/B"
