@@ -128,6 +128,18 @@ fn two_mounts_sync_over_https_with_a_private_ca() {
         std::fs::read(&arrived).is_ok_and(|got| got == content)
     });
     assert_eq!(laptop.status()["server"], serde_json::json!(server));
+
+    // Mounted again without flags, the state remembers the CA (and the rest): it syncs.
+    let mut laptop = laptop;
+    laptop.umount();
+    std::fs::remove_file(&pki.ca).expect("the CA file goes away");
+    laptop.set_args(&[]);
+    laptop.mount();
+    std::fs::write(laptop.path("again.txt"), b"again").unwrap();
+    let arrived = phone.path("again.txt");
+    wait_until(Duration::from_secs(60), || {
+        std::fs::read(&arrived).is_ok_and(|got| got == b"again")
+    });
 }
 
 #[test]
