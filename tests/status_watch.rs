@@ -89,6 +89,11 @@ fn watch_shows_what_waits_then_the_upload_moving_then_in_sync() {
         seen.join("\n")
     );
     assert!(
+        seen.iter().any(|l| l.contains("; in flight: /big.bin")),
+        "the file was shown in flight:\n{}",
+        seen.join("\n")
+    );
+    assert!(
         seen.iter()
             .all(|l| l.starts_with(&format!("{mountpoint}: "))),
         "{}",

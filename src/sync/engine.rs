@@ -117,6 +117,9 @@ pub struct Engine {
 #[derive(Clone)]
 pub struct LiveStatus {
     published: Arc<Mutex<EngineStatus>>,
+    /// Files whose chunks a scan is uploading early (before the plan names them in flight).
+    scanning: Arc<Mutex<Vec<NodeId>>>,
+    drive: Arc<Drive>,
     remote: Remote,
     to_upload: Arc<AtomicU64>,
     to_download: Arc<AtomicU64>,
@@ -139,7 +142,50 @@ impl LiveStatus {
         (status.bytes_uploaded, status.bytes_downloaded) = self.remote.wire_stats();
         status.chunk_upload_bytes = self.to_upload.load(Ordering::Relaxed);
         status.bytes_to_download = self.to_download.load(Ordering::Relaxed);
+        if status.in_flight.is_empty() {
+            let scanning = self
+                .scanning
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            status.in_flight = scanning.iter().filter_map(|n| self.path_of(*n)).collect();
+        }
         status
+    }
+
+    /// The node's path in the mount, from the drive's tree.
+    fn path_of(&self, node: NodeId) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut at = node;
+        while at != NodeId::ROOT {
+            let view = self.drive.node_view(at)?;
+            parts.push(String::from_utf8_lossy(&view.name).into_owned());
+            at = view.parent;
+            if parts.len() > 4096 {
+                return None;
+            }
+        }
+        parts.reverse();
+        Some(format!("/{}", parts.join("/")))
+    }
+
+    /// Notes that the scan uploads chunks of `node` now (the latest few files).
+    fn scanning(&self, node: NodeId) {
+        let mut s = self.scanning.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.last() != Some(&node) {
+            s.retain(|n| *n != node);
+            s.push(node);
+            if s.len() > IN_FLIGHT_SHOWN {
+                s.remove(0);
+            }
+        }
+    }
+
+    fn scanned(&self) {
+        self.scanning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     fn set(&self, status: &EngineStatus) {
@@ -295,6 +341,8 @@ impl Engine {
         let (to_upload, to_download) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let live = LiveStatus {
             published: Arc::default(),
+            scanning: Arc::default(),
+            drive: Arc::clone(&drive),
             remote: remote.clone(),
             to_upload: Arc::clone(&to_upload),
             to_download: Arc::clone(&to_download),
@@ -732,11 +780,14 @@ impl Ctx {
     fn plan_now(&mut self, device: &AccountName) -> Result<(Plan, RemoteTree, bool), SyncError> {
         let (drive, mem, state, params) =
             (&self.drive, &mut self.mem, &mut self.state, self.params);
+        let live = &self.live;
         let (local, held) = with_early_upload(&self.remote, |early| {
             scan(drive, mem, state, params, &mut |node, at, c, bytes| {
+                live.scanning(node);
                 early.offer(node, at, c, bytes)
             })
         });
+        live.scanned();
         let local = local?;
         self.held = held;
         let mut l = local.tree;
