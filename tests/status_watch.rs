@@ -76,12 +76,12 @@ fn watch_shows_what_waits_then_the_upload_moving_then_in_sync() {
     });
     let mut seen = Vec::new();
     lines_until(&rx, Duration::from_secs(60), &mut seen, |l| {
-        l.contains(": offline") && l.contains("; up 0 B of 50.3 MB;")
+        l.contains(": offline") && l.contains("; up 1 file(s), 0 B of 50.3 MB;")
     });
 
     fx.server = support::Server::start_at(&fx.server.data, &addr);
     lines_until(&rx, Duration::from_secs(120), &mut seen, |l| {
-        l.contains(": in sync; up 50.")
+        l.contains(": in sync; up 0 file(s), 50.")
     });
     assert!(
         seen.iter().any(|l| l.contains("MB/s")),

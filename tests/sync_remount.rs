@@ -113,28 +113,22 @@ fn a_bound_state_refuses_another_volume_and_a_local_drive_refuses_to_join() {
         assert!(!common::is_mounted(&laptop.mountpoint));
     }
     // The same volume with its flags again mounts.
-    laptop.set_args(&[
+    let join = [
         "--server",
         &fx.server.base,
         "--volume",
         "alice-docs",
         "--token-file",
         &token_file,
-    ]);
+    ];
+    laptop.set_args(&join);
     laptop.mount();
     laptop.umount();
 
     let mut local = common::Mount::new();
     std::fs::write(local.path("mine.txt"), b"local only").expect("write");
     local.umount();
-    local.set_args(&[
-        "--server",
-        &fx.server.base,
-        "--volume",
-        "alice-docs",
-        "--token-file",
-        &token_file,
-    ]);
+    local.set_args(&join);
     let out = local.try_mount();
     assert!(!out.status.success());
     assert!(

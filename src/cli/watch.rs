@@ -97,10 +97,10 @@ fn human_left(left: Option<Duration>) -> String {
     }
 }
 
-/// One direction as words: "12.3 MB of 40.0 MB, 1.2 MB/s, 0m23s left".
-fn words(done: u64, pending: u64, flow: &Flow) -> String {
+/// One direction as words: "3 file(s), 12.3 MB of 40.0 MB, 1.2 MB/s, 0m23s left".
+fn words(files: u64, done: u64, pending: u64, flow: &Flow) -> String {
     let mut out = format!(
-        "{} of {}",
+        "{files} file(s), {} of {}",
         human_bytes(done as f64),
         human_bytes((done + pending) as f64)
     );
@@ -138,6 +138,9 @@ pub(super) fn run(mut ask: impl FnMut() -> anyhow::Result<Vec<DriveStatus>>) -> 
             let up_done = w.up.sample(s.sync.bytes_uploaded, dt);
             let down_done = w.down.sample(s.sync.bytes_downloaded, dt);
             let (up_pending, down_pending) = (s.pending_upload_bytes, s.sync.bytes_to_download);
+            // Versions the engine has not taken yet are files to upload too.
+            let up_files = s.sync.files_to_upload + s.pending_versions + s.unrecorded_files;
+            let down_files = s.sync.files_to_download;
             let state = if !s.mounted {
                 "not mounted".to_owned()
             } else if s.server.is_none() {
@@ -175,24 +178,26 @@ pub(super) fn run(mut ask: impl FnMut() -> anyhow::Result<Vec<DriveStatus>>) -> 
                 });
                 head.set_message(format!("{}: {state}{flight}", s.mountpoint.display()));
                 head.tick();
-                for (bar, done, pending, flow) in [
-                    (&*up, up_done, up_pending, &w.up),
-                    (&*down, down_done, down_pending, &w.down),
+                for (bar, files, done, pending, flow) in [
+                    (&*up, up_files, up_done, up_pending, &w.up),
+                    (&*down, down_files, down_done, down_pending, &w.down),
                 ] {
                     bar.set_length((done + pending).max(1));
                     bar.set_position(if done + pending == 0 { 1 } else { done });
-                    bar.set_message(words(done, pending, flow));
+                    bar.set_message(words(files, done, pending, flow));
                 }
             } else {
                 let line = format!(
                     "{}: {state}; up {}; down {}{flight}",
                     s.mountpoint.display(),
-                    words(up_done, up_pending, &w.up),
-                    words(down_done, down_pending, &w.down)
+                    words(up_files, up_done, up_pending, &w.up),
+                    words(down_files, down_done, down_pending, &w.down)
                 );
                 // Rates move every sample: a line when anything else changes.
-                let key =
-                    format!("{state}|{up_done}|{up_pending}|{down_done}|{down_pending}|{flight}");
+                let key = format!(
+                    "{state}|{up_files}|{up_done}|{up_pending}|{down_files}|{down_done}|\
+                     {down_pending}|{flight}"
+                );
                 if key != w.last_line {
                     println!("{line}");
                     w.last_line = key;
@@ -223,8 +228,8 @@ mod tests {
         assert_eq!(human_bytes(1_234_567.0), "1.2 MB");
         assert_eq!(human_left(Some(Duration::from_secs(83))), "1m23s left");
         assert_eq!(
-            words(5_000_000, 5_000_000, &flow),
-            "5.0 MB of 10.0 MB, 1.0 MB/s, 0m05s left"
+            words(2, 5_000_000, 5_000_000, &flow),
+            "2 file(s), 5.0 MB of 10.0 MB, 1.0 MB/s, 0m05s left"
         );
     }
 }

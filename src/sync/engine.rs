@@ -97,6 +97,12 @@ pub struct EngineStatus {
     /// Paths of files being uploaded or brought in now (the first few).
     #[serde(default)]
     pub in_flight: Vec<String>,
+    /// Files whose content the current plan pushes (not counting versions not taken yet).
+    #[serde(default)]
+    pub files_to_upload: u64,
+    /// Files whose content the current plan brings in.
+    #[serde(default)]
+    pub files_to_download: u64,
     /// When this status was written (ms since the epoch).
     #[serde(default)]
     pub updated_ms: i64,
@@ -664,6 +670,7 @@ impl Ctx {
         if plan.is_empty() {
             self.set_synced(&remote.tree)?;
             self.status.pending_transactions = 0;
+            (self.status.files_to_upload, self.status.files_to_download) = (0, 0);
             self.setbacks = 0;
             return Ok(if busy_wait {
                 Next::Soon(BUSY_RETRY)
@@ -676,6 +683,19 @@ impl Ctx {
             });
         }
         self.status.pending_transactions = plan.to_remote.len().div_ceil(PUSH_BATCH) as u64;
+        self.status.files_to_upload = plan
+            .to_remote
+            .iter()
+            .filter(|step| match step {
+                super::plan::PushStep::Write { .. } => true,
+                super::plan::PushStep::Create { entry, .. } => {
+                    matches!(entry.content, super::plan::Content::File { .. })
+                }
+                _ => false,
+            })
+            .count() as u64;
+        self.status.files_to_download =
+            plan.to_local.iter().filter_map(remote_content).count() as u64;
         self.status.idle = false;
         self.publish();
         tracing::debug!(
@@ -709,6 +729,7 @@ impl Ctx {
             let applied = run.run(&plan.to_local, &local_before);
             let unbuilt = std::mem::take(&mut run.unbuilt);
             self.status.in_flight.clear();
+            self.status.files_to_download = 0;
             let applied = applied?;
             self.progress += 1;
             if !unbuilt.is_empty() {
@@ -757,6 +778,7 @@ impl Ctx {
                     self.status.pending_transactions.saturating_sub(1);
             }
             self.set_synced(&target)?;
+            self.status.files_to_upload = 0;
         }
         self.setbacks = 0;
         Ok(Next::Again)
