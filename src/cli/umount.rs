@@ -109,12 +109,16 @@ fn wait_for_sync(mountpoint: &Path, pid: u32, timeout: Duration) -> anyhow::Resu
 }
 
 /// The waiting line: on a terminal one line redrawn in place; otherwise a line when what it
-/// says changes (at most one a second).
+/// says changes (at most one a second). Nothing for a wait shorter than [`QUIET_WAIT`].
 struct Progress {
     terminal: bool,
     last: String,
     shown: Option<Instant>,
+    began: Instant,
 }
+
+/// A wait this short shows no progress line at all.
+const QUIET_WAIT: Duration = Duration::from_millis(500);
 
 impl Progress {
     fn new() -> Self {
@@ -122,6 +126,7 @@ impl Progress {
             terminal: std::io::stderr().is_terminal(),
             last: String::new(),
             shown: None,
+            began: Instant::now(),
         }
     }
 
@@ -129,7 +134,7 @@ impl Progress {
         let due = self.shown.is_none_or(|t| {
             t.elapsed() >= Duration::from_millis(if self.terminal { 200 } else { 1000 })
         });
-        if !due || (!self.terminal && line == self.last) {
+        if !due || self.began.elapsed() < QUIET_WAIT || (!self.terminal && line == self.last) {
             return;
         }
         if self.terminal {
