@@ -146,12 +146,6 @@ fn signal(child: &std::process::Child, sig: libc::c_int) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
-fn is_mounted(mp: &std::path::Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .contains(mp.to_str().unwrap())
-}
-
 /// Starts `deltadrive mount --foreground` and waits until the mount answers.
 fn foreground_mount(mp: &std::path::Path, state: &std::path::Path) -> std::process::Child {
     let child = Command::new(bin())
@@ -166,7 +160,7 @@ fn foreground_mount(mp: &std::path::Path, state: &std::path::Path) -> std::proce
         .spawn()
         .unwrap();
     common::wait_until(std::time::Duration::from_secs(10), || {
-        is_mounted(mp) && std::fs::metadata(mp).is_ok()
+        common::is_mounted(mp) && std::fs::metadata(mp).is_ok()
     });
     child
 }
@@ -187,7 +181,7 @@ fn foreground_mount_stops_cleanly_on(sig: libc::c_int) {
         "foreground daemon exits 0 after signal {sig}; it said: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!is_mounted(&mp), "unmounted");
+    assert!(!common::is_mounted(&mp), "unmounted");
     // The state was closed cleanly and keeps the file.
     let mut m2 = Command::new(bin())
         .args([
@@ -223,7 +217,9 @@ fn a_stop_while_a_file_is_open_detaches_and_ends_when_it_closes() {
         .unwrap();
     signal(&child, libc::SIGTERM);
     // The busy mount leaves the namespace after a short grace...
-    common::wait_until(std::time::Duration::from_secs(15), || !is_mounted(&mp));
+    common::wait_until(std::time::Duration::from_secs(15), || {
+        !common::is_mounted(&mp)
+    });
     // ...while the daemon keeps serving the open file.
     assert!(child.try_wait().unwrap().is_none(), "daemon still serving");
     let mut got = String::new();
@@ -260,11 +256,11 @@ fn umount_of_a_busy_drive_says_so_and_keeps_it_mounted() {
         "{}",
         stderr(&out)
     );
-    assert!(is_mounted(&m.mountpoint));
+    assert!(common::is_mounted(&m.mountpoint));
     assert_eq!(std::fs::read(m.path("f")).unwrap(), b"kept");
     drop(held);
     m.umount();
-    assert!(!is_mounted(&m.mountpoint));
+    assert!(!common::is_mounted(&m.mountpoint));
 }
 
 #[test]

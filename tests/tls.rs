@@ -8,7 +8,7 @@ mod support;
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -93,11 +93,6 @@ fn one_line_failure(out: &Output) -> String {
     stderr
 }
 
-fn is_mounted(path: &Path) -> bool {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    table.contains(path.to_str().expect("utf-8"))
-}
-
 #[test]
 fn two_mounts_sync_over_https_with_a_private_ca() {
     let pki = pki();
@@ -160,14 +155,14 @@ fn the_system_ca_store_is_trusted_without_ca_file() {
     // The system store, as OpenSSL-style tools read it: SSL_CERT_FILE replaces the machine's.
     let (out, guard, _dir) = try_mount(&args, &[("SSL_CERT_FILE", &pki.ca)]);
     assert!(out.status.success(), "mount failed: {out:?}");
-    assert!(is_mounted(&guard.0));
+    assert!(common::is_mounted(&guard.0));
     let umount = deltadrive(&["umount", guard.0.to_str().unwrap()]);
     assert!(umount.status.success(), "umount failed: {umount:?}");
     // A store without our CA: refused in one line.
     let (out, guard, _dir) = try_mount(&args, &[("SSL_CERT_FILE", &pki.other_ca)]);
     let line = one_line_failure(&out);
     assert!(line.contains("not trusted (unknown issuer)"), "{line}");
-    assert!(!is_mounted(&guard.0));
+    assert!(!common::is_mounted(&guard.0));
 }
 
 #[test]
@@ -196,7 +191,7 @@ fn a_certificate_from_another_ca_fails_the_mount_in_one_line() {
             && line.contains("--ca-file"),
         "{line}"
     );
-    assert!(!is_mounted(&guard.0));
+    assert!(!common::is_mounted(&guard.0));
     // The same refusal, typed, from the library.
     let options = ConnectOptions {
         ca_file: Some(PathBuf::from(&pki.other_ca)),
@@ -230,7 +225,7 @@ fn plain_http_off_loopback_is_refused_in_one_line_before_any_connection() {
             && line.contains("--insecure-http"),
         "{line}"
     );
-    assert!(!is_mounted(&guard.0));
+    assert!(!common::is_mounted(&guard.0));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "it tried to connect"

@@ -23,16 +23,21 @@ pub(super) struct Sync {
 /// bound state asked to follow another server or volume, and a local-only drive asked to
 /// start syncing in place.
 pub(super) fn connect(args: &MountArgs, state: &StateDir) -> anyhow::Result<Option<Sync>> {
-    let bound = if state.sync_db_path().exists() {
-        SyncState::open(&state.sync_db_path())?.binding()?
+    // Opened once (only if it exists: a local-only drive has none) and handed on.
+    let existing = if state.sync_db_path().exists() {
+        Some(SyncState::open(&state.sync_db_path())?)
     } else {
         None
     };
+    let bound = match &existing {
+        Some(sync_state) => sync_state.binding()?,
+        None => None,
+    };
     let asked = args.server.as_ref().zip(args.volume.as_ref());
-    match (bound, asked) {
+    match (existing.zip(bound), asked) {
         (None, None) => Ok(None),
-        (Some(bound), None) => remount(state, bound).map(Some),
-        (Some(bound), Some((server, volume))) => {
+        (Some((sync_state, bound)), None) => remount(state, sync_state, bound).map(Some),
+        (Some((sync_state, bound)), Some((server, volume))) => {
             if bound.server != *server || bound.volume != *volume {
                 bail!(
                     "state directory {} is bound to volume {} on {}: mount it without \
@@ -46,8 +51,8 @@ pub(super) fn connect(args: &MountArgs, state: &StateDir) -> anyhow::Result<Opti
             if let Some(file) = &args.token_file {
                 save_token(state, &Remote::token_from_file(file)?)?;
             }
-            remember_transport(state, &SyncState::open(&state.sync_db_path())?, args)?;
-            remount(state, bound).map(Some)
+            remember_transport(state, &sync_state, args)?;
+            remount(state, sync_state, bound).map(Some)
         }
         (None, Some((server, volume))) => {
             if state.db_path().exists() {
@@ -99,7 +104,7 @@ fn join(
 }
 
 /// A bound state: everything comes from the state directory; nothing needs the server.
-fn remount(state: &StateDir, bound: Binding) -> anyhow::Result<Sync> {
+fn remount(state: &StateDir, sync_state: SyncState, bound: Binding) -> anyhow::Result<Sync> {
     let token_path = state.token_path();
     if !token_path.exists() {
         bail!(
@@ -114,7 +119,6 @@ fn remount(state: &StateDir, bound: Binding) -> anyhow::Result<Sync> {
         );
     }
     let token = Remote::token_from_file(&token_path)?;
-    let sync_state = SyncState::open(&state.sync_db_path())?;
     let options = ConnectOptions {
         ca_file: Some(state.ca_path()).filter(|p| p.exists()),
         insecure_http: sync_state.insecure_http()?,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::engine::doubling;
 use super::plan::{Content, Tree};
 use crate::chunking::ManifestId;
 use crate::protocol::NodeId;
@@ -57,9 +58,7 @@ impl Aside {
             Some(w) if w.content == content => w.attempts.saturating_add(1),
             _ => 1,
         };
-        let pause = FIRST_RETRY
-            .saturating_mul(1 << (attempts - 1).min(16))
-            .min(LAST_RETRY);
+        let pause = doubling(FIRST_RETRY, attempts - 1, LAST_RETRY);
         tracing::warn!(
             %node,
             attempts,

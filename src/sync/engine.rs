@@ -114,7 +114,7 @@ pub struct Engine {
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
     thread: Option<JoinHandle<()>>,
-    status: LiveStatus,
+    live: LiveStatus,
 }
 
 /// The engine's status, shared with whoever asks (the control socket): as last published,
@@ -178,12 +178,10 @@ impl LiveStatus {
     /// Notes that the scan uploads chunks of `node` now (the latest few files).
     fn scanning(&self, node: NodeId) {
         let mut s = self.scanning.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.last() != Some(&node) {
-            s.retain(|n| *n != node);
-            s.push(node);
-            if s.len() > IN_FLIGHT_SHOWN {
-                s.remove(0);
-            }
+        s.retain(|n| *n != node);
+        s.push(node);
+        if s.len() > IN_FLIGHT_SHOWN {
+            s.remove(0);
         }
     }
 
@@ -410,7 +408,7 @@ impl Engine {
             stop,
             wake,
             thread: Some(thread),
-            status: live,
+            live,
         })
     }
 
@@ -436,16 +434,26 @@ impl Engine {
 
     /// The engine's status, live.
     pub fn live_status(&self) -> LiveStatus {
-        self.status.clone()
+        self.live.clone()
     }
 }
 
 /// Sleeps `total`, or less once `stop` is set (looked at every 50 ms).
 pub(super) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
+    sleep_while(total, || !stop.load(Ordering::Relaxed));
+}
+
+/// Sleeps `total`, or less once `go_on` says no (asked every 50 ms).
+fn sleep_while(total: Duration, mut go_on: impl FnMut() -> bool) {
     let deadline = Instant::now() + total;
-    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+    while Instant::now() < deadline && go_on() {
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The pause after the `n`th setback in a row (from 0): `first`, doubling, at most `cap`.
+pub(super) fn doubling(first: Duration, n: u32, cap: Duration) -> Duration {
+    first.saturating_mul(1 << n.min(16)).min(cap)
 }
 
 /// Whether a long-poll answer with nothing in it came back long before its wait: a server
@@ -529,16 +537,8 @@ impl Ctx {
                         Next::Soon(d) => {
                             self.wake.wait(d);
                         }
-                        Next::Idle | Next::Aside(_) => {
-                            let wait = match next {
-                                Next::Aside(d) => d.min(RESCAN),
-                                _ => RESCAN,
-                            };
-                            if self.wake.wait(wait) {
-                                // Let a burst of changes land before looking.
-                                std::thread::sleep(SETTLE);
-                            }
-                        }
+                        Next::Idle => self.wait_quietly(RESCAN),
+                        Next::Aside(due) => self.wait_quietly(due.min(RESCAN)),
                     }
                 }
                 Err(e) => {
@@ -569,9 +569,7 @@ impl Ctx {
         if self.stalls == 1 {
             return Duration::ZERO;
         }
-        let pause = Duration::from_secs(1)
-            .saturating_mul(1 << (self.stalls - 2).min(16))
-            .min(MAX_BACKOFF);
+        let pause = doubling(Duration::from_secs(1), self.stalls - 2, MAX_BACKOFF);
         let why = format!(
             "sync makes no progress (cursor {}, server head {})",
             self.status.cursor, self.status.server_head
@@ -584,16 +582,19 @@ impl Ctx {
         pause
     }
 
+    /// Waits, all quiet, for a ring or `total`; a ring lets a burst of changes land first.
+    fn wait_quietly(&self, total: Duration) {
+        if self.wake.wait(total) {
+            std::thread::sleep(SETTLE);
+        }
+    }
+
     /// Backs off for `total`, or less once stopped or nudged; the drive's rings do not cut it
     /// short (a program writing all the time would turn the backoff into a tight loop).
     fn sleep(&self, total: Duration) {
-        let deadline = Instant::now() + total;
-        while Instant::now() < deadline
-            && !self.stop.load(Ordering::Relaxed)
-            && !self.wake.nudged.swap(false, Ordering::Relaxed)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        sleep_while(total, || {
+            !self.stop.load(Ordering::Relaxed) && !self.wake.nudged.swap(false, Ordering::Relaxed)
+        });
     }
 
     fn publish(&mut self) {
@@ -804,8 +805,13 @@ impl Ctx {
             (&self.drive, &mut self.mem, &mut self.state, self.params);
         let live = &self.live;
         let (local, held) = with_early_upload(&self.remote, |early| {
+            // Called for every chunk cut: the live status hears only when the file changes.
+            let mut last = None;
             scan(drive, mem, state, params, &mut |node, at, c, bytes| {
-                live.scanning(node);
+                if last != Some(node) {
+                    last = Some(node);
+                    live.scanning(node);
+                }
                 early.offer(node, at, c, bytes)
             })
         });
@@ -850,7 +856,11 @@ impl Ctx {
     /// 5 s).
     fn setback(&mut self) -> Duration {
         self.setbacks = self.setbacks.saturating_add(1);
-        (Duration::from_millis(50) * (1 << self.setbacks.min(7))).min(Duration::from_secs(5))
+        doubling(
+            Duration::from_millis(50),
+            self.setbacks,
+            Duration::from_secs(5),
+        )
     }
 
     /// Makes `tree` the synced tree, writing only what changed.
