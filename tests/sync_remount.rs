@@ -278,3 +278,59 @@ fn umount_on_a_terminal_shows_one_updating_progress_line() {
         "one line, redrawn: {before:?}"
     );
 }
+
+/// `deltadrive mount ~/Drive` alone: a drive joined with the default state directory (under
+/// `$XDG_DATA_HOME`) mounts again synced with no flag at all, and `status` finds it there.
+#[test]
+fn the_default_state_directory_remembers_its_volume_too() {
+    let fx = support::fixture();
+    let home = tempfile::tempdir().expect("tempdir");
+    let (mp, data_home) = (home.path().join("Drive"), home.path().join("data"));
+    std::fs::create_dir(&mp).expect("mkdir");
+    let _guard = common::UnmountGuard(mp.clone());
+    let mp_arg = mp.to_str().expect("utf-8");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin())
+            .args(args)
+            .env("XDG_DATA_HOME", &data_home)
+            .output()
+            .expect("run deltadrive");
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    let token = common::sync::token_file(home.path(), &fx.laptop);
+    let volume = common::sync::VOLUME;
+    run(&[
+        "mount",
+        mp_arg,
+        "--server",
+        &fx.server.base,
+        "--volume",
+        volume,
+        "--token-file",
+        &token,
+    ]);
+    run(&["umount", mp_arg]);
+    std::fs::remove_file(&token).expect("the join's token file is not needed again");
+
+    run(&["mount", mp_arg]);
+    std::fs::write(mp.join("hello.txt"), b"from the default state").expect("write");
+    let phone = synced_mount(&fx.server.base, "phone", &fx.phone);
+    wait_for(
+        &[&phone],
+        Duration::from_secs(30),
+        "hello.txt on the phone",
+        || std::fs::read(phone.path("hello.txt")).is_ok_and(|b| b == b"from the default state"),
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&run(&["status", mp_arg, "--json"]).stdout).expect("json");
+    assert_eq!(status["online"], true, "{status}");
+    assert_eq!(status["server"].as_str(), Some(fx.server.base.as_str()));
+    let states: Vec<_> = std::fs::read_dir(data_home.join("deltadrive/mounts"))
+        .expect("the default state root")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert!(states[0].join("token").is_file());
+    run(&["umount", mp_arg]);
+}
