@@ -1,6 +1,8 @@
 //! `deltadrive service install | uninstall`: the unit it writes passes `systemd-analyze
-//! verify`, and its ExecStart, run as systemd would run it, mounts the drive and unmounts it
-//! cleanly on SIGTERM.
+//! verify` and is enabled by the real systemctl (a system unit for root, a user unit for a
+//! user); its ExecStart, run as systemd would run it, mounts the drive and unmounts it
+//! cleanly on SIGTERM. No systemd runs PID 1 here, so systemctl works on the unit files
+//! (offline), as it does when a unit is installed into a machine image.
 
 mod common;
 
@@ -42,14 +44,27 @@ fn exec_start(unit: &str) -> Vec<String> {
     words
 }
 
+/// `systemctl OPTS is-enabled UNIT`'s answer, run offline with `env` added.
+fn is_enabled(opts: &[&str], unit: &str, env: &[(&str, &str)]) -> String {
+    let out = Command::new("systemctl")
+        .args(opts)
+        .args(["is-enabled", unit])
+        .env("SYSTEMD_OFFLINE", "1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run systemctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 #[test]
 fn the_unit_verifies_mounts_and_unmounts_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mp, state, units) = (
+    let (mp, state, image) = (
         dir.path().join("my drive"),
         dir.path().join("state"),
-        dir.path().join("units"),
+        dir.path().join("image"),
     );
+    let units = image.join("etc/systemd/system");
     std::fs::create_dir(&mp).expect("mkdir");
     let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
     let out = common::deltadrive(&[
@@ -58,8 +73,8 @@ fn the_unit_verifies_mounts_and_unmounts_cleanly_on_sigterm() {
         &path(&mp),
         "--state",
         &path(&state),
-        "--unit-dir",
-        &path(&units),
+        "--root",
+        &path(&image),
     ]);
     assert!(
         out.status.success(),
@@ -86,6 +101,13 @@ fn the_unit_verifies_mounts_and_unmounts_cleanly_on_sigterm() {
         "{stdout}"
     );
     let unit = std::fs::read_to_string(&unit_path).expect("read unit");
+    assert!(stdout.contains("starts at the next boot"), "{stdout}");
+    assert_eq!(
+        is_enabled(&[&format!("--root={}", path(&image))], file, &[]),
+        "enabled"
+    );
+    let wants = units.join("multi-user.target.wants").join(file);
+    assert!(wants.is_symlink(), "{} is not linked", wants.display());
 
     match Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
@@ -130,26 +152,97 @@ fn the_unit_verifies_mounts_and_unmounts_cleanly_on_sigterm() {
     assert!(status.success(), "stopped with {status}");
     assert!(!common::is_mounted(&mp));
 
-    let out = common::deltadrive(&[
-        "service",
-        "uninstall",
-        &path(&mp),
-        "--unit-dir",
-        &path(&units),
-    ]);
+    let out = common::deltadrive(&["service", "uninstall", &path(&mp), "--root", &path(&image)]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!unit_path.exists());
-    let out = common::deltadrive(&[
-        "service",
-        "uninstall",
-        &path(&mp),
-        "--unit-dir",
-        &path(&units),
-    ]);
+    assert!(!wants.is_symlink(), "still linked");
+    assert_ne!(
+        is_enabled(&[&format!("--root={}", path(&image))], file, &[]),
+        "enabled"
+    );
+    let out = common::deltadrive(&["service", "uninstall", &path(&mp), "--root", &path(&image)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no unit"));
+}
+
+/// A user (here nobody, with a home of its own) gets a user unit in
+/// ~/.config/systemd/user, enabled for default.target, and loses it at uninstall.
+#[test]
+fn a_user_gets_a_user_unit_enabled_at_login() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (home, mp, bin) = (
+        dir.path().join("home"),
+        dir.path().join("Drive"),
+        dir.path().join("bin"),
+    );
+    for d in [&home, &mp, &bin] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    // nobody runs its own copy of the program: the build tree may be closed to it.
+    let exe = bin.join("deltadrive");
+    std::fs::copy(common::bin(), &exe).expect("copy the program");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    for (p, mode) in [
+        (dir.path(), 0o755),
+        (bin.as_path(), 0o755),
+        (mp.as_path(), 0o755),
+    ] {
+        common::chmod(p, mode);
+    }
+    let nobody = 65534;
+    std::os::unix::fs::chown(&home, Some(nobody), Some(nobody)).expect("chown home");
+    let env = [("HOME", path(&home))];
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run setpriv");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+
+    let (ok, out) = as_nobody(&["service", "install", &path(&mp)]);
+    assert!(ok, "{out}");
+    assert!(out.contains("starts at the next login"), "{out}");
+    let units = home.join(".config/systemd/user");
+    let file = std::fs::read_dir(&units)
+        .expect("the user unit directory")
+        .filter_map(|e| e.expect("entry").file_name().into_string().ok())
+        .find(|n| n.starts_with("deltadrive-") && n.ends_with("-Drive.service"))
+        .expect("a unit for the drive");
+    let unit = std::fs::read_to_string(units.join(&file)).expect("the user unit");
+    assert!(unit.contains("WantedBy=default.target"), "{unit}");
+    assert!(
+        unit.contains(&format!("ExecStart=\"{}\" mount", path(&exe))),
+        "{unit}"
+    );
+    let wants = units.join("default.target.wants").join(&file);
+    assert!(wants.is_symlink(), "{} is not linked", wants.display());
+    let home_dir = path(&home);
+    assert_eq!(
+        is_enabled(&["--user"], &file, &[("HOME", &home_dir)]),
+        "enabled"
+    );
+
+    let (ok, out) = as_nobody(&["service", "install", &path(&mp), "--root", "/"]);
+    assert!(!ok && out.contains("needs root"), "{out}");
+
+    let (ok, out) = as_nobody(&["service", "uninstall", &path(&mp)]);
+    assert!(ok, "{out}");
+    assert!(!units.join(&file).exists() && !wants.is_symlink());
 }

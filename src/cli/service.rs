@@ -29,18 +29,18 @@ pub enum ServiceCommand {
         /// State directory (default: the mountpoint's default one).
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
-        /// Where to write the unit (default: ~/.config/systemd/user, or
-        /// /etc/systemd/system for root).
+        /// Install a system unit into the machine image under DIR instead of this machine
+        /// (as `systemctl --root`): enabled there, started at its next boot. Root only.
         #[arg(long, value_name = "DIR")]
-        unit_dir: Option<PathBuf>,
+        root: Option<PathBuf>,
     },
     /// Stop, disable and remove the unit of MOUNTPOINT.
     Uninstall {
         /// The drive's mountpoint.
         mountpoint: PathBuf,
-        /// Where the unit was written (as given to install).
+        /// The machine image the unit was installed into (as given to install).
         #[arg(long, value_name = "DIR")]
-        unit_dir: Option<PathBuf>,
+        root: Option<PathBuf>,
     },
 }
 
@@ -50,16 +50,95 @@ fn system_wide() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The default unit directory: the system's for root, else the user's.
-fn default_unit_dir() -> anyhow::Result<PathBuf> {
-    if system_wide() {
-        return Ok(PathBuf::from("/etc/systemd/system"));
+/// The systemd instance a unit is installed for: the system's (root, or an image under
+/// `--root`) or the user's, and where its units live.
+struct Manager {
+    /// Where the unit file goes.
+    dir: PathBuf,
+    /// A user unit (`systemctl --user`).
+    user: bool,
+    /// The image a system unit goes into, if not this machine.
+    root: Option<PathBuf>,
+}
+
+impl Manager {
+    /// The manager units are installed for, as this user asked.
+    fn new(root: Option<PathBuf>) -> anyhow::Result<Manager> {
+        if let Some(root) = root {
+            if !system_wide() {
+                bail!("--root installs a system unit into a machine image, which needs root");
+            }
+            let root = super::absolute(&root)?;
+            return Ok(Manager {
+                dir: root.join("etc/systemd/system"),
+                user: false,
+                root: Some(root),
+            });
+        }
+        if system_wide() {
+            return Ok(Manager {
+                dir: PathBuf::from("/etc/systemd/system"),
+                user: false,
+                root: None,
+            });
+        }
+        let config = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".config")
+            }
+        };
+        Ok(Manager {
+            dir: config.join("systemd").join("user"),
+            user: true,
+            root: None,
+        })
     }
-    let config = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".config"),
-    };
-    Ok(config.join("systemd").join("user"))
+
+    /// Whether that manager runs now (else systemctl edits its unit files offline, and the
+    /// unit starts at the next boot or login). The checks are `sd_booted`'s, and for a user,
+    /// whether the user's manager has its socket.
+    fn running(&self) -> bool {
+        if self.root.is_some() || !Path::new("/run/systemd/system").is_dir() {
+            return false;
+        }
+        !self.user
+            || std::env::var_os("XDG_RUNTIME_DIR")
+                .is_some_and(|dir| Path::new(&dir).join("systemd/private").exists())
+    }
+
+    /// When an offline install takes effect.
+    fn next_start(&self) -> &'static str {
+        if self.user { "login" } else { "boot" }
+    }
+
+    /// Runs `systemctl [--user] [--root=DIR] ARGS`, failing with its message.
+    fn systemctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = Command::new("systemctl");
+        if self.user {
+            cmd.arg("--user");
+        }
+        if let Some(root) = &self.root {
+            let mut flag = std::ffi::OsString::from("--root=");
+            flag.push(root);
+            cmd.arg(flag);
+        }
+        if !self.running() {
+            cmd.env("SYSTEMD_OFFLINE", "1");
+        }
+        let out = cmd
+            .args(args)
+            .output()
+            .context("cannot run systemctl (deltadrive service needs systemd)")?;
+        if !out.status.success() {
+            bail!(
+                "systemctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The unit's name for a mountpoint: `deltadrive-` plus the path escaped as
@@ -158,92 +237,83 @@ WantedBy={wanted_by}
     ))
 }
 
-/// Whether systemd runs this machine (the check `sd_booted` makes).
-fn systemd_running() -> bool {
-    Path::new("/run/systemd/system").is_dir()
-}
-
-/// Runs `systemctl [--user] ARGS`, failing with its message.
-fn systemctl(args: &[&str]) -> anyhow::Result<()> {
-    let mut cmd = Command::new("systemctl");
-    if !system_wide() {
-        cmd.arg("--user");
-    }
-    let out = cmd.args(args).output().context("cannot run systemctl")?;
-    if !out.status.success() {
-        bail!(
-            "systemctl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// Runs `deltadrive service`.
 pub fn run(args: ServiceArgs) -> anyhow::Result<()> {
     match args.command {
         ServiceCommand::Install {
             mountpoint,
             state,
-            unit_dir,
-        } => {
-            let mountpoint = super::absolute(&mountpoint)?;
-            if !mountpoint.is_dir() {
-                bail!("mountpoint {} is not a directory", mountpoint.display());
-            }
-            let state = match state {
-                Some(s) => super::absolute(&s)?,
-                None => crate::drive::StateDir::default_root(&mountpoint),
-            };
-            let exe = std::env::current_exe().context("cannot find the deltadrive program")?;
-            let dir = match unit_dir {
-                Some(d) => d,
-                None => default_unit_dir()?,
-            };
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let path = dir.join(unit_name(&mountpoint));
-            let text = unit_text(&exe, &mountpoint, &state, system_wide())?;
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            println!("wrote {}", path.display());
-            if !systemd_running() {
-                println!("systemd is not running here: the unit is written, not enabled");
-                return Ok(());
-            }
-            systemctl(&["daemon-reload"])?;
-            let name = unit_name(&mountpoint);
-            systemctl(&["enable", "--now", &name])?;
-            println!("enabled and started {name}");
-            Ok(())
-        }
-        ServiceCommand::Uninstall {
-            mountpoint,
-            unit_dir,
-        } => {
-            let mountpoint = super::absolute(&mountpoint)?;
-            let name = unit_name(&mountpoint);
-            let dir = match unit_dir {
-                Some(d) => d,
-                None => default_unit_dir()?,
-            };
-            let path = dir.join(&name);
-            if !path.exists() {
-                bail!("no unit {} for {}", path.display(), mountpoint.display());
-            }
-            if systemd_running() {
-                systemctl(&["disable", "--now", &name])?;
-            }
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-            if systemd_running() {
-                systemctl(&["daemon-reload"])?;
-            }
-            println!("removed {}", path.display());
-            Ok(())
+            root,
+        } => install(&mountpoint, state.as_deref(), &Manager::new(root)?),
+        ServiceCommand::Uninstall { mountpoint, root } => {
+            uninstall(&mountpoint, &Manager::new(root)?)
         }
     }
+}
+
+/// Writes the unit and enables it (and starts it, when its manager runs); a unit that
+/// cannot be enabled is removed again.
+fn install(mountpoint: &Path, state: Option<&Path>, manager: &Manager) -> anyhow::Result<()> {
+    let mountpoint = super::absolute(mountpoint)?;
+    if !mountpoint.is_dir() {
+        bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+    let state = match state {
+        Some(s) => super::absolute(s)?,
+        None => crate::drive::StateDir::default_root(&mountpoint),
+    };
+    let exe = std::env::current_exe().context("cannot find the deltadrive program")?;
+    let name = unit_name(&mountpoint);
+    let path = manager.dir.join(&name);
+    let text = unit_text(&exe, &mountpoint, &state, !manager.user)?;
+    std::fs::create_dir_all(&manager.dir)
+        .with_context(|| format!("cannot create {}", manager.dir.display()))?;
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    let running = manager.running();
+    let enabled = if running {
+        manager
+            .systemctl(&["daemon-reload"])
+            .and_then(|()| manager.systemctl(&["enable", "--now", &name]))
+    } else {
+        manager.systemctl(&["enable", &name])
+    };
+    if let Err(e) = enabled {
+        // Nothing half-installed: a unit that is not enabled would only confuse the next try.
+        let _ = std::fs::remove_file(&path);
+        return Err(e.context(format!("{name} is not installed")));
+    }
+    if running {
+        println!("enabled and started {name}");
+    } else {
+        println!(
+            "enabled {name}; systemd does not run it here now, it starts at the next {}",
+            manager.next_start()
+        );
+    }
+    Ok(())
+}
+
+/// Stops and disables the unit, then removes its file.
+fn uninstall(mountpoint: &Path, manager: &Manager) -> anyhow::Result<()> {
+    let mountpoint = super::absolute(mountpoint)?;
+    let name = unit_name(&mountpoint);
+    let path = manager.dir.join(&name);
+    if !path.exists() {
+        bail!("no unit {} for {}", path.display(), mountpoint.display());
+    }
+    let running = manager.running();
+    if running {
+        manager.systemctl(&["disable", "--now", &name])?;
+    } else {
+        manager.systemctl(&["disable", &name])?;
+    }
+    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    if running {
+        manager.systemctl(&["daemon-reload"])?;
+    }
+    println!("disabled and removed {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]
