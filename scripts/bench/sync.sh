@@ -49,7 +49,9 @@ BASE=${BENCH_DIR:-/var/tmp/deltadrive-sync-bench}
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 PROBE_PY=$PWD/scripts/bench/sync_probe.py
 
-say() { echo "sync.sh: $*" >&2; }
+BENCH=sync.sh
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
 probe() { python3 "$PROBE_PY" "$@"; }
 
 install_tools() {
@@ -73,55 +75,16 @@ DELTA_BYTES=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/delta_bytes
 
 mkdir -p "$BASE"
 W=$(mktemp -d "$BASE/run.XXXXXX")
-SERVER_PID=""
 UNISON_PID=""
 cleanup() {
-    local m
-    for m in "$W/A" "$W/B"; do
-        if mountpoint -q "$m" 2>/dev/null; then
-            # --force: no waiting for the server (it may be gone); the data goes anyway.
-            "$DD" umount "$m" --force >/dev/null 2>&1 || fusermount3 -u -z "$m" 2>/dev/null || true
-        fi
-    done
     if [ -n "$UNISON_PID" ]; then kill "$UNISON_PID" 2>/dev/null || true; wait "$UNISON_PID" 2>/dev/null || true; fi
-    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-    if [ "${KEEP:-0}" = 1 ]; then
-        rm -rf "$BASE/logs"; mkdir -p "$BASE/logs"
-        cp "$W/server.log" "$BASE/logs/" 2>/dev/null || true
-        cp "$W/stateA/daemon.log" "$BASE/logs/A.log" 2>/dev/null || true
-        cp "$W/stateB/daemon.log" "$BASE/logs/B.log" 2>/dev/null || true
-    fi
-    rm -rf "$W"
+    bench_cleanup "$([ "${KEEP:-0}" = 1 ] && echo "$BASE/logs")"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# What went wrong, for a run that fails midway: both drives' status and the ends of the logs.
-diagnose() {
-    say "diagnostics follow"
-    for s in A B; do
-        "$DD" status "$W/$s" --state "$W/state$s" --json >&2 || true
-        echo "--- tail of $W/state$s/daemon.log" >&2
-        tail -n 30 "$W/state$s/daemon.log" >&2 || true
-    done
-    echo "--- tail of the server log" >&2
-    tail -n 30 "$W/server.log" >&2 || true
-}
-
-now() { date +%s.%N; }
-elapsed() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.3f", e - s }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "na" }'; }
-field() { sed -n "s/.*$1=\\([0-9.]*\\).*/\\1/p" <<<"$2"; }
-# CPU seconds (user + system, all threads) a process has used so far.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-minflt() { awk '{ print $10 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+diagnose() { bench_diagnose A B; }
 
 # --- server, user, devices, volume, two mounts -------------------------------------------
-say "starting deltadrive serve on 127.0.0.1 (port chosen by the OS)"
-"$DD" admin --data "$W/server" user add bench 2>/dev/null
-"$DD" admin --data "$W/server" device add bench deviceA >"$W/tokenA" 2>/dev/null
-"$DD" admin --data "$W/server" device add bench deviceB >"$W/tokenB" 2>/dev/null
-"$DD" admin --data "$W/server" volume create bench vol 2>/dev/null
 SERVE_TLS=() MOUNT_TLS=()
 if [ "$TLS" = 1 ]; then
     say "making a CA and a certificate for localhost (openssl)"
@@ -134,19 +97,11 @@ if [ "$TLS" = 1 ]; then
     SERVE_TLS=(--tls-cert "$W/tls.pem" --tls-key "$W/tls.key")
     MOUNT_TLS=(--ca-file "$W/ca.pem")
 fi
-"$DD" serve --data "$W/server" --listen 127.0.0.1:0 --addr-file "$W/addr" "${SERVE_TLS[@]}" >"$W/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 200); do [ -s "$W/addr" ] && break; sleep 0.05; done
-[ -s "$W/addr" ] || { say "the server did not start"; cat "$W/server.log" >&2; exit 1; }
-URL="http://$(cat "$W/addr")"
-[ "$TLS" = 1 ] && URL="https://localhost:$(sed 's/.*://' "$W/addr")"
+bench_serve A B -- "${SERVE_TLS[@]}"
+if [ "$TLS" = 1 ]; then URL="https://localhost:$(sed 's/.*://' "$W/addr")"; fi
 say "server at $URL (pid $SERVER_PID)"
-declare -A DAEMON_PID
-for s in A B; do
-    mkdir -p "$W/$s"
-    out=$("$DD" mount "$W/$s" --state "$W/state$s" --server "$URL" --volume vol --token-file "$W/token$s" "${MOUNT_TLS[@]}")
-    DAEMON_PID[$s]=$(sed -n 's/.*pid \([0-9]*\)).*/\1/p' <<<"$out")
-done
+bench_mount A "${MOUNT_TLS[@]}"
+bench_mount B "${MOUNT_TLS[@]}"
 say "mounted A=$W/A and B=$W/B"
 quiet() { probe quiet "$DD" "$W/A" "$W/stateA" "$W/B" "$W/stateB" || { diagnose; exit 1; }; }
 # Once both engines are quiet, B's copy must equal REF. Waiting on the status rather than on
