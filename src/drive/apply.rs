@@ -68,16 +68,35 @@ pub enum RemoteContent<'a> {
     Symlink(&'a [u8]),
 }
 
-/// The view of `n` (inode `ino`), unless it is the root or out of the namespace.
-fn view_of(t: &super::tree::Tree, ino: Ino, n: &Node) -> Option<NodeView> {
+/// The views of every name of `n` (inode `ino`): none for the root or a node out of the
+/// namespace.
+fn views_of<'a>(
+    t: &'a super::tree::Tree,
+    ino: Ino,
+    n: &'a Node,
+) -> impl Iterator<Item = NodeView> + 'a {
+    n.names()
+        .filter_map(move |(id, parent, name)| view_of(t, ino, n, id, parent, name))
+}
+
+/// The view of the name `id` (in `parent`, called `name`) of `n` (inode `ino`), unless it is
+/// the root or out of the namespace.
+fn view_of(
+    t: &super::tree::Tree,
+    ino: Ino,
+    n: &Node,
+    id: NodeId,
+    parent: Ino,
+    name: &[u8],
+) -> Option<NodeView> {
     if ino == super::ROOT_INO || n.unlinked {
         return None;
     }
     Some(NodeView {
         ino,
-        id: n.id,
-        parent: t.get(n.parent).ok()?.id,
-        name: n.name.clone(),
+        id,
+        parent: t.get(parent).ok()?.id,
+        name: name.to_vec(),
         kind: n.kind,
         perm: n.perm,
         mtime: n.mtime,
@@ -90,22 +109,25 @@ fn view_of(t: &super::tree::Tree, ino: Ino, n: &Node) -> Option<NodeView> {
 }
 
 impl Drive {
-    /// Every node in the namespace but the root, for the sync engine's local tree.
+    /// Every name in the namespace but the root's, for the sync engine's local tree: each
+    /// name of a hard-linked inode is a node of its own, with the inode's content.
     pub fn view(&self) -> Vec<NodeView> {
         let t = lock(&self.tree);
         let mut out: Vec<NodeView> = t
             .iter()
-            .filter_map(|(&ino, n)| view_of(&t, ino, n))
+            .flat_map(|(&ino, n)| views_of(&t, ino, n))
             .collect();
-        out.sort_by_key(|v| v.ino);
+        out.sort_by_key(|v| (v.ino, v.id));
         out
     }
 
-    /// The view of node `id`, if it is in the namespace.
+    /// The view of node `id` (one name), if it is in the namespace.
     pub fn node_view(&self, id: NodeId) -> Option<NodeView> {
         let t = lock(&self.tree);
         let ino = t.ino_of(id)?;
-        view_of(&t, ino, t.get(ino).ok()?)
+        let n = t.get(ino).ok()?;
+        let (parent, name) = n.name_of(id)?;
+        view_of(&t, ino, n, id, parent, name)
     }
 
     /// The inode of node `id`, if it is in the namespace.
@@ -123,20 +145,25 @@ impl Drive {
 
     /// Opens the backing file of file `id` for reading (the base of a remote change).
     pub fn open_content(&self, id: NodeId) -> DriveResult<File> {
-        self.resolve(id)?;
-        Ok(File::open(self.backing.path(id))?)
+        let key = {
+            let t = lock(&self.tree);
+            let ino = t.ino_of(id).ok_or(DriveError::NotFound)?;
+            t.get(ino)?.backing_id
+        };
+        Ok(File::open(self.backing.path(key))?)
     }
 
     fn resolve(&self, id: NodeId) -> DriveResult<Ino> {
         lock(&self.tree).ino_of(id).ok_or(DriveError::NotFound)
     }
 
-    /// Node `id`'s inode, directory and name, read under one lock.
+    /// Node `id`'s inode, directory and name (that name's, of a hard-linked inode), read
+    /// under one lock.
     fn place_of(&self, id: NodeId) -> DriveResult<(Ino, Ino, Vec<u8>)> {
         let t = lock(&self.tree);
         let ino = t.ino_of(id).ok_or(DriveError::NotFound)?;
-        let n = t.get(ino)?;
-        Ok((ino, n.parent, n.name.clone()))
+        let (parent, name) = t.get(ino)?.name_of(id).ok_or(DriveError::NotFound)?;
+        Ok((ino, parent, name.to_vec()))
     }
 
     /// Creates node `id` as another device did.
@@ -180,7 +207,10 @@ impl Drive {
                 node.size = target.len() as u64;
             }
             RemoteContent::File(staged) => {
-                let path = self.backing.path(id);
+                // The id's own key, unless a node still holds a file by it (this device
+                // unlinked that name while the inode lived on under another, or open).
+                node.backing_id = lock(&self.tree).backing_key_for(id);
+                let path = self.backing.path(node.backing_id);
                 std::fs::rename(staged, &path)?;
                 self.note_created();
                 let (len, mtime, blocks) = backing::stamp_of(&std::fs::metadata(&path)?);
@@ -189,10 +219,11 @@ impl Drive {
                 node.recorded_stamp = Some((len, mtime));
             }
         }
+        let key = node.backing_id;
         let inserted = self.mutate(|t| t.insert(parent_ino, name, node, stamp));
         if inserted.is_err() && kind == Kind::File {
             // Keep nothing behind for a node that does not exist.
-            let _ = self.backing.remove(id);
+            let _ = self.backing.remove(key);
         }
         let ino = inserted?;
         if let Some(kc) = self.kernel_cache() {
@@ -203,6 +234,8 @@ impl Drive {
     }
 
     /// Replaces the content of file `id` with the staged file (already fsynced by the caller).
+    /// A name of a hard-linked inode gets an inode of its own with that content; the other
+    /// names keep theirs.
     pub fn apply_content(
         &self,
         id: NodeId,
@@ -210,7 +243,7 @@ impl Drive {
         mtime: Option<Nanos>,
     ) -> DriveResult<()> {
         let ino = self.resolve(id)?;
-        {
+        let key = {
             let t = lock(&self.tree);
             let n = t.get(ino)?;
             if n.kind != Kind::File {
@@ -229,8 +262,12 @@ impl Drive {
                 // open that file too: the new content waits until the readers close.
                 return Err(DriveError::Busy);
             }
+            n.backing_id
+        };
+        if lock(&self.tree).is_linked(id) {
+            return self.split_with_content(id, ino, staged, mtime);
         }
-        let path = self.backing.path(id);
+        let path = self.backing.path(key);
         std::fs::rename(staged, &path)?;
         File::open(self.state.content_dir())?.sync_all()?;
         let (len, stamp_mtime, blocks) = backing::stamp_of(&std::fs::metadata(&path)?);
@@ -253,8 +290,118 @@ impl Drive {
         Ok(())
     }
 
-    /// Sets attributes of node `id` as another device did.
+    /// Gives the name `id` of hard-linked inode `ino` an inode of its own holding the staged
+    /// content; the other names keep the old inode and its content.
+    fn split_with_content(
+        &self,
+        id: NodeId,
+        ino: Ino,
+        staged: &Path,
+        mtime: Option<Nanos>,
+    ) -> DriveResult<()> {
+        let key = lock(&self.tree).backing_key_for(id);
+        let path = self.backing.path(key);
+        std::fs::rename(staged, &path)?;
+        File::open(self.state.content_dir())?.sync_all()?;
+        let (len, stamp_mtime, blocks) = backing::stamp_of(&std::fs::metadata(&path)?);
+        let stamp = now();
+        let split = self.mutate(|t| {
+            let new = t.split(id, key, stamp)?;
+            let n = t.get_mut(new)?;
+            n.size = len;
+            n.blocks = Some(blocks);
+            if let Some(mtime) = mtime {
+                n.mtime = mtime;
+            }
+            n.dirty = super::RangeSet::new();
+            n.pending = None;
+            n.recorded_stamp = Some((len, stamp_mtime));
+            Ok((n.parent, n.name.clone()))
+        });
+        self.after_split(key, ino, split)
+    }
+
+    /// Gives the name `id` of hard-linked inode `ino` an inode of its own with a copy of the
+    /// content (its attributes are about to change alone).
+    fn split_with_copy(&self, id: NodeId, ino: Ino) -> DriveResult<()> {
+        let (kind, old_key, key) = {
+            let t = lock(&self.tree);
+            let n = t.get(ino)?;
+            if n.kind == Kind::File && (!n.dirty.is_empty() || n.open_by_mode.writers > 0) {
+                // A copy taken now could be torn by the writer.
+                return Err(DriveError::Busy);
+            }
+            (n.kind, n.backing_id, t.backing_key_for(id))
+        };
+        let mut copied = None;
+        if kind == Kind::File {
+            let part = self.staging_dir()?.join(format!("split-{key}.part"));
+            {
+                let mut from = File::open(self.backing.path(old_key))?;
+                let mut to = crate::private::create_file(&part)?;
+                std::io::copy(&mut from, &mut to)?;
+                to.sync_all()?;
+            }
+            let path = self.backing.path(key);
+            std::fs::rename(&part, &path)?;
+            File::open(self.state.content_dir())?.sync_all()?;
+            copied = Some(backing::stamp_of(&std::fs::metadata(&path)?));
+        }
+        let stamp = now();
+        let split = self.mutate(|t| {
+            let new = t.split(id, key, stamp)?;
+            let n = t.get_mut(new)?;
+            if let Some((len, stamp_mtime, blocks)) = copied {
+                n.size = len;
+                n.blocks = Some(blocks);
+                n.recorded_stamp = Some((len, stamp_mtime));
+            }
+            Ok((n.parent, n.name.clone()))
+        });
+        if kind == Kind::File {
+            self.after_split(key, ino, split)
+        } else {
+            split.map(|_| ())
+        }
+    }
+
+    /// After a split: drops the new backing file if it failed, else tells the kernel that
+    /// the name leads to another inode and the old one lost a link.
+    fn after_split(
+        &self,
+        key: NodeId,
+        ino: Ino,
+        split: DriveResult<(Ino, Vec<u8>)>,
+    ) -> DriveResult<()> {
+        let (parent, name) = match split {
+            Ok(place) => place,
+            Err(e) => {
+                let _ = self.backing.remove(key);
+                return Err(e);
+            }
+        };
+        if let Some(kc) = self.kernel_cache() {
+            kc.invalidate_entry(parent, &name);
+            kc.invalidate_inode(ino);
+        }
+        Ok(())
+    }
+
+    /// Sets attributes of node `id` as another device did. A name of a hard-linked inode
+    /// whose attributes change gets an inode of its own (with a copy of the content) first.
     pub fn apply_attrs(&self, id: NodeId, attrs: &RemoteAttrs) -> DriveResult<()> {
+        let (linked, same) = {
+            let t = lock(&self.tree);
+            let ino = t.ino_of(id).ok_or(DriveError::NotFound)?;
+            let n = t.get(ino)?;
+            let same =
+                n.perm == attrs.perm & 0o7777 && n.mtime == attrs.mtime && n.xattrs == attrs.xattrs;
+            (!n.links.is_empty(), same)
+        };
+        if linked && !same {
+            let ino = self.resolve(id)?;
+            self.split_with_copy(id, ino)?;
+        }
         let ino = self.resolve(id)?;
         let stamp = now();
         self.mutate(|t| {
@@ -300,18 +447,24 @@ impl Drive {
     pub fn apply_delete(&self, id: NodeId) -> DriveResult<()> {
         let (ino, parent, name) = self.place_of(id)?;
         let stamp = now();
-        self.mutate(|t| {
+        let linked = self.mutate(|t| {
             let n = t.get(ino)?;
             // Edit against delete: the edit wins, checked under the lock that removes.
             let edited = !n.dirty.is_empty() || n.open_by_mode.writers > 0;
             if n.kind == Kind::File && (n.pending.is_some() || edited) {
                 return Err(DriveError::LocalChanges);
             }
-            t.remove(ino, stamp)
+            let linked = !n.links.is_empty();
+            t.remove_name(ino, parent, &name, stamp)?;
+            Ok(linked)
         })?;
         if let Some(kc) = self.kernel_cache() {
             kc.invalidate_entry(parent, &name);
             kc.invalidate_inode(parent);
+            if linked {
+                // The other names stay, one link fewer.
+                kc.invalidate_inode(ino);
+            }
         }
         Ok(())
     }

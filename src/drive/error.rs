@@ -26,12 +26,16 @@ pub enum DriveError {
     /// An argument the operation cannot accept (bad name, rename into itself, bad flags).
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
-    /// An operation the drive deliberately does not offer (hard links, device nodes, FIFOs).
+    /// An operation the drive deliberately does not offer (hard links to directories,
+    /// device nodes, FIFOs).
     #[error("operation not permitted: {0}")]
     NotPermitted(&'static str),
     /// A variant of an operation the drive does not implement (some fallocate modes, system xattrs).
     #[error("operation not supported: {0}")]
     NotSupported(&'static str),
+    /// The inode has as many names as it may have.
+    #[error("too many links")]
+    TooManyLinks,
     /// The extended attribute does not exist.
     #[error("no such extended attribute")]
     NoXattr,
@@ -75,6 +79,7 @@ impl DriveError {
             DriveError::Invalid(_) => libc::EINVAL,
             DriveError::NotPermitted(_) => libc::EPERM,
             DriveError::NotSupported(_) => libc::EOPNOTSUPP,
+            DriveError::TooManyLinks => libc::EMLINK,
             DriveError::NoXattr => libc::ENODATA,
             DriveError::Range => libc::ERANGE,
             DriveError::TooBig => libc::E2BIG,

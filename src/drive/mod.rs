@@ -279,7 +279,7 @@ impl Drive {
         let files: Vec<(Ino, crate::protocol::NodeId)> = tree
             .iter()
             .filter(|(_, n)| n.kind == Kind::File)
-            .map(|(&i, n)| (i, n.id))
+            .map(|(&i, n)| (i, n.backing_id))
             .collect();
         for (ino, id) in files {
             owned.insert(id);
@@ -354,9 +354,9 @@ impl Drive {
         }
         for (_, node) in reaped {
             if node.kind == Kind::File
-                && let Err(e) = self.backing.remove(node.id)
+                && let Err(e) = self.backing.remove(node.backing_id)
             {
-                tracing::warn!(id = %node.id, "could not remove backing file: {e}");
+                tracing::warn!(id = %node.backing_id, "could not remove backing file: {e}");
             }
         }
         result
@@ -413,7 +413,11 @@ impl Drive {
     fn attr_of(backing: &Backing, t: &mut Tree, ino: Ino) -> DriveResult<Attr> {
         let node = t.get_mut(ino)?;
         if node.kind == Kind::File && node.blocks.is_none() {
-            node.blocks = Some(backing.stat(node.id)?.map_or(0, |(_, _, blocks)| blocks));
+            node.blocks = Some(
+                backing
+                    .stat(node.backing_id)?
+                    .map_or(0, |(_, _, blocks)| blocks),
+            );
         }
         Ok(node.attr(ino))
     }
@@ -431,7 +435,7 @@ impl Drive {
             let (kind, id) = {
                 let t = lock(&self.tree);
                 let n = t.get(ino)?;
-                (n.kind, n.id)
+                (n.kind, n.backing_id)
             };
             match kind {
                 Kind::Dir => return Err(DriveError::IsDir),
@@ -698,9 +702,17 @@ impl Drive {
         self.mutate(|t| t.rename(parent, name, new_parent, new_name, mode, stamp))
     }
 
-    /// Refuses hard links: a node has exactly one name (see README, Semantics).
-    pub fn link(&self) -> DriveResult<Attr> {
-        Err(DriveError::NotPermitted("hard links are not supported"))
+    /// Gives file or symlink `ino` the further name `new_name` in `new_parent` (a hard
+    /// link, as ext4 makes one: one inode, its data and attributes shared). The new name
+    /// syncs as a file of its own, under a fresh node id (see README, Semantics).
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> DriveResult<Attr> {
+        let stamp = now();
+        self.mutate(|t| {
+            let id = t.fresh_id();
+            t.add_link(ino, new_parent, new_name, id, stamp)?;
+            t.add_lookup(ino, 1);
+            Self::attr_of(&self.backing, t, ino)
+        })
     }
 
     /// Opens file `ino`. Readers get FUSE passthrough (the kernel reads the backing file
@@ -712,7 +724,7 @@ impl Drive {
             let t = lock(&self.tree);
             let n = t.get(ino)?;
             match n.kind {
-                Kind::File => n.id,
+                Kind::File => n.backing_id,
                 Kind::Dir => return Err(DriveError::IsDir),
                 Kind::Symlink => return Err(DriveError::Invalid("open of a symlink")),
             }
@@ -813,7 +825,7 @@ impl Drive {
 
     /// Records a new local version of `ino` if it has unrecorded changes.
     fn record_version(&self, ino: Ino, file: Option<&File>) -> DriveResult<()> {
-        let id = lock(&self.tree).get(ino)?.id;
+        let id = lock(&self.tree).get(ino)?.backing_id;
         let stat = match file {
             Some(f) => Some(backing::stamp_of(&f.metadata()?)),
             None => self.backing.stat(id)?,

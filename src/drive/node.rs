@@ -87,15 +87,32 @@ pub struct PendingVersion {
     pub mtime: Nanos,
 }
 
+/// A further name of an inode (a hard link). Each name syncs as its own file, so each has
+/// its own node id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkName {
+    /// The name's sync identity.
+    pub id: NodeId,
+    /// Directory holding the name.
+    pub parent: Ino,
+    /// Entry name in that directory.
+    pub name: Vec<u8>,
+}
+
 /// One node of the tree: persistent fields plus runtime bookkeeping.
 #[derive(Clone, Debug)]
 pub struct Node {
-    /// Stable identity, shared by every device.
+    /// Stable identity of the primary name, shared by every device.
     pub id: NodeId,
-    /// Parent directory (the root is its own parent).
+    /// Parent directory of the primary name (the root is its own parent).
     pub parent: Ino,
-    /// Entry name in the parent.
+    /// Primary entry name in the parent.
     pub name: Vec<u8>,
+    /// Names beyond the primary one (hard links; never for directories).
+    pub links: Vec<LinkName>,
+    /// Key of the backing file `content/<key>`: the id the inode was created with, kept for
+    /// its whole life even when that name goes and another is promoted to primary.
+    pub backing_id: NodeId,
     /// File, directory or symlink.
     pub kind: Kind,
     /// Permission bits including setuid, setgid and sticky (0o7777).
@@ -158,6 +175,8 @@ impl Node {
             id,
             parent,
             name,
+            links: Vec::new(),
+            backing_id: id,
             kind,
             perm: perm & 0o7777,
             uid,
@@ -182,12 +201,74 @@ impl Node {
         }
     }
 
+    /// Link count of a file or symlink: one per name, none once out of the namespace.
+    pub fn nlink(&self) -> u32 {
+        if self.unlinked {
+            0
+        } else {
+            u32::try_from(1 + self.links.len()).unwrap_or(u32::MAX)
+        }
+    }
+
+    /// Every name of the node, primary first: (id, parent, name).
+    pub fn names(&self) -> impl Iterator<Item = (NodeId, Ino, &[u8])> {
+        std::iter::once((self.id, self.parent, self.name.as_slice())).chain(
+            self.links
+                .iter()
+                .map(|l| (l.id, l.parent, l.name.as_slice())),
+        )
+    }
+
+    /// The name with sync identity `id`: (parent, name).
+    pub fn name_of(&self, id: NodeId) -> Option<(Ino, &[u8])> {
+        self.names()
+            .find(|&(i, _, _)| i == id)
+            .map(|(_, p, n)| (p, n))
+    }
+
+    /// Position of the name `name` in `parent` among [`Node::names`] (0: primary).
+    pub fn name_index(&self, parent: Ino, name: &[u8]) -> Option<usize> {
+        self.names().position(|(_, p, n)| p == parent && n == name)
+    }
+
+    /// Takes name number `index` (of [`Node::names`]) off the node, promoting the first link
+    /// when it is the primary; returns the name. The node must have another name.
+    pub fn take_name(&mut self, index: usize) -> Option<LinkName> {
+        if index == 0 {
+            if self.links.is_empty() {
+                return None;
+            }
+            let next = self.links.remove(0);
+            let old = LinkName {
+                id: std::mem::replace(&mut self.id, next.id),
+                parent: std::mem::replace(&mut self.parent, next.parent),
+                name: std::mem::replace(&mut self.name, next.name),
+            };
+            Some(old)
+        } else if index <= self.links.len() {
+            Some(self.links.remove(index - 1))
+        } else {
+            None
+        }
+    }
+
+    /// Points name number `index` (of [`Node::names`]) at `parent`/`name`.
+    pub fn set_name(&mut self, index: usize, parent: Ino, name: &[u8]) {
+        if index == 0 {
+            self.parent = parent;
+            self.name = name.to_vec();
+        } else if let Some(l) = self.links.get_mut(index - 1) {
+            l.parent = parent;
+            l.name = name.to_vec();
+        }
+    }
+
     /// The attributes `stat` reports.
     pub fn attr(&self, ino: Ino) -> Attr {
         let (size, nlink) = match self.kind {
             Kind::Dir => (DIR_SIZE, 2 + self.subdirs),
-            Kind::File => (self.size, u32::from(!self.unlinked)),
-            Kind::Symlink => (self.target.len() as u64, 1),
+            Kind::File => (self.size, self.nlink()),
+            Kind::Symlink => (self.target.len() as u64, self.nlink()),
         };
         let blocks = match self.kind {
             Kind::Dir => DIR_SIZE / 512,

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::protocol::NodeId;
 
-use super::node::{Ino, Kind, Nanos, Node, PendingVersion, ROOT_INO};
+use super::node::{Ino, Kind, LinkName, Nanos, Node, PendingVersion, ROOT_INO};
 use super::ranges::RangeSet;
 
 /// How long the writer lets changes gather before committing them (no durability waits on it).
@@ -19,8 +19,24 @@ const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 /// A batch this large is committed without waiting for the window.
 const GROUP_ROWS: usize = 4096;
 
-/// Version of the schema below; a store written by another version is refused, not guessed at.
-const SCHEMA_VERSION: i64 = 1;
+/// Version of the schema below; an older store is upgraded in place, a newer one is refused,
+/// not guessed at.
+const SCHEMA_VERSION: i64 = 2;
+
+/// The schema version before hard links (no `links` table, no `backing` column).
+const SCHEMA_VERSION_BEFORE_LINKS: i64 = 1;
+
+/// Further names of inodes (hard links), each with its own node id; `backing` of `nodes` is
+/// the key of the inode's backing file when it is not the primary name's id (NULL then).
+const LINKS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS links (
+    link_id BLOB PRIMARY KEY,
+    ino INTEGER NOT NULL,
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS links_ino ON links(ino);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -42,7 +58,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     dirty INTEGER NOT NULL,
     version INTEGER NOT NULL,
     rec_len INTEGER,
-    rec_mtime INTEGER
+    rec_mtime INTEGER,
+    backing BLOB
 );
 CREATE INDEX IF NOT EXISTS nodes_parent ON nodes(parent);
 CREATE TABLE IF NOT EXISTS pending_versions (
@@ -102,6 +119,9 @@ pub struct NodeRow {
     version: u64,
     recorded_stamp: Option<(u64, Nanos)>,
     pending: Option<PendingVersion>,
+    /// The backing file's key when it is not `id`.
+    backing_id: Option<NodeId>,
+    links: Vec<LinkName>,
 }
 
 impl NodeRow {
@@ -125,6 +145,8 @@ impl NodeRow {
             version: n.version,
             recorded_stamp: n.recorded_stamp,
             pending: n.pending.clone(),
+            backing_id: (n.backing_id != n.id).then_some(n.backing_id),
+            links: n.links.clone(),
         }
     }
 }
@@ -223,11 +245,13 @@ impl Store {
             .optional()?;
         match version {
             None => {
+                conn.execute_batch(LINKS_SCHEMA)?;
                 conn.execute(
                     "INSERT INTO meta(key, value) VALUES ('schema_version', ?1)",
                     params![SCHEMA_VERSION],
                 )?;
             }
+            Some(SCHEMA_VERSION_BEFORE_LINKS) => migrate_to_links(&mut conn)?,
             Some(v) if v == SCHEMA_VERSION => {}
             Some(found) => {
                 return Err(StoreError::SchemaVersion {
@@ -402,6 +426,22 @@ impl Drop for Store {
     }
 }
 
+/// Upgrades a store from before hard links in place, in one transaction: the `backing` column
+/// (NULL: the backing file is keyed by the node id, as every file of such a store is) and the
+/// `links` table (empty: such a store has one name per inode).
+fn migrate_to_links(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute_batch("ALTER TABLE nodes ADD COLUMN backing BLOB;")?;
+    tx.execute_batch(LINKS_SCHEMA)?;
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+        params![SCHEMA_VERSION],
+    )?;
+    tx.commit()?;
+    tracing::info!("metadata upgraded to schema version {SCHEMA_VERSION} (hard links)");
+    Ok(())
+}
+
 fn writer_loop(mut conn: Connection, shared: &Shared) {
     loop {
         let (batch, batch_gen) = {
@@ -486,12 +526,15 @@ fn write_row(
             .execute(params![ino_sql])?;
         tx.prepare_cached("DELETE FROM pending_versions WHERE ino = ?1")?
             .execute(params![ino_sql])?;
+        tx.prepare_cached("DELETE FROM links WHERE ino = ?1")?
+            .execute(params![ino_sql])?;
         return Ok(());
     };
     tx.prepare_cached(
         "INSERT OR REPLACE INTO nodes(ino, node_id, parent, name, kind, perm, uid, gid, size,
-             atime, mtime, ctime, target, xattrs, dirty, version, rec_len, rec_mtime)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+             atime, mtime, ctime, target, xattrs, dirty, version, rec_len, rec_mtime, backing)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                 ?19)",
     )?
     .execute(params![
         ino_sql,
@@ -512,7 +555,22 @@ fn write_row(
         n.version as i64,
         n.recorded_stamp.map(|(len, _)| len as i64),
         n.recorded_stamp.map(|(_, mtime)| mtime),
+        n.backing_id.map(|b| b.to_bytes().to_vec()),
     ])?;
+    // A name that moved to another inode (a split) is rewritten there in the same batch.
+    tx.prepare_cached("DELETE FROM links WHERE ino = ?1")?
+        .execute(params![ino_sql])?;
+    for l in &n.links {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO links(link_id, ino, parent, name) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            &l.id.to_bytes()[..],
+            ino_sql,
+            l.parent as i64,
+            l.name
+        ])?;
+    }
     match &n.pending {
         Some(p) => {
             tx.prepare_cached("INSERT OR REPLACE INTO pending_versions(ino, number, ranges, size, mtime) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![ino_sql, p.number as i64, p.ranges.to_bytes(), p.size as i64, p.mtime])?;
@@ -529,7 +587,7 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
     let mut nodes = HashMap::new();
     let mut stmt = conn.prepare(
         "SELECT ino, node_id, parent, name, kind, perm, uid, gid, size, atime, mtime, ctime,
-                target, xattrs, dirty, version, rec_len, rec_mtime FROM nodes",
+                target, xattrs, dirty, version, rec_len, rec_mtime, backing FROM nodes",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -568,8 +626,31 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
         let rec_len: Option<i64> = r.get(16)?;
         let rec_mtime: Option<i64> = r.get(17)?;
         node.recorded_stamp = rec_len.zip(rec_mtime).map(|(l, m)| (l as u64, m));
+        let backing: Option<Vec<u8>> = r.get(18)?;
+        if let Some(b) = backing {
+            node.backing_id = node_id(&b, ino)?;
+        }
         node.blocks = None;
         nodes.insert(ino as Ino, node);
+    }
+    let mut stmt = conn.prepare("SELECT link_id, ino, parent, name FROM links")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let ino: i64 = r.get(1)?;
+        let id = node_id(&r.get::<_, Vec<u8>>(0)?, ino)?;
+        match nodes.get_mut(&(ino as Ino)) {
+            Some(node) => node.links.push(LinkName {
+                id,
+                parent: r.get::<_, i64>(2)? as Ino,
+                name: r.get(3)?,
+            }),
+            None => tracing::warn!(ino, "hard link of a missing node: ignored"),
+        }
+    }
+    // Stored by id; kept in a stable order so the promoted name after an unlink is the same
+    // on every open.
+    for node in nodes.values_mut() {
+        node.links.sort_by_key(|l| l.id.to_bytes());
     }
     let mut stmt = conn.prepare("SELECT ino, number, ranges, size, mtime FROM pending_versions")?;
     let mut rows = stmt.query([])?;
@@ -588,6 +669,14 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
         }
     }
     Ok(nodes)
+}
+
+/// A node id read from a 16-byte blob of the row of inode `ino`.
+fn node_id(bytes: &[u8], ino: i64) -> Result<NodeId, StoreError> {
+    let id: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("node {ino}: node id is not 16 bytes")))?;
+    Ok(NodeId::from_bytes(id))
 }
 
 /// Encodes xattrs as (u16 name length, name, u32 value length, value) records.
@@ -637,6 +726,69 @@ mod tests {
             }
         }
         assert_eq!(decode_xattrs(&[5, 0, b'a']), None);
+    }
+
+    /// The schema a store written before hard links has (version 1), verbatim.
+    const SCHEMA_V1: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE nodes (
+    ino INTEGER PRIMARY KEY, node_id BLOB NOT NULL, parent INTEGER NOT NULL, name BLOB NOT NULL,
+    kind INTEGER NOT NULL, perm INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
+    size INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL, target BLOB NOT NULL, xattrs BLOB NOT NULL, dirty INTEGER NOT NULL,
+    version INTEGER NOT NULL, rec_len INTEGER, rec_mtime INTEGER
+);
+CREATE INDEX nodes_parent ON nodes(parent);
+CREATE TABLE pending_versions (
+    ino INTEGER PRIMARY KEY, number INTEGER NOT NULL, ranges BLOB NOT NULL,
+    size INTEGER NOT NULL, mtime INTEGER NOT NULL
+);
+INSERT INTO meta(key, value) VALUES ('schema_version', 1), ('clean', 1);
+";
+
+    #[test]
+    fn a_store_from_before_hard_links_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let id = NodeId::random();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute(
+                "INSERT INTO nodes VALUES (5, ?1, 1, X'66', 1, 420, 0, 0, 3, 0, 0, 0, X'', X'', 0, 1, 3, 9)",
+                params![&id.to_bytes()[..]],
+            )
+            .unwrap();
+        }
+        let (store, nodes, clean) = Store::open(&path, (0, 0)).unwrap();
+        assert!(clean);
+        let f = &nodes[&5];
+        assert_eq!((f.id, f.backing_id, f.size), (id, id, 3));
+        assert!(f.links.is_empty());
+        // The upgraded store holds links and a backing key that is not the id.
+        let mut linked = f.clone();
+        let link = LinkName {
+            id: NodeId::random(),
+            parent: ROOT_INO,
+            name: b"g".to_vec(),
+        };
+        linked.links.push(link.clone());
+        linked.id = NodeId::random();
+        store.enqueue([(5, Some(NodeRow::of(&linked)))]);
+        store.close(true).unwrap();
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let (_store, nodes, _) = Store::open(&path, (0, 0)).unwrap();
+        let back = &nodes[&5];
+        assert_eq!((back.id, back.backing_id), (linked.id, id));
+        assert_eq!(back.links, vec![link]);
     }
 
     #[test]

@@ -7,7 +7,10 @@ use crate::protocol::NodeId;
 
 use super::error::{DriveError, DriveResult};
 use super::name;
-use super::node::{Ino, IoMode, Kind, Nanos, Node, ROOT_INO};
+use super::node::{Ino, IoMode, Kind, LinkName, Nanos, Node, ROOT_INO};
+
+/// Most names one inode may have, as ext4 allows (EMLINK beyond).
+pub const LINK_MAX: usize = 65_000;
 
 /// What a rename should do when the target name exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,8 +27,11 @@ pub enum RenameMode {
 #[derive(Debug, Default)]
 pub struct Tree {
     nodes: HashMap<Ino, Node>,
-    /// Node id to inode, for every node still in memory.
+    /// Node id to inode, for every name of every node still in memory.
     by_id: HashMap<NodeId, Ino>,
+    /// Backing file key to inode, for every node still in memory (a key stays taken while
+    /// an unlinked node still holds its file).
+    by_backing: HashMap<NodeId, Ino>,
     next_ino: Ino,
     changed: BTreeSet<Ino>,
     deleted: BTreeSet<Ino>,
@@ -45,13 +51,35 @@ pub struct Journal {
 
 impl Tree {
     /// A tree holding the given nodes; the root must be among them.
-    pub fn from_nodes(nodes: HashMap<Ino, Node>) -> Tree {
+    pub fn from_nodes(mut nodes: HashMap<Ino, Node>) -> Tree {
         let next_ino = nodes.keys().copied().max().unwrap_or(ROOT_INO) + 1;
-        let by_id = nodes.iter().map(|(&ino, n)| (n.id, ino)).collect();
+        // A further name whose directory is gone (a damaged store) is dropped: the inode
+        // keeps its content under its primary name, which the orphan rule places.
+        let dirs: BTreeSet<Ino> = nodes
+            .iter()
+            .filter(|(_, n)| n.kind == Kind::Dir)
+            .map(|(&ino, _)| ino)
+            .collect();
+        let mut changed = BTreeSet::new();
+        for (&ino, n) in nodes.iter_mut() {
+            let before = n.links.len();
+            n.links.retain(|l| dirs.contains(&l.parent));
+            if n.links.len() != before {
+                tracing::warn!(ino, "hard link in a missing directory: dropping that name");
+                changed.insert(ino);
+            }
+        }
+        let by_id = nodes
+            .iter()
+            .flat_map(|(&ino, n)| n.names().map(move |(id, _, _)| (id, ino)))
+            .collect();
+        let by_backing = nodes.iter().map(|(&ino, n)| (n.backing_id, ino)).collect();
         let mut tree = Tree {
             nodes,
             by_id,
+            by_backing,
             next_ino,
+            changed,
             ..Tree::default()
         };
         tree.rebuild_children();
@@ -64,7 +92,10 @@ impl Tree {
             .nodes
             .iter()
             .filter(|&(&ino, _)| ino != ROOT_INO)
-            .map(|(&ino, n)| (ino, n.parent, n.name.clone(), n.kind))
+            .flat_map(|(&ino, n)| {
+                n.names()
+                    .map(move |(_, parent, name)| (ino, parent, name.to_vec(), n.kind))
+            })
             .collect();
         for node in self.nodes.values_mut() {
             node.children.clear();
@@ -172,6 +203,7 @@ impl Tree {
         node.name = name.to_vec();
         let is_dir = node.kind == Kind::Dir;
         self.by_id.insert(node.id, ino);
+        self.by_backing.insert(node.backing_id, ino);
         self.nodes.insert(ino, node);
         self.link(parent, name, ino, is_dir, now);
         self.changed.insert(ino);
@@ -208,7 +240,7 @@ impl Tree {
         if self.get(ino)?.kind == Kind::Dir {
             return Err(DriveError::IsDir);
         }
-        self.detach(ino, now);
+        self.detach_name(ino, parent, name, now);
         Ok(ino)
     }
 
@@ -232,7 +264,33 @@ impl Tree {
         Ok(ino)
     }
 
-    /// Takes `ino` out of the namespace; it lives on while open or referenced by the kernel.
+    /// Removes the name `parent`/`name` of `ino`: only that name when the inode has others
+    /// (the first further name becomes primary if it was the primary), else the whole node.
+    fn detach_name(&mut self, ino: Ino, parent: Ino, name: &[u8], now: Nanos) {
+        let gone = match self.nodes.get_mut(&ino) {
+            Some(node) => match node.name_index(parent, name) {
+                Some(index) => node.take_name(index),
+                None => return,
+            },
+            None => return,
+        };
+        let Some(gone) = gone else {
+            self.detach(ino, now);
+            return;
+        };
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            // ext4 changes ctime with the link count.
+            node.ctime = now;
+        }
+        if self.by_id.get(&gone.id) == Some(&ino) {
+            self.by_id.remove(&gone.id);
+        }
+        self.unlink_entry(parent, name, false, now);
+        self.changed.insert(ino);
+    }
+
+    /// Takes `ino` (with its only name) out of the namespace; it lives on while open or
+    /// referenced by the kernel.
     fn detach(&mut self, ino: Ino, now: Nanos) {
         let Some(node) = self.nodes.get_mut(&ino) else {
             return;
@@ -252,7 +310,14 @@ impl Tree {
             .get(&ino)
             .is_some_and(|n| n.unlinked && n.open == 0 && n.lookups == 0);
         if unused && let Some(node) = self.nodes.remove(&ino) {
-            self.by_id.remove(&node.id);
+            // Another node may have taken the id meanwhile (a remote create of a name this
+            // device deleted while it was open): only this node's own entries go.
+            if self.by_id.get(&node.id) == Some(&ino) {
+                self.by_id.remove(&node.id);
+            }
+            if self.by_backing.get(&node.backing_id) == Some(&ino) {
+                self.by_backing.remove(&node.backing_id);
+            }
             self.reaped.push((ino, node));
         }
     }
@@ -295,7 +360,12 @@ impl Tree {
             return Err(DriveError::Invalid("a directory cannot move into itself"));
         }
         if dst == Some(src) {
-            return Ok(());
+            let same_name = parent == new_parent && name == new_name;
+            // Two names of one inode: POSIX makes the rename a no-op that keeps both.
+            return match mode {
+                RenameMode::NoReplace if !same_name => Err(DriveError::Exists),
+                _ => Ok(()),
+            };
         }
         match (mode, dst) {
             (RenameMode::Exchange, None) => Err(DriveError::NotFound),
@@ -308,8 +378,8 @@ impl Tree {
                 self.unlink_entry(new_parent, new_name, dst_is_dir, now);
                 self.link(new_parent, new_name, src, src_is_dir, now);
                 self.link(parent, name, dst, dst_is_dir, now);
-                self.set_location(src, new_parent, new_name, now);
-                self.set_location(dst, parent, name, now);
+                self.relocate(src, (parent, name), (new_parent, new_name), now);
+                self.relocate(dst, (new_parent, new_name), (parent, name), now);
                 Ok(())
             }
             (RenameMode::NoReplace, Some(_)) => Err(DriveError::Exists),
@@ -324,23 +394,131 @@ impl Tree {
                         }
                         _ => {}
                     }
-                    self.detach(dst, now);
+                    self.detach_name(dst, new_parent, new_name, now);
                 }
                 self.unlink_entry(parent, name, src_is_dir, now);
                 self.link(new_parent, new_name, src, src_is_dir, now);
-                self.set_location(src, new_parent, new_name, now);
+                self.relocate(src, (parent, name), (new_parent, new_name), now);
                 Ok(())
             }
         }
     }
 
-    fn set_location(&mut self, ino: Ino, parent: Ino, name: &[u8], now: Nanos) {
+    /// Points the name `from` of `ino` at `to`.
+    fn relocate(&mut self, ino: Ino, from: (Ino, &[u8]), to: (Ino, &[u8]), now: Nanos) {
         if let Some(node) = self.nodes.get_mut(&ino) {
-            node.parent = parent;
-            node.name = name.to_vec();
+            if let Some(index) = node.name_index(from.0, from.1) {
+                node.set_name(index, to.0, to.1);
+            }
             node.ctime = now;
         }
         self.changed.insert(ino);
+    }
+
+    /// Gives `ino` the further name `name` in `parent`, with sync identity `id` (link).
+    pub fn add_link(
+        &mut self,
+        ino: Ino,
+        parent: Ino,
+        name: &[u8],
+        id: NodeId,
+        now: Nanos,
+    ) -> DriveResult<()> {
+        name::validate(name)?;
+        let dir = self.dir(parent)?;
+        if dir.unlinked {
+            return Err(DriveError::NotFound);
+        }
+        if dir.children.contains_key(name) {
+            return Err(DriveError::Exists);
+        }
+        let node = self.get_mut(ino)?;
+        if node.kind == Kind::Dir {
+            return Err(DriveError::NotPermitted("hard links to directories"));
+        }
+        if node.unlinked {
+            return Err(DriveError::NotFound);
+        }
+        if node.links.len() + 1 >= LINK_MAX {
+            return Err(DriveError::TooManyLinks);
+        }
+        node.links.push(LinkName {
+            id,
+            parent,
+            name: name.to_vec(),
+        });
+        node.ctime = now;
+        self.by_id.insert(id, ino);
+        self.link(parent, name, ino, false, now);
+        self.changed.insert(ino);
+        Ok(())
+    }
+
+    /// Whether the name `id` shares its inode with other names.
+    pub fn is_linked(&self, id: NodeId) -> bool {
+        self.ino_of(id)
+            .and_then(|ino| self.nodes.get(&ino))
+            .is_some_and(|n| !n.links.is_empty())
+    }
+
+    /// Gives the name `id` an inode of its own, with the attributes, content state and
+    /// version of the one it shared, and backing key `backing_id`; the other names keep
+    /// the old inode. Returns the new inode.
+    pub fn split(&mut self, id: NodeId, backing_id: NodeId, now: Nanos) -> DriveResult<Ino> {
+        if self.by_backing.contains_key(&backing_id) {
+            return Err(DriveError::Invalid("backing key in use"));
+        }
+        let ino = self.ino_of(id).ok_or(DriveError::NotFound)?;
+        let node = self.get_mut(ino)?;
+        let index = node
+            .names()
+            .position(|(i, _, _)| i == id)
+            .ok_or(DriveError::NotFound)?;
+        let gone = node
+            .take_name(index)
+            .ok_or(DriveError::Invalid("a node with one name is not split"))?;
+        node.ctime = now;
+        let mut split = Node::new(
+            id,
+            gone.parent,
+            gone.name.clone(),
+            node.kind,
+            node.perm,
+            node.uid,
+            node.gid,
+            now,
+        );
+        split.backing_id = backing_id;
+        split.size = node.size;
+        split.atime = node.atime;
+        split.mtime = node.mtime;
+        split.target = node.target.clone();
+        split.xattrs = node.xattrs.clone();
+        split.dirty = node.dirty.clone();
+        split.pending = node.pending.clone();
+        split.version = node.version;
+        split.recorded_stamp = node.recorded_stamp;
+        split.blocks = None;
+        let new_ino = self.next_ino;
+        self.next_ino += 1;
+        self.nodes.insert(new_ino, split);
+        self.by_id.insert(id, new_ino);
+        self.by_backing.insert(backing_id, new_ino);
+        if let Some(p) = self.nodes.get_mut(&gone.parent) {
+            p.children.insert(gone.name, new_ino);
+        }
+        self.changed.insert(ino);
+        self.changed.insert(new_ino);
+        Ok(new_ino)
+    }
+
+    /// A key for a new backing file: `id` unless a node still holds a file by that key.
+    pub fn backing_key_for(&self, id: NodeId) -> NodeId {
+        if self.by_backing.contains_key(&id) {
+            NodeId::random()
+        } else {
+            id
+        }
     }
 
     /// Adds `n` kernel references to `ino` (every entry reply adds one).
@@ -380,8 +558,15 @@ impl Tree {
         self.nodes.get(&ino).filter(|n| !n.unlinked).map(|_| ino)
     }
 
-    /// Removes `ino` from the namespace (whatever its kind; a directory must be empty).
-    pub fn remove(&mut self, ino: Ino, now: Nanos) -> DriveResult<()> {
+    /// Removes the name `parent`/`name` of `ino` (whatever its kind; a directory must be
+    /// empty); the inode's other names stay.
+    pub fn remove_name(
+        &mut self,
+        ino: Ino,
+        parent: Ino,
+        name: &[u8],
+        now: Nanos,
+    ) -> DriveResult<()> {
         let node = self.get(ino)?;
         if ino == ROOT_INO {
             return Err(DriveError::Invalid("the root cannot be removed"));
@@ -389,7 +574,7 @@ impl Tree {
         if !node.children.is_empty() {
             return Err(DriveError::NotEmpty);
         }
-        self.detach(ino, now);
+        self.detach_name(ino, parent, name, now);
         Ok(())
     }
 
@@ -521,6 +706,106 @@ mod tests {
             .unwrap();
         assert_eq!(t.get(d).unwrap().subdirs, 2);
         assert_eq!(t.get(ROOT_INO).unwrap().subdirs, 1);
+    }
+
+    #[test]
+    fn hard_links_share_one_inode_and_unlink_removes_one_name() {
+        let mut t = tree();
+        let d = add(&mut t, ROOT_INO, "d", Kind::Dir);
+        let f = add(&mut t, ROOT_INO, "f", Kind::File);
+        let first = t.get(f).unwrap().id;
+        let second = NodeId::random();
+        t.add_link(f, d, b"g", second, 2).unwrap();
+        assert_eq!(t.lookup(d, b"g").unwrap(), f);
+        assert_eq!(t.get(f).unwrap().nlink(), 2);
+        assert_eq!(t.get(f).unwrap().ctime, 2, "link changes ctime");
+        assert_eq!(t.ino_of(second), Some(f));
+        assert!(matches!(
+            t.add_link(f, d, b"g", NodeId::random(), 3),
+            Err(DriveError::Exists)
+        ));
+        assert!(matches!(
+            t.add_link(d, ROOT_INO, b"d2", NodeId::random(), 3),
+            Err(DriveError::NotPermitted(_))
+        ));
+        t.remove_file(ROOT_INO, b"f", 4).unwrap();
+        let n = t.get(f).unwrap();
+        assert_eq!((n.id, n.parent, n.name.as_slice()), (second, d, &b"g"[..]));
+        assert_eq!(
+            n.backing_id, first,
+            "the backing key outlives the first name"
+        );
+        assert_eq!((n.nlink(), n.ctime), (1, 4));
+        assert_eq!(t.ino_of(first), None);
+        assert!(matches!(
+            t.lookup(ROOT_INO, b"f"),
+            Err(DriveError::NotFound)
+        ));
+        let j = t.drain();
+        assert!(j.changed.contains(&f) && j.deleted.is_empty() && j.reaped.is_empty());
+    }
+
+    #[test]
+    fn rename_over_a_link_and_between_names_of_one_inode() {
+        let mut t = tree();
+        let f = add(&mut t, ROOT_INO, "f", Kind::File);
+        let h = add(&mut t, ROOT_INO, "h", Kind::File);
+        let g_id = NodeId::random();
+        t.add_link(f, ROOT_INO, b"g", g_id, 2).unwrap();
+        // Onto another name of the same inode: nothing happens, unless NOREPLACE.
+        t.rename(ROOT_INO, b"g", ROOT_INO, b"f", RenameMode::Replace, 3)
+            .unwrap();
+        assert_eq!(t.lookup(ROOT_INO, b"g").unwrap(), f);
+        assert_eq!(t.lookup(ROOT_INO, b"f").unwrap(), f);
+        assert!(matches!(
+            t.rename(ROOT_INO, b"g", ROOT_INO, b"f", RenameMode::NoReplace, 3),
+            Err(DriveError::Exists)
+        ));
+        // Over one name of a linked inode: that name goes, the other stays.
+        t.rename(ROOT_INO, b"h", ROOT_INO, b"g", RenameMode::Replace, 4)
+            .unwrap();
+        assert_eq!(t.lookup(ROOT_INO, b"g").unwrap(), h);
+        assert_eq!(t.get(f).unwrap().nlink(), 1);
+        assert_eq!(t.ino_of(g_id), None);
+        // Moving a link moves that name only.
+        let k_id = NodeId::random();
+        t.add_link(f, ROOT_INO, b"k", k_id, 5).unwrap();
+        t.rename(ROOT_INO, b"k", ROOT_INO, b"k2", RenameMode::Replace, 6)
+            .unwrap();
+        let n = t.get(f).unwrap();
+        assert_eq!(n.name, b"f");
+        assert_eq!(n.name_of(k_id), Some((ROOT_INO, &b"k2"[..])));
+    }
+
+    #[test]
+    fn split_gives_one_name_its_own_inode() {
+        let mut t = tree();
+        let f = add(&mut t, ROOT_INO, "f", Kind::File);
+        let g_id = NodeId::random();
+        t.add_link(f, ROOT_INO, b"g", g_id, 2).unwrap();
+        t.get_mut(f).unwrap().perm = 0o600;
+        let key = t.backing_key_for(g_id);
+        assert_eq!(key, g_id);
+        let first = t.get(f).unwrap().id;
+        assert_ne!(
+            t.backing_key_for(first),
+            first,
+            "a key in use is not handed out again"
+        );
+        let g = t.split(g_id, key, 3).unwrap();
+        assert_ne!(g, f);
+        assert_eq!(t.lookup(ROOT_INO, b"g").unwrap(), g);
+        assert_eq!(t.lookup(ROOT_INO, b"f").unwrap(), f);
+        assert_eq!(
+            (t.get(g).unwrap().perm, t.get(g).unwrap().nlink()),
+            (0o600, 1)
+        );
+        assert_eq!(t.get(f).unwrap().nlink(), 1);
+        assert_eq!(t.ino_of(g_id), Some(g));
+        assert!(matches!(
+            t.split(g_id, NodeId::random(), 4),
+            Err(DriveError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -334,12 +334,15 @@ impl Filesystem for DeltaFs {
     fn link(
         &self,
         _req: &Request,
-        _i: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        i: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.drive.link());
+        reply_entry(
+            reply,
+            self.drive.link(ino(i), ino(newparent), newname.as_bytes()),
+        );
     }
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

@@ -1,11 +1,11 @@
 //! The local side: each file's manifest kept up to date from the drive's recorded versions
 //! (re-chunked only around what changed), and the local tree (L) built from the drive.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 use crate::chunking::{ChunkId, ChunkRef, ChunkerParams, Manifest, rechunk_with};
-use crate::drive::{Drive, Ino, Kind, RecordedVersion};
+use crate::drive::{Drive, Ino, Kind, NodeView, RecordedVersion};
 use crate::protocol::NodeId;
 
 use super::SyncError;
@@ -73,6 +73,15 @@ fn manifest_of_file(
     )?)
 }
 
+/// A manifest taken for the names `ids` of inode `ino` (at its recorded version `number`).
+struct Taken {
+    ino: Ino,
+    number: Option<u64>,
+    ids: Vec<NodeId>,
+    content: LocalContent,
+    manifest: Manifest,
+}
+
 /// The local tree as of now.
 #[derive(Debug)]
 pub struct LocalScan {
@@ -104,36 +113,69 @@ pub fn scan(
         .collect();
     let mut busy = HashSet::new();
     let mut unsettled = false;
-    // Manifests of recorded versions and of files never taken, stored in one transaction
-    // before the drive lets go of any version.
-    let mut taken: Vec<(Ino, Option<u64>, NodeId, LocalContent, Manifest)> = Vec::new();
+    // The names of each file inode: every name of a hard-linked inode syncs as a file of
+    // its own with the inode's content, so a version taken moves every name's manifest.
+    let mut inodes: BTreeMap<Ino, Vec<&NodeView>> = BTreeMap::new();
     for v in views.iter().filter(|v| v.kind == Kind::File) {
         if v.busy {
             busy.insert(v.id);
         }
-        let known = mem.local.get(&v.id).copied();
-        let pending_version = pending.get(&v.ino);
-        let m = if let Some(p) = pending_version {
-            let empty = Manifest::default();
-            let prev = known
-                .and_then(|c| mem.manifests.get(&c.manifest))
-                .unwrap_or(&empty);
-            // Chunks the file had before are not new, even where they were cut again (the
-            // tail after an insert): only the others go to `cut`.
-            let had: HashSet<ChunkId> = prev.chunks.iter().map(|c| c.id).collect();
-            manifest_of_version(drive, v.id, p, prev, params, &mut |at, c, bytes| {
-                if !had.contains(&c.id) {
-                    cut(v.id, at, c, bytes);
-                }
-            })
-        } else if known.is_none() && !v.busy {
-            // A file the engine never saw a version of (created empty, or from before the
-            // drive was synced, or placed just before a crash): chunk it whole.
-            manifest_of_file(drive, v.id, params, &mut |at, c, bytes| {
-                cut(v.id, at, c, bytes)
-            })
-        } else {
+        inodes.entry(v.ino).or_default().push(v);
+    }
+    // Manifests of recorded versions and of files never taken, stored in one transaction
+    // before the drive lets go of any version.
+    let mut taken: Vec<Taken> = Vec::new();
+    for (ino, names) in inodes {
+        let Some(first) = names.first() else {
             continue;
+        };
+        let known = names.iter().find_map(|v| {
+            let c = mem.local.get(&v.id)?;
+            Some((*c, mem.manifests.get(&c.manifest)?))
+        });
+        let pending_version = pending.get(&ino);
+        let (ids, m) = if let Some(p) = pending_version {
+            let ids: Vec<NodeId> = names.iter().map(|v| v.id).collect();
+            let m = match known {
+                Some((_, prev)) => {
+                    // Chunks the file had before are not new, even where they were cut again
+                    // (the tail after an insert): only the others go to `cut`.
+                    let had: HashSet<ChunkId> = prev.chunks.iter().map(|c| c.id).collect();
+                    manifest_of_version(drive, first.id, p, prev, params, &mut |at, c, bytes| {
+                        if !had.contains(&c.id) {
+                            cut(first.id, at, c, bytes);
+                        }
+                    })
+                }
+                // No name's earlier content is known (a new file): its ranges are relative
+                // to nothing, so the whole file is cut.
+                None => manifest_of_file(drive, first.id, params, &mut |at, c, bytes| {
+                    cut(first.id, at, c, bytes)
+                }),
+            };
+            (ids, m)
+        } else {
+            let unknown: Vec<NodeId> = names
+                .iter()
+                .filter(|v| !mem.local.contains_key(&v.id))
+                .map(|v| v.id)
+                .collect();
+            if unknown.is_empty() {
+                continue;
+            }
+            match known {
+                // A new name of a file taken before (a hard link): the same content.
+                Some((_, m)) => (unknown, Ok(m.clone())),
+                // A file the engine never saw a version of (created empty, or from before the
+                // drive was synced, or placed just before a crash): chunk it whole.
+                None if !first.busy => (
+                    unknown,
+                    manifest_of_file(drive, first.id, params, &mut |at, c, bytes| {
+                        cut(first.id, at, c, bytes)
+                    }),
+                ),
+                None => continue,
+            }
         };
         let m = match m {
             Ok(m) => m,
@@ -142,26 +184,34 @@ pub fn scan(
             Err(e) => return Err(e),
         };
         let content = LocalContent {
-            drive_version: pending_version.map_or(v.version, |p| p.number),
+            drive_version: pending_version.map_or(first.version, |p| p.number),
             manifest: m.id(),
         };
-        taken.push((v.ino, pending_version.map(|p| p.number), v.id, content, m));
+        taken.push(Taken {
+            ino,
+            number: pending_version.map(|p| p.number),
+            ids,
+            content,
+            manifest: m,
+        });
     }
     let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> = taken
         .iter()
-        .map(|(_, _, id, c, m)| (*id, Some((*c, m))))
+        .flat_map(|t| t.ids.iter().map(|id| (*id, Some((t.content, &t.manifest)))))
         .collect();
     // Stored first: the ranges of a later version are relative to this content.
     state.save_locals(&rows)?;
-    for (ino, number, id, content, m) in taken {
-        if let Some(number) = number
-            && !drive.take_pending_if(ino, number)?
+    for t in taken {
+        if let Some(number) = t.number
+            && !drive.take_pending_if(t.ino, number)?
         {
             unsettled = true;
             continue;
         }
-        mem.local.insert(id, content);
-        mem.manifests.insert(m.id(), m);
+        for id in t.ids {
+            mem.local.insert(id, t.content);
+        }
+        mem.manifests.insert(t.manifest.id(), t.manifest);
     }
     // Forget the manifests of files that are gone.
     let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
