@@ -214,7 +214,10 @@ fn link_semantics_match_the_local_disk() {
         "link of a directory: 1",
         "fstat nlink: 0",
     ] {
-        assert!(on_disk.iter().any(|l| l == expected), "{expected}: {on_disk:#?}");
+        assert!(
+            on_disk.iter().any(|l| l == expected),
+            "{expected}: {on_disk:#?}"
+        );
     }
     // Across filesystems the kernel answers alone.
     fs::write(m.path("x"), b"x").unwrap();

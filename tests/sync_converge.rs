@@ -178,7 +178,7 @@ fn random_op(root: &Path, rng: &mut Rng, held: &mut Option<Held>) -> (String, st
     let p = |rel: &str| root.join(rel);
     let nonroot: Vec<String> = v.dirs[1..].to_vec();
     let attr_targets: Vec<String> = v.files.iter().chain(nonroot.iter()).cloned().collect();
-    const WEIGHTS: [usize; 17] = [14, 8, 6, 4, 5, 4, 5, 6, 5, 8, 5, 1, 5, 5, 3, 4, 4];
+    const WEIGHTS: [usize; 18] = [14, 8, 6, 4, 5, 4, 5, 6, 5, 8, 5, 1, 5, 5, 3, 4, 4, 4];
     let mut roll = rng.below(WEIGHTS.iter().sum());
     let mut op = 0;
     while roll >= WEIGHTS[op] {
@@ -186,7 +186,7 @@ fn random_op(root: &Path, rng: &mut Rng, held: &mut Option<Held>) -> (String, st
         op += 1;
     }
     // Without anything to act on, create a file.
-    let needs_file = matches!(op, 1..=3 | 5..=7 | 15 | 16);
+    let needs_file = matches!(op, 1..=3 | 5..=7 | 15..=17);
     if (needs_file && v.files.is_empty())
         || (matches!(op, 8 | 11) && nonroot.is_empty())
         || (op == 10 && v.files.is_empty() && v.links.is_empty())
@@ -343,6 +343,15 @@ fn random_op(root: &Path, rng: &mut Rng, held: &mut Option<Held>) -> (String, st
             (
                 format!("save {path} through {tmp} ({} bytes)", bytes.len()),
                 r,
+            )
+        }
+        17 => {
+            // A hard link: each name then syncs as a file of its own.
+            let path = rng.pick(&v.files).clone();
+            let to = join(&rng.pick(&v.dirs).clone(), &new_name(rng));
+            (
+                format!("link {path} -> {to}"),
+                fs::hard_link(p(&path), p(&to)),
             )
         }
         _ => {
