@@ -208,3 +208,87 @@ fn content_is_not_replaced_under_a_writer() {
     m.drive.apply_content(id, &staged, None).unwrap();
     assert_eq!(fs::read(&path).unwrap(), b"remote");
 }
+
+/// The node id of the name `name` in the root, from the drive's view.
+fn id_of(m: &InProcessMount, name: &[u8]) -> NodeId {
+    m.drive
+        .view()
+        .into_iter()
+        .find(|v| v.parent == NodeId::ROOT && v.name == name)
+        .map(|v| v.id)
+        .expect("name in the view")
+}
+
+#[test]
+fn a_remote_change_to_one_name_of_a_linked_file_splits_it_off() {
+    let m = InProcessMount::new();
+    let p = |n: &str| m.mountpoint.join(n);
+    fs::write(p("f"), b"shared").unwrap();
+    fs::hard_link(p("f"), p("g")).unwrap();
+    fs::hard_link(p("f"), p("h")).unwrap();
+    let views = m.drive.view();
+    assert_eq!(views.len(), 3, "one view per name: {views:?}");
+    assert!(views.iter().all(|v| v.ino == views[0].ino));
+    // As the sync engine would: the local version is taken.
+    assert!(m.drive.take_pending(views[0].ino).unwrap().is_some());
+
+    // Content for g: g gets an inode of its own, f and h keep theirs, also for a reader
+    // that has f open.
+    let mut reader = fs::File::open(p("f")).unwrap();
+    let staged = m.stage(b"g from elsewhere");
+    let busy = m.drive.apply_content(id_of(&m, b"g"), &staged, None);
+    assert!(matches!(busy, Err(DriveError::Busy)), "{busy:?}");
+    let mut old = String::new();
+    reader.read_to_string(&mut old).unwrap();
+    drop(reader);
+    assert_eq!(old, "shared");
+    common::wait_until(std::time::Duration::from_secs(5), || {
+        m.drive.view().iter().all(|v| !v.busy)
+    });
+    m.drive
+        .apply_content(id_of(&m, b"g"), &staged, None)
+        .unwrap();
+    assert_eq!(fs::read(p("g")).unwrap(), b"g from elsewhere");
+    assert_eq!(fs::read(p("f")).unwrap(), b"shared");
+    assert_eq!(fs::metadata(p("g")).unwrap().nlink(), 1);
+    assert_eq!(fs::metadata(p("f")).unwrap().nlink(), 2);
+    assert_ne!(
+        fs::metadata(p("g")).unwrap().ino(),
+        fs::metadata(p("f")).unwrap().ino()
+    );
+
+    // Attributes for h: h gets an inode of its own with a copy of the content.
+    m.drive.apply_attrs(id_of(&m, b"h"), &attrs(0o600)).unwrap();
+    assert_eq!(fs::metadata(p("h")).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(fs::metadata(p("f")).unwrap().mode() & 0o777, 0o644);
+    assert_eq!(fs::metadata(p("f")).unwrap().nlink(), 1);
+    fs::write(p("h"), b"h alone").unwrap();
+    assert_eq!(fs::read(p("f")).unwrap(), b"shared");
+}
+
+#[test]
+fn a_remote_create_of_an_unlinked_first_name_keeps_the_other_names_content() {
+    let m = InProcessMount::new();
+    let p = |n: &str| m.mountpoint.join(n);
+    fs::write(p("f"), b"kept under g").unwrap();
+    let f = id_of(&m, b"f");
+    fs::hard_link(p("f"), p("g")).unwrap();
+    // f goes here; g now holds the backing file created for f.
+    fs::remove_file(p("f")).unwrap();
+    // Another device edited f meanwhile: the edit wins and f comes back under its id.
+    let staged = m.stage(b"f from elsewhere");
+    m.drive
+        .apply_create(
+            f,
+            NodeId::ROOT,
+            b"f",
+            &attrs(0o644),
+            RemoteContent::File(&staged),
+        )
+        .unwrap();
+    assert_eq!(fs::read(p("f")).unwrap(), b"f from elsewhere");
+    assert_eq!(fs::read(p("g")).unwrap(), b"kept under g");
+    // Deleting the new f leaves g's content alone too.
+    m.drive.apply_delete(f).unwrap();
+    assert_eq!(fs::read(p("g")).unwrap(), b"kept under g");
+}

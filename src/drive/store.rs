@@ -23,8 +23,8 @@ const GROUP_ROWS: usize = 4096;
 /// not guessed at.
 const SCHEMA_VERSION: i64 = 2;
 
-/// The schema version before hard links (no `links` table, no `backing` column).
-const SCHEMA_VERSION_BEFORE_LINKS: i64 = 1;
+/// The schema version hard links came with (the `links` table, the `backing` column).
+const LINKS_VERSION: i64 = 2;
 
 /// Further names of inodes (hard links), each with its own node id; `backing` of `nodes` is
 /// the key of the inode's backing file when it is not the primary name's id (NULL then).
@@ -251,8 +251,13 @@ impl Store {
                     params![SCHEMA_VERSION],
                 )?;
             }
-            Some(SCHEMA_VERSION_BEFORE_LINKS) => migrate_to_links(&mut conn)?,
             Some(v) if v == SCHEMA_VERSION => {}
+            // Each upgrade in turn, each in its own transaction.
+            Some(v) if (1..SCHEMA_VERSION).contains(&v) => {
+                if v < LINKS_VERSION {
+                    migrate_to_links(&mut conn)?;
+                }
+            }
             Some(found) => {
                 return Err(StoreError::SchemaVersion {
                     found,
@@ -435,10 +440,10 @@ fn migrate_to_links(conn: &mut Connection) -> Result<(), StoreError> {
     tx.execute_batch(LINKS_SCHEMA)?;
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
-        params![SCHEMA_VERSION],
+        params![LINKS_VERSION],
     )?;
     tx.commit()?;
-    tracing::info!("metadata upgraded to schema version {SCHEMA_VERSION} (hard links)");
+    tracing::info!("metadata upgraded to schema version {LINKS_VERSION} (hard links)");
     Ok(())
 }
 
