@@ -429,3 +429,63 @@ fn move_and_delete_of_one_name_on_another_device_leave_the_others() {
     assert_same_trees(&both, "after the unlink of one name");
     assert_eq!(fs::read(b.path("d/y2")).unwrap(), b"edited after");
 }
+
+#[test]
+fn links_survive_kill_9_after_fsync_of_their_directory() {
+    let mut m = Mount::new();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("a"), b"durable").unwrap();
+    fs::hard_link(m.path("a"), m.path("d/b")).unwrap();
+    fs::remove_file(m.path("a")).unwrap();
+    fs::hard_link(m.path("d/b"), m.path("c")).unwrap();
+    // fsync of a directory makes every metadata change so far durable.
+    fs::File::open(m.path("d")).unwrap().sync_all().unwrap();
+    m.kill_daemon();
+    // umount detaches a mount whose daemon died.
+    m.umount();
+    m.mount();
+    assert!(
+        m.log().contains("did not end cleanly"),
+        "the restart noticed the crash"
+    );
+    assert_eq!(nlink(&m.path("c")), 2);
+    assert_eq!(ino(&m.path("c")), ino(&m.path("d/b")));
+    assert_eq!(fs::read(m.path("c")).unwrap(), b"durable");
+    assert!(!m.path("a").exists());
+}
+
+#[test]
+fn concurrent_edits_through_linked_names_conflict_per_name() {
+    let mut fx = support::fixture();
+    let (a, b) = laptop_and_phone(&fx);
+    let both = [&a, &b];
+    fs::write(a.path("f"), b"base").unwrap();
+    fs::hard_link(a.path("f"), a.path("g")).unwrap();
+    wait_quiet(&both, QUIET);
+    assert_same_trees(&both, "after linking");
+
+    // Neither can push: the laptop edits through f (so g changes too), the phone edits g.
+    fx.server.kill9();
+    fs::write(a.path("f"), b"laptop's edit through f").unwrap();
+    fs::write(b.path("g"), b"phone's g").unwrap();
+    fx.server.restart();
+    wait_quiet(&both, QUIET);
+    let listing = assert_same_trees(&both, "after the concurrent edits");
+
+    // f changed on the laptop only; g changed on both: one version keeps the name, the
+    // other is in a conflicted copy, and nothing is lost.
+    assert_eq!(fs::read(b.path("f")).unwrap(), b"laptop's edit through f");
+    let copies = common::sync::copies_of(&listing, "", "g");
+    assert_eq!(copies.len(), 1, "one conflicted copy of g: {listing:#?}");
+    let mut versions = vec![
+        fs::read(a.path("g")).unwrap(),
+        fs::read(a.path(&copies[0].0)).unwrap(),
+    ];
+    versions.sort();
+    assert_eq!(
+        versions,
+        vec![b"laptop's edit through f".to_vec(), b"phone's g".to_vec()]
+    );
+    // Whatever g holds on the laptop now, f kept the laptop's edit.
+    assert_eq!(fs::read(a.path("f")).unwrap(), b"laptop's edit through f");
+}
