@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of deltadrive: unit, property and end-to-end tests on real FUSE mounts.
 # Installs what the tests need with apt-get when it is missing (fuse3, sqlite3, git, attr,
-# util-linux) and says so. The end-to-end tests mount filesystems and switch users, so this
-# runs as root (or through sudo).
+# util-linux, systemd for systemctl) and says so. The end-to-end tests mount filesystems and
+# switch users, so this runs as root (or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,7 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v getfattr >/dev/null 2>&1 || need+=(attr)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v systemctl >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]} with apt-get"
     $SUDO apt-get update -qq
