@@ -156,6 +156,12 @@ fn exercise(root: &Path) -> Vec<String> {
             fs::Permissions::from_mode(0o4755),
         )),
     );
+    log("stat s setuid", describe(&p("s")));
+    // chown of a non-directory drops setuid, as on ext4.
+    log(
+        "chown s",
+        io_result(std::os::unix::fs::lchown(p("s"), Some(0), Some(0))),
+    );
     let ts = |sec, nsec| libc::timespec {
         tv_sec: sec,
         tv_nsec: nsec,

@@ -1485,7 +1485,7 @@ fn run_local_only(
     let p = plan(&l.tree(), &s.tree(), &r.tree(), &c).unwrap();
     let (lf, rf) = apply_plan(l, r, &p).unwrap();
     assert_eq!(lf.nodes, rf.nodes, "both sides converge");
-    for (place, _) in &names {
+    for place in names.keys() {
         assert!(
             !lf.nodes
                 .values()
