@@ -867,7 +867,7 @@ CREATE TABLE IF NOT EXISTS pending_versions (
         assert_eq!(nodes[&4].target, b"f");
 
         // The upgraded store takes the new kinds, and they survive a reopen.
-        let mut fifo = Node::new(
+        let fifo = Node::new(
             NodeId::random(),
             2,
             b"p".to_vec(),
@@ -877,7 +877,6 @@ CREATE TABLE IF NOT EXISTS pending_versions (
             8,
             9,
         );
-        fifo.rdev = 0;
         let mut null = Node::new(
             NodeId::random(),
             2,
