@@ -453,6 +453,17 @@ fn special_files_survive_umount_and_mount() {
     writer.join().unwrap();
 }
 
+/// Whether `dir` holds a conflicted copy of `name` (read while the engine may be renaming
+/// in it: an entry gone between readdir and stat is not an error here).
+fn has_copy_of(dir: &Path, name: &str) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            common::sync::parse_conflicted(&e.file_name().to_string_lossy())
+                .is_some_and(|c| c.original == name)
+        })
+    })
+}
+
 /// The special files this test makes on the laptop, by path.
 const SPECIAL: [&str; 4] = ["pipe", "dev-null", "app.sock", "d/inner-pipe"];
 
@@ -513,7 +524,7 @@ fn special_files_stay_on_their_device_and_keep_their_names() {
     let since = now_secs();
     fs::write(phone.path("pipe"), b"phone's file").unwrap();
     wait_for(&both, QUIET, "the phone's pipe renamed", || {
-        !copies_of(&listing(&laptop.mountpoint), "", "pipe").is_empty()
+        has_copy_of(&laptop.mountpoint, "pipe")
     });
     wait_quiet(&both, QUIET);
     let on_laptop = listing(&laptop.mountpoint);
@@ -538,6 +549,26 @@ fn special_files_stay_on_their_device_and_keep_their_names() {
             .is_fifo()
     );
     assert!(laptop.counter("conflicts") >= 1);
+
+    // A file the phone moves onto the socket's name is renamed the same way.
+    fs::rename(phone.path("note.txt"), phone.path("app.sock")).unwrap();
+    wait_for(&both, QUIET, "the phone's move renamed", || {
+        has_copy_of(&laptop.mountpoint, "app.sock")
+    });
+    wait_quiet(&both, QUIET);
+    let copies = copies_of(&listing(&phone.mountpoint), "", "app.sock");
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(
+        fs::read(laptop.path(&copies[0].0)).unwrap(),
+        b"next to them"
+    );
+    assert!(!laptop.path("note.txt").exists() && !phone.path("app.sock").exists());
+    assert!(
+        fs::symlink_metadata(laptop.path("app.sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
 
     // A directory the phone deletes while it holds a special file on the laptop stays on the
     // laptop with the special file (and comes back on the phone, empty), as a directory
