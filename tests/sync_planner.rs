@@ -1463,3 +1463,239 @@ fn random_edits_reach_every_conflict_kind_and_temporary_names() {
     }
     assert_eq!(seen.len(), 10, "cases seen: {seen:#?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Local-only names (FIFOs, sockets, device nodes): in no tree, but taken on the local side.
+// ---------------------------------------------------------------------------------------
+
+/// Plans with `local_only` names (parent, name, holder), applies the plan to both sides,
+/// checks that they converge, that no node ends at a local-only place, and that planning
+/// again gives nothing; returns the plan and the converged tree.
+fn run_local_only(
+    l: &Model,
+    s: &Model,
+    r: &Model,
+    local_only: &[(u128, &str, u128)],
+) -> (Plan, Model) {
+    let names: BTreeMap<(NodeId, Name), NodeId> = local_only
+        .iter()
+        .map(|(p, n, h)| ((id(*p), name(n)), id(*h)))
+        .collect();
+    let c = ctx().with_local_only(names.clone());
+    let p = plan(&l.tree(), &s.tree(), &r.tree(), &c).unwrap();
+    let (lf, rf) = apply_plan(l, r, &p).unwrap();
+    assert_eq!(lf.nodes, rf.nodes, "both sides converge");
+    for place in names.keys() {
+        assert!(
+            !lf.nodes
+                .values()
+                .any(|e| (e.parent, e.name.clone()) == *place),
+            "a node took the local-only name {place:?}: {p:?}"
+        );
+    }
+    let again = plan(&lf.tree(), &rf.tree(), &rf.tree(), &c).unwrap();
+    assert!(again.is_empty(), "replans to nothing: {again:?}");
+    (p, lf)
+}
+
+#[test]
+fn remote_create_onto_a_local_only_name_lands_as_a_conflicted_copy() {
+    let s = Model::default();
+    let l = Model::default();
+    let r = model(&[(20, file(0, "pipe", 2))]);
+    let (p, f) = run_local_only(&l, &s, &r, &[(0, "pipe", 99)]);
+    let renamed = format!("pipe{CONFLICT_SUFFIX}");
+    assert_eq!(f.nodes[&id(20)].name.as_str(), renamed);
+    assert_eq!(f.nodes[&id(20)].content, r.nodes[&id(20)].content);
+    assert_eq!(
+        p.to_local,
+        vec![LocalStep::Create {
+            node: id(20),
+            entry: Entry {
+                name: name(&renamed),
+                ..file(0, "pipe", 2)
+            }
+        }]
+    );
+    assert_eq!(
+        p.to_remote,
+        vec![PushStep::Move {
+            node: id(20),
+            parent: id(0),
+            name: name(&renamed)
+        }]
+    );
+    assert_eq!(
+        p.conflicts,
+        vec![Conflict::NameCollision {
+            node: id(20),
+            holder: id(99),
+            name: name(&renamed)
+        }]
+    );
+}
+
+#[test]
+fn remote_move_onto_a_local_only_name_is_renamed_like_a_loser() {
+    let s = model(&[(1, dir(0, "D")), (5, file(0, "a.txt", 1))]);
+    let l = s.clone();
+    let r = model(&[(1, dir(0, "D")), (5, file(1, "sock.txt", 1))]);
+    let (p, f) = run_local_only(&l, &s, &r, &[(1, "sock.txt", 99)]);
+    let renamed = format!("sock{CONFLICT_SUFFIX}.txt");
+    assert_eq!(f.nodes[&id(5)].parent, id(1));
+    assert_eq!(f.nodes[&id(5)].name.as_str(), renamed);
+    assert!(p.to_local.contains(&LocalStep::Move {
+        node: id(5),
+        parent: id(1),
+        name: name(&renamed)
+    }));
+}
+
+#[test]
+fn a_local_only_name_counts_as_taken_for_conflicted_copies() {
+    let taken = format!("notes{CONFLICT_SUFFIX}.txt");
+    let s = model(&[(1, file(0, "notes.txt", 1))]);
+    let l = model(&[(1, file(0, "notes.txt", 2))]);
+    let r = model(&[(1, file(0, "notes.txt", 3))]);
+    let (_, f) = run_local_only(&l, &s, &r, &[(0, &taken, 99)]);
+    let numbered = "notes (conflicted copy laptop 2025-11-24 093005 2).txt";
+    assert_eq!(
+        at(&f, 0, numbered).unwrap().1.content,
+        file(0, "x", 2).content
+    );
+}
+
+#[test]
+fn remote_delete_of_directories_holding_a_local_only_node_keeps_them() {
+    // Remote: rm -rf /D. Local: a FIFO in /D/E. D and E stay (and come back on the server,
+    // same ids), the synced files in them go.
+    let s = model(&[
+        (1, dir(0, "D")),
+        (2, dir(1, "E")),
+        (3, file(2, "f", 1)),
+        (4, file(1, "g", 1)),
+    ]);
+    let l = s.clone();
+    let r = Model::default();
+    let (p, f) = run_local_only(&l, &s, &r, &[(2, "fifo", 99)]);
+    assert_eq!(
+        f.nodes.keys().copied().collect::<Vec<_>>(),
+        vec![id(1), id(2)]
+    );
+    let creates: Vec<NodeId> = p
+        .to_remote
+        .iter()
+        .map(|st| match st {
+            PushStep::Create { node, .. } => *node,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(creates, vec![id(1), id(2)]);
+    let deletes: BTreeSet<NodeId> = p
+        .to_local
+        .iter()
+        .map(|st| match st {
+            LocalStep::Delete { node } => *node,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(deletes, BTreeSet::from([id(3), id(4)]));
+    for node in [1, 2] {
+        assert!(p.conflicts.contains(&Conflict::DirectoryKept {
+            node: id(node),
+            deleted_on: Side::Remote
+        }));
+    }
+}
+
+#[test]
+fn a_local_only_name_elsewhere_changes_nothing() {
+    let s = model(&[(1, dir(0, "D")), (2, file(1, "f", 1))]);
+    let l = model(&[(1, dir(0, "D")), (2, file(1, "f", 2))]);
+    let r = s.clone();
+    let (p, _) = run_local_only(&l, &s, &r, &[(1, "pipe", 99), (0, "sock", 98)]);
+    let plain = plan(&l.tree(), &s.tree(), &r.tree(), &ctx()).unwrap();
+    assert_eq!(p, plain);
+    assert!(p.conflicts.is_empty());
+}
+
+/// The properties that hold with local-only names: both sides converge on a valid tree, no
+/// node ends at a local-only place, every directory holding one stays, no new content is
+/// lost, and planning again gives nothing.
+fn check_local_only_case(
+    l: &Model,
+    s: &Model,
+    r: &Model,
+    names: &BTreeMap<(NodeId, Name), NodeId>,
+) -> Result<(), String> {
+    let c = ctx().with_local_only(names.clone());
+    let p = plan(&l.tree(), &s.tree(), &r.tree(), &c).map_err(|e| format!("plan failed: {e}"))?;
+    let (lf, rf) = apply_plan(l, r, &p)?;
+    if lf != rf {
+        return Err(format!(
+            "sides diverge\nlocal: {:?}\nremote: {:?}\nplan: {p:#?}",
+            lf.nodes, rf.nodes
+        ));
+    }
+    lf.check_valid()?;
+    for (dir, n) in names.keys() {
+        if *dir != NodeId::ROOT && !lf.nodes.contains_key(dir) {
+            return Err(format!("directory {dir} holding {n:?} was deleted: {p:#?}"));
+        }
+        if let Some((id, _)) = lf
+            .nodes
+            .iter()
+            .find(|(_, e)| e.parent == *dir && e.name == *n)
+        {
+            return Err(format!("node {id} took the local-only name {n:?}: {p:#?}"));
+        }
+    }
+    let kept = lf.manifests();
+    for (side, m) in [("local", l), ("remote", r)] {
+        if let Some(lost) = new_content(m, s).difference(&kept).next() {
+            return Err(format!("{side} content {lost:?} lost"));
+        }
+    }
+    let t = lf.tree();
+    let again = plan(&t, &t, &t, &c).map_err(|e| e.to_string())?;
+    if !again.is_empty() || !again.conflicts.is_empty() {
+        return Err(format!("replanning the result is not empty: {again:?}"));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn local_only_names_are_never_taken_and_their_directories_stay(
+        s_ops in raw_ops(30),
+        l_ops in raw_ops(10),
+        r_ops in raw_ops(14),
+        picks in vec((any::<u8>(), any::<u8>()), 1..4),
+    ) {
+        let s = build(&mut Editor { side: 1, counter: 0 }, &Model::default(), &s_ops, true);
+        let l = build(&mut Editor { side: 2, counter: 0 }, &s, &l_ops, false);
+        let r = build(&mut Editor { side: 3, counter: 0 }, &s, &r_ops, false);
+        // Local-only nodes at places free on the local side (a name there is unique).
+        let dirs: Vec<NodeId> = std::iter::once(NodeId::ROOT)
+            .chain(
+                l.nodes
+                    .iter()
+                    .filter(|(_, e)| e.content == Content::Dir)
+                    .map(|(id, _)| *id),
+            )
+            .collect();
+        let mut names = BTreeMap::new();
+        for (i, (d, n)) in picks.iter().enumerate() {
+            let dir = dirs[usize::from(*d) % dirs.len()];
+            let n = name(NAMES[usize::from(*n) % NAMES.len()]);
+            let free = !l.nodes.values().any(|e| e.parent == dir && e.name == n);
+            if free {
+                names.insert((dir, n), id(1_000_000 + i as u128));
+            }
+        }
+        let checked = check_local_only_case(&l, &s, &r, &names);
+        prop_assert!(checked.is_ok(), "{}", checked.unwrap_err());
+    }
+}

@@ -41,8 +41,10 @@ pub struct DriveStatus {
     /// The state directory.
     #[serde(serialize_with = "lossy")]
     pub state_dir: PathBuf,
-    /// Files, directories and symlinks.
+    /// Nodes of every kind.
     pub nodes: u64,
+    /// FIFOs, sockets and device nodes: they never sync and stay on this device.
+    pub local_only_special: u64,
     /// Bytes of file content stored.
     pub bytes_stored: u64,
     /// Files with changes not yet recorded as a version.
@@ -86,6 +88,7 @@ pub(super) fn status_of(
         pid: None,
         state_dir: state_root.clone(),
         nodes: 0,
+        local_only_special: 0,
         bytes_stored: 0,
         unrecorded_files: 0,
         pending_versions: 0,
@@ -101,6 +104,7 @@ pub(super) fn status_of(
         let summary = crate::drive::Store::summary(&state.db_path())
             .with_context(|| format!("cannot read {}", state.db_path().display()))?;
         status.nodes = summary.nodes;
+        status.local_only_special = summary.special;
         status.bytes_stored = summary.bytes;
         status.unrecorded_files = summary.dirty_files;
         status.pending_versions = summary.pending_versions;
@@ -207,6 +211,18 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             s.sync.pending_transactions, s.pending_upload_bytes, s.sync.bytes_to_download
         );
         println!("  conflicts:         {}", s.sync.conflicts);
+        if s.local_only_special > 0 {
+            let n = s.local_only_special;
+            let (files, stay) = if n == 1 {
+                ("special file", "stays")
+            } else {
+                ("special files", "stay")
+            };
+            println!(
+                "  local only:        {n} {files} (FIFOs, sockets, device nodes) {stay} on this \
+                 device"
+            );
+        }
         if let Some(ms) = s.sync.last_sync_ms {
             let now = crate::drive::to_nanos(std::time::SystemTime::now()) / 1_000_000;
             println!(

@@ -440,6 +440,10 @@ impl Drive {
             match kind {
                 Kind::Dir => return Err(DriveError::IsDir),
                 Kind::Symlink => return Err(DriveError::Invalid("truncate of a symlink")),
+                // As the VFS does before asking: only regular files have a size to set.
+                Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => {
+                    return Err(DriveError::Invalid("truncate of a special file"));
+                }
                 Kind::File => {}
             }
             match fh.and_then(|fh| self.file(fh).ok()) {
@@ -631,14 +635,31 @@ impl Drive {
         fh.map(|fh| (attr, fh)).ok_or(DriveError::BadHandle)
     }
 
-    /// Creates a node by mknod: regular files only; devices, FIFOs and sockets are refused.
-    pub fn mknod(&self, parent: Ino, name: &[u8], mode: u32, caller: Caller) -> DriveResult<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return Err(DriveError::NotPermitted(
-                "device nodes, FIFOs and sockets are not supported",
-            ));
+    /// Creates a node by mknod: a regular file, or a FIFO, socket or device node (`rdev`
+    /// names the device). Special files live in the tree like any node but never sync; the
+    /// kernel does their I/O (and checks CAP_MKNOD for device nodes before asking).
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> DriveResult<Attr> {
+        let kind = Kind::of_mode(mode).ok_or(DriveError::Invalid("unknown mknod file type"))?;
+        if kind == Kind::File {
+            return Ok(self.create_file(parent, name, mode, caller, false)?.0);
         }
-        Ok(self.create_file(parent, name, mode, caller, false)?.0)
+        let stamp = now();
+        self.mutate(|t| {
+            let mut node = Self::new_node(t, parent, kind, mode, caller, stamp)?;
+            if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
+                node.rdev = rdev;
+            }
+            let ino = t.insert(parent, name, node, stamp)?;
+            t.add_lookup(ino, 1);
+            Ok(t.get(ino)?.attr(ino))
+        })
     }
 
     fn note_created(&self) {
@@ -727,6 +748,10 @@ impl Drive {
                 Kind::File => n.backing_id,
                 Kind::Dir => return Err(DriveError::IsDir),
                 Kind::Symlink => return Err(DriveError::Invalid("open of a symlink")),
+                // The kernel opens these itself; a request here is not a file to open.
+                Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => {
+                    return Err(DriveError::Invalid("open of a special file"));
+                }
             }
         };
         let file = self.backing.open_file(id)?;

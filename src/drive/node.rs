@@ -25,6 +25,14 @@ pub enum Kind {
     Dir,
     /// A symbolic link with its target.
     Symlink,
+    /// A named pipe (FIFO): the kernel passes its data; it stays on this device.
+    Fifo,
+    /// A unix domain socket's name: the kernel binds it; it stays on this device.
+    Socket,
+    /// A character device node (`rdev` names the device); it stays on this device.
+    CharDevice,
+    /// A block device node (`rdev` names the device); it stays on this device.
+    BlockDevice,
 }
 
 impl Kind {
@@ -34,6 +42,10 @@ impl Kind {
             Kind::File => 1,
             Kind::Dir => 2,
             Kind::Symlink => 3,
+            Kind::Fifo => 4,
+            Kind::Socket => 5,
+            Kind::CharDevice => 6,
+            Kind::BlockDevice => 7,
         }
     }
 
@@ -43,8 +55,33 @@ impl Kind {
             1 => Some(Kind::File),
             2 => Some(Kind::Dir),
             3 => Some(Kind::Symlink),
+            4 => Some(Kind::Fifo),
+            5 => Some(Kind::Socket),
+            6 => Some(Kind::CharDevice),
+            7 => Some(Kind::BlockDevice),
             _ => None,
         }
+    }
+
+    /// The kind a mknod(2) mode makes (`S_IFREG` or no type bits: a regular file).
+    pub fn of_mode(mode: u32) -> Option<Kind> {
+        match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => Some(Kind::File),
+            libc::S_IFIFO => Some(Kind::Fifo),
+            libc::S_IFSOCK => Some(Kind::Socket),
+            libc::S_IFCHR => Some(Kind::CharDevice),
+            libc::S_IFBLK => Some(Kind::BlockDevice),
+            _ => None,
+        }
+    }
+
+    /// FIFOs, sockets and device nodes: the kernel does their I/O, and they never sync
+    /// (they mean nothing on another machine).
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice
+        )
     }
 }
 
@@ -131,6 +168,8 @@ pub struct Node {
     pub ctime: Nanos,
     /// Symlink target.
     pub target: Vec<u8>,
+    /// Device number of a device node (0 for every other kind).
+    pub rdev: u32,
     /// Extended attributes.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Directory entries (directories only).
@@ -186,6 +225,7 @@ impl Node {
             mtime: time,
             ctime: time,
             target: Vec::new(),
+            rdev: 0,
             xattrs: BTreeMap::new(),
             children: BTreeMap::new(),
             subdirs: 0,
@@ -269,10 +309,11 @@ impl Node {
             Kind::Dir => (DIR_SIZE, 2 + self.subdirs),
             Kind::File => (self.size, self.nlink()),
             Kind::Symlink => (self.target.len() as u64, self.nlink()),
+            Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => (0, self.nlink()),
         };
         let blocks = match self.kind {
             Kind::Dir => DIR_SIZE / 512,
-            Kind::Symlink => 0,
+            Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => 0,
             // Until the backing file is stat'ed again, the size is the best estimate.
             Kind::File => self.blocks.unwrap_or(self.size.div_ceil(512)),
         };
@@ -288,6 +329,7 @@ impl Node {
             nlink,
             uid: self.uid,
             gid: self.gid,
+            rdev: self.rdev,
         }
     }
 }
@@ -376,4 +418,6 @@ pub struct Attr {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// Device number (device nodes).
+    pub rdev: u32,
 }

@@ -19,15 +19,13 @@ const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 /// A batch this large is committed without waiting for the window.
 const GROUP_ROWS: usize = 4096;
 
-/// Version of the schema below; an older store is upgraded in place, a newer one is refused,
-/// not guessed at.
-const SCHEMA_VERSION: i64 = 2;
+/// Version of the schema below. A store of an earlier version is upgraded in place at open
+/// ([`migrate`]); one of a later version is refused, not guessed at.
+const SCHEMA_VERSION: i64 = 3;
 
-/// The schema version hard links came with (the `links` table, the `backing` column).
-const LINKS_VERSION: i64 = 2;
-
-/// Further names of inodes (hard links), each with its own node id; `backing` of `nodes` is
-/// the key of the inode's backing file when it is not the primary name's id (NULL then).
+/// Further names of inodes (hard links, schema 3), each with its own node id; `backing` of
+/// `nodes` is the key of the inode's backing file when it is not the primary name's id (NULL
+/// then).
 const LINKS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS links (
     link_id BLOB PRIMARY KEY,
@@ -59,6 +57,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     version INTEGER NOT NULL,
     rec_len INTEGER,
     rec_mtime INTEGER,
+    rdev INTEGER NOT NULL DEFAULT 0,
     backing BLOB
 );
 CREATE INDEX IF NOT EXISTS nodes_parent ON nodes(parent);
@@ -114,6 +113,7 @@ pub struct NodeRow {
     mtime: Nanos,
     ctime: Nanos,
     target: Vec<u8>,
+    rdev: u32,
     xattrs: Vec<u8>,
     dirty: bool,
     version: u64,
@@ -140,6 +140,7 @@ impl NodeRow {
             mtime: n.mtime,
             ctime: n.ctime,
             target: n.target.clone(),
+            rdev: n.rdev,
             xattrs: encode_xattrs(&n.xattrs),
             dirty: !n.dirty.is_empty(),
             version: n.version,
@@ -202,8 +203,10 @@ impl std::fmt::Debug for Store {
 /// What the store holds, for `status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Files, directories and symlinks.
+    /// Nodes of every kind (the root included).
     pub nodes: u64,
+    /// FIFOs, sockets and device nodes: they stay on this device.
+    pub special: u64,
     /// Sum of file sizes.
     pub bytes: u64,
     /// Files with changes not yet recorded as a version.
@@ -214,6 +217,49 @@ pub struct Summary {
     pub pending_bytes: u64,
     /// Whether the last session ended with a clean unmount.
     pub clean: bool,
+}
+
+/// Upgrades a store of schema version `from` to [`SCHEMA_VERSION`], one version at a time,
+/// each step in its own transaction with the version it reaches.
+fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
+    let mut version = from;
+    while version < SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        match version {
+            1 => migrate_1_to_2(&tx)?,
+            2 => migrate_2_to_3(&tx)?,
+            other => {
+                return Err(StoreError::SchemaVersion {
+                    found: other,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+        }
+        version += 1;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+            params![version],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "metadata store upgraded");
+    }
+    Ok(())
+}
+
+/// Version 2: device numbers of device nodes (FIFOs, sockets and device nodes are new kind
+/// codes; every version 1 row keeps its kind and gets rdev 0).
+fn migrate_1_to_2(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch("ALTER TABLE nodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0;")?;
+    Ok(())
+}
+
+/// Version 3: hard links. The `backing` column (NULL: the backing file is keyed by the node
+/// id, as every file of an older store is) and the `links` table (empty: an older store has
+/// one name per inode).
+fn migrate_2_to_3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch("ALTER TABLE nodes ADD COLUMN backing BLOB;")?;
+    tx.execute_batch(LINKS_SCHEMA)?;
+    Ok(())
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -252,12 +298,7 @@ impl Store {
                 )?;
             }
             Some(v) if v == SCHEMA_VERSION => {}
-            // Each upgrade in turn, each in its own transaction.
-            Some(v) if (1..SCHEMA_VERSION).contains(&v) => {
-                if v < LINKS_VERSION {
-                    migrate_to_links(&mut conn)?;
-                }
-            }
+            Some(found) if (1..SCHEMA_VERSION).contains(&found) => migrate(&mut conn, found)?,
             Some(found) => {
                 return Err(StoreError::SchemaVersion {
                     found,
@@ -387,10 +428,32 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let (nodes, bytes, dirty_files): (u64, u64, u64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(CASE WHEN kind = 1 THEN size ELSE 0 END), 0), coalesce(sum(dirty), 0) FROM nodes",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+        let special_codes = [
+            Kind::Fifo,
+            Kind::Socket,
+            Kind::CharDevice,
+            Kind::BlockDevice,
+        ]
+        .map(Kind::code);
+        let (nodes, bytes, dirty_files, special): (u64, u64, u64, u64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(CASE WHEN kind = 1 THEN size ELSE 0 END), 0),
+                    coalesce(sum(dirty), 0),
+                    coalesce(sum(CASE WHEN kind IN (?1, ?2, ?3, ?4) THEN 1 ELSE 0 END), 0)
+             FROM nodes",
+            params![
+                special_codes[0],
+                special_codes[1],
+                special_codes[2],
+                special_codes[3]
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            },
         )?;
         let mut pending_versions = 0u64;
         let mut pending_bytes = 0u64;
@@ -416,6 +479,7 @@ impl Store {
             .is_some_and(|v| v == 1);
         Ok(Summary {
             nodes,
+            special,
             bytes,
             dirty_files,
             pending_versions,
@@ -429,22 +493,6 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Upgrades a store from before hard links in place, in one transaction: the `backing` column
-/// (NULL: the backing file is keyed by the node id, as every file of such a store is) and the
-/// `links` table (empty: such a store has one name per inode).
-fn migrate_to_links(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    tx.execute_batch("ALTER TABLE nodes ADD COLUMN backing BLOB;")?;
-    tx.execute_batch(LINKS_SCHEMA)?;
-    tx.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
-        params![LINKS_VERSION],
-    )?;
-    tx.commit()?;
-    tracing::info!("metadata upgraded to schema version {LINKS_VERSION} (hard links)");
-    Ok(())
 }
 
 fn writer_loop(mut conn: Connection, shared: &Shared) {
@@ -537,9 +585,10 @@ fn write_row(
     };
     tx.prepare_cached(
         "INSERT OR REPLACE INTO nodes(ino, node_id, parent, name, kind, perm, uid, gid, size,
-             atime, mtime, ctime, target, xattrs, dirty, version, rec_len, rec_mtime, backing)
+             atime, mtime, ctime, target, xattrs, dirty, version, rec_len, rec_mtime, rdev,
+             backing)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19)",
+                 ?19, ?20)",
     )?
     .execute(params![
         ino_sql,
@@ -560,6 +609,7 @@ fn write_row(
         n.version as i64,
         n.recorded_stamp.map(|(len, _)| len as i64),
         n.recorded_stamp.map(|(_, mtime)| mtime),
+        n.rdev,
         n.backing_id.map(|b| b.to_bytes().to_vec()),
     ])?;
     // A name that moved to another inode (a split) is rewritten there in the same batch.
@@ -592,7 +642,7 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
     let mut nodes = HashMap::new();
     let mut stmt = conn.prepare(
         "SELECT ino, node_id, parent, name, kind, perm, uid, gid, size, atime, mtime, ctime,
-                target, xattrs, dirty, version, rec_len, rec_mtime, backing FROM nodes",
+                target, xattrs, dirty, version, rec_len, rec_mtime, rdev, backing FROM nodes",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -631,7 +681,8 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
         let rec_len: Option<i64> = r.get(16)?;
         let rec_mtime: Option<i64> = r.get(17)?;
         node.recorded_stamp = rec_len.zip(rec_mtime).map(|(l, m)| (l as u64, m));
-        let backing: Option<Vec<u8>> = r.get(18)?;
+        node.rdev = r.get(18)?;
+        let backing: Option<Vec<u8>> = r.get(19)?;
         if let Some(b) = backing {
             node.backing_id = node_id(&b, ino)?;
         }
@@ -733,24 +784,6 @@ mod tests {
         assert_eq!(decode_xattrs(&[5, 0, b'a']), None);
     }
 
-    /// The schema a store written before hard links has (version 1), verbatim.
-    const SCHEMA_V1: &str = "
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE nodes (
-    ino INTEGER PRIMARY KEY, node_id BLOB NOT NULL, parent INTEGER NOT NULL, name BLOB NOT NULL,
-    kind INTEGER NOT NULL, perm INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
-    size INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,
-    ctime INTEGER NOT NULL, target BLOB NOT NULL, xattrs BLOB NOT NULL, dirty INTEGER NOT NULL,
-    version INTEGER NOT NULL, rec_len INTEGER, rec_mtime INTEGER
-);
-CREATE INDEX nodes_parent ON nodes(parent);
-CREATE TABLE pending_versions (
-    ino INTEGER PRIMARY KEY, number INTEGER NOT NULL, ranges BLOB NOT NULL,
-    size INTEGER NOT NULL, mtime INTEGER NOT NULL
-);
-INSERT INTO meta(key, value) VALUES ('schema_version', 1), ('clean', 1);
-";
-
     #[test]
     fn a_store_from_before_hard_links_is_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
@@ -759,6 +792,10 @@ INSERT INTO meta(key, value) VALUES ('schema_version', 1), ('clean', 1);
         {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', 1), ('clean', 1);",
+            )
+            .unwrap();
             conn.execute(
                 "INSERT INTO nodes VALUES (5, ?1, 1, X'66', 1, 420, 0, 0, 3, 0, 0, 0, X'', X'', 0, 1, 3, 9)",
                 params![&id.to_bytes()[..]],
@@ -840,5 +877,176 @@ INSERT INTO meta(key, value) VALUES ('schema_version', 1), ('clean', 1);
         drop(store);
         let (_store, _nodes, clean) = Store::open(&path, (0, 0)).unwrap();
         assert!(!clean, "dropping without close is not a clean shutdown");
+    }
+
+    /// The schema of version 1, as the first release wrote it.
+    const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    ino INTEGER PRIMARY KEY,
+    node_id BLOB NOT NULL,
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    perm INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    atime INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL,
+    target BLOB NOT NULL,
+    xattrs BLOB NOT NULL,
+    dirty INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    rec_len INTEGER,
+    rec_mtime INTEGER
+);
+CREATE INDEX IF NOT EXISTS nodes_parent ON nodes(parent);
+CREATE TABLE IF NOT EXISTS pending_versions (
+    ino INTEGER PRIMARY KEY,
+    number INTEGER NOT NULL,
+    ranges BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    mtime INTEGER NOT NULL
+);
+";
+
+    fn schema_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .expect("open")
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("schema version")
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded_in_place_and_keeps_every_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let (root_id, dir_id, file_id, link_id) = (
+            NodeId::ROOT,
+            NodeId::random(),
+            NodeId::random(),
+            NodeId::random(),
+        );
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', 1), ('clean', 1);",
+            )
+            .unwrap();
+            let row = |ino: i64, id: NodeId, parent: i64, name: &str, kind: i64, size: i64| {
+                conn.execute(
+                    "INSERT INTO nodes(ino, node_id, parent, name, kind, perm, uid, gid, size,
+                         atime, mtime, ctime, target, xattrs, dirty, version, rec_len, rec_mtime)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 420, 7, 8, ?6, 1, 2, 3, ?7, x'', 0, 4, ?6, 2)",
+                    params![
+                        ino,
+                        &id.to_bytes()[..],
+                        parent,
+                        name.as_bytes(),
+                        kind,
+                        size,
+                        if kind == 3 { &b"f"[..] } else { &b""[..] },
+                    ],
+                )
+                .unwrap();
+            };
+            row(1, root_id, 1, "", 2, 0);
+            row(2, dir_id, 1, "d", 2, 0);
+            row(3, file_id, 2, "f", 1, 5);
+            row(4, link_id, 2, "l", 3, 1);
+            conn.execute(
+                "INSERT INTO pending_versions(ino, number, ranges, size, mtime)
+                 VALUES (3, 4, ?1, 5, 2)",
+                params![RangeSet::new().to_bytes()],
+            )
+            .unwrap();
+        }
+        let (store, nodes, clean) = Store::open(&path, (0, 0)).unwrap();
+        assert!(clean, "the upgrade keeps the clean flag");
+        assert_eq!(schema_version(&path), SCHEMA_VERSION);
+        assert_eq!(nodes.len(), 4, "every node survives the upgrade");
+        let kinds: Vec<(Ino, Kind, NodeId, &[u8], u32)> = {
+            let mut v: Vec<_> = nodes
+                .iter()
+                .map(|(&i, n)| (i, n.kind, n.id, &n.name[..], n.rdev))
+                .collect();
+            v.sort_by_key(|x| x.0);
+            v
+        };
+        assert_eq!(
+            kinds,
+            vec![
+                (1, Kind::Dir, root_id, &b""[..], 0),
+                (2, Kind::Dir, dir_id, &b"d"[..], 0),
+                (3, Kind::File, file_id, &b"f"[..], 0),
+                (4, Kind::Symlink, link_id, &b"l"[..], 0),
+            ]
+        );
+        assert_eq!(nodes[&3].size, 5);
+        assert_eq!(nodes[&3].recorded_stamp, Some((5, 2)));
+        assert_eq!(nodes[&3].pending.as_ref().map(|p| p.number), Some(4));
+        assert_eq!(nodes[&4].target, b"f");
+
+        // The upgraded store takes the new kinds, and they survive a reopen.
+        let fifo = Node::new(
+            NodeId::random(),
+            2,
+            b"p".to_vec(),
+            Kind::Fifo,
+            0o600,
+            7,
+            8,
+            9,
+        );
+        let mut null = Node::new(
+            NodeId::random(),
+            2,
+            b"null".to_vec(),
+            Kind::CharDevice,
+            0o666,
+            0,
+            0,
+            9,
+        );
+        null.rdev = (1 << 8) | 3;
+        store.enqueue([(5, Some(NodeRow::of(&fifo))), (6, Some(NodeRow::of(&null)))]);
+        store.close(true).unwrap();
+        let (_store, nodes, _) = Store::open(&path, (0, 0)).unwrap();
+        assert_eq!((nodes[&5].kind, nodes[&5].rdev), (Kind::Fifo, 0));
+        assert_eq!((nodes[&6].kind, nodes[&6].rdev), (Kind::CharDevice, 259));
+        assert_eq!(nodes.len(), 6);
+        let s = Store::summary(&path).unwrap();
+        assert_eq!((s.nodes, s.special), (6, 2));
+    }
+
+    #[test]
+    fn a_store_from_a_later_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let (store, _, _) = Store::open(&path, (0, 0)).unwrap();
+        store.close(true).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+                params![SCHEMA_VERSION + 1],
+            )
+            .unwrap();
+        match Store::open(&path, (0, 0)) {
+            Err(StoreError::SchemaVersion { found, expected }) => {
+                assert_eq!((found, expected), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!(
+                "expected a schema version error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
     }
 }

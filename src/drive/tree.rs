@@ -493,6 +493,7 @@ impl Tree {
         split.atime = node.atime;
         split.mtime = node.mtime;
         split.target = node.target.clone();
+        split.rdev = node.rdev;
         split.xattrs = node.xattrs.clone();
         split.dirty = node.dirty.clone();
         split.pending = node.pending.clone();

@@ -246,13 +246,18 @@ impl Filesystem for DeltaFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         reply_entry(
             reply,
-            self.drive
-                .mknod(ino(parent), name.as_bytes(), mode & !umask, caller(req)),
+            self.drive.mknod(
+                ino(parent),
+                name.as_bytes(),
+                mode & !umask,
+                rdev,
+                caller(req),
+            ),
         );
     }
 

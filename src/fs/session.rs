@@ -58,18 +58,25 @@ pub fn serve(
     stop: mpsc::Receiver<()>,
     ready: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<Stop> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("deltadrive".into()),
         MountOption::Subtype("deltadrive".into()),
         MountOption::DefaultPermissions,
-        MountOption::NoDev,
+        // Device nodes made in the drive open as devices when root mounts it, as on a local
+        // disk (only root may make them); fusermount forces nodev on anyone else's mount.
+        if root {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
         MountOption::NoSuid,
     ];
     // Other users may use the drive when we are allowed to offer that; the kernel still
     // checks mode bits for them (default_permissions).
-    // SAFETY: geteuid has no preconditions.
-    config.acl = if unsafe { libc::geteuid() } == 0 {
+    config.acl = if root {
         SessionACL::All
     } else {
         SessionACL::Owner

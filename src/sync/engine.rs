@@ -845,7 +845,7 @@ impl Ctx {
         let stamp = ConflictStamp::from_unix_secs(secs)
             .map_err(|e| SyncError::Inconsistent(e.to_string()))?;
         let seed = u128::from_le_bytes(NodeId::random().to_bytes());
-        let ctx = Context::new(device.clone(), stamp, seed);
+        let ctx = Context::new(device.clone(), stamp, seed).with_local_only(local.local_only);
         let planned = plan(&l, &self.mem.synced, &r.tree, &ctx)
             .map_err(|e| SyncError::Inconsistent(format!("planner: {e}")))?;
         self.last_local = Some(l);

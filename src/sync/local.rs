@@ -9,7 +9,7 @@ use crate::drive::{Drive, Ino, Kind, NodeView, RecordedVersion};
 use crate::protocol::NodeId;
 
 use super::SyncError;
-use super::plan::{Content, Tree};
+use super::plan::{Content, LocalOnly, Tree};
 use super::state::{Loaded, LocalContent, SyncState};
 use super::trees::{Skipped, local_tree};
 
@@ -91,6 +91,8 @@ pub struct LocalScan {
     pub busy: HashSet<NodeId>,
     /// Nodes left out of the tree.
     pub skipped: Vec<Skipped>,
+    /// Names taken by FIFOs, sockets and device nodes, which never sync.
+    pub local_only: LocalOnly,
     /// A recorded version could not be taken yet (a writer is still at it): look again soon.
     pub unsettled: bool,
 }
@@ -227,7 +229,7 @@ pub fn scan(
     for id in gone {
         mem.local.remove(&id);
     }
-    let (tree, skipped) = local_tree(
+    let (tree, skipped, local_only) = local_tree(
         &views,
         |v| {
             if let Some(c) = mem.local.get(&v.id)
@@ -253,6 +255,7 @@ pub fn scan(
         tree,
         busy,
         skipped,
+        local_only,
         unsettled,
     })
 }

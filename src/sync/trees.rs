@@ -4,6 +4,9 @@
 //! not UTF-8 cannot be synced, and neither can a file whose current content has no manifest
 //! yet (its version is still being written): those are left out of this round, with their
 //! subtrees, and reported so the engine can say why.
+//!
+//! FIFOs, sockets and device nodes never sync (they mean nothing on another machine): they
+//! are not in the tree, but their names are handed to the planner as taken on this side.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,7 +14,7 @@ use crate::chunking::ManifestId;
 use crate::drive::{Kind, NodeView};
 use crate::protocol::{Name, NodeId, XattrValue, Xattrs};
 
-use super::plan::{Content, Entry, Tree, TreeError};
+use super::plan::{Content, Entry, LocalOnly, Tree, TreeError};
 
 /// Why a local node is not in the local tree this round.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,15 +30,27 @@ pub enum Skipped {
 /// The local tree of `views`, with `file_content` giving each file's manifest id and size as
 /// last taken, and `dir_mtime` the mtime to show for a directory (directory mtimes follow
 /// the synced tree: they change with every entry and are not synced, as with Dropbox).
+/// Also the names special files take (those a remote node could clash with).
 pub fn local_tree(
     views: &[NodeView],
     file_content: impl Fn(&NodeView) -> Option<(ManifestId, u64)>,
     dir_mtime: impl Fn(NodeId) -> Option<i64>,
-) -> Result<(Tree, Vec<Skipped>), TreeError> {
+) -> Result<(Tree, Vec<Skipped>, LocalOnly), TreeError> {
     let mut skipped = Vec::new();
     let mut bad: HashSet<NodeId> = HashSet::new();
     let mut entries = Vec::with_capacity(views.len());
+    let mut special = Vec::new();
     for v in views {
+        if v.kind.is_special() {
+            // A name that is not valid on the wire cannot clash with a remote one.
+            if let Some(name) = String::from_utf8(v.name.clone())
+                .ok()
+                .and_then(|n| Name::new(n).ok())
+            {
+                special.push((v.id, v.parent, name));
+            }
+            continue;
+        }
         match entry_of(v, &file_content, &dir_mtime) {
             Ok(entry) => entries.push((v.id, entry)),
             Err(why) => {
@@ -58,7 +73,14 @@ pub fn local_tree(
     let (kept, dropped): (Vec<_>, Vec<_>) =
         entries.into_iter().partition(|(id, _)| !beneath_bad(*id));
     skipped.extend(dropped.into_iter().map(|(id, _)| Skipped::Beneath(id)));
-    Ok((Tree::from_entries(kept)?, skipped))
+    let tree = Tree::from_entries(kept)?;
+    // Beneath a directory left out, nothing remote can reach the name.
+    let local_only: LocalOnly = special
+        .into_iter()
+        .filter(|(_, parent, _)| tree.exists(*parent))
+        .map(|(id, parent, name)| ((parent, name), id))
+        .collect();
+    Ok((tree, skipped, local_only))
 }
 
 fn entry_of(
@@ -85,10 +107,14 @@ fn entry_of(
             let (manifest_id, size) = file_content(v).ok_or(Skipped::NoManifest(v.id))?;
             Content::File { manifest_id, size }
         }
+        // Sorted out by the caller; never an entry.
+        Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => {
+            return Err(unsyncable());
+        }
     };
     let mtime = match v.kind {
         Kind::Dir => dir_mtime(v.id).unwrap_or(v.mtime),
-        Kind::File | Kind::Symlink => v.mtime,
+        _ => v.mtime,
     };
     Ok(Entry {
         parent: v.parent,
@@ -128,6 +154,7 @@ mod tests {
     fn files_dirs_and_symlinks_become_entries_and_bad_names_are_left_out_with_their_subtrees() {
         let data = b"hello, world";
         let m = chunk_bytes(ChunkerParams::default(), data);
+        let (fifo, sock, dev) = (NodeId::random(), NodeId::random(), NodeId::random());
         let (d, f, l, bad, under, nomf) = (
             NodeId::random(),
             NodeId::random(),
@@ -143,8 +170,11 @@ mod tests {
             view(bad, NodeId::ROOT, b"caf\xe9", Kind::Dir, 4096),
             view(under, bad, b"x", Kind::File, data.len() as u64),
             view(nomf, d, b"new.txt", Kind::File, 3),
+            view(fifo, d, b"pipe", Kind::Fifo, 0),
+            view(sock, NodeId::ROOT, b"sock", Kind::Socket, 0),
+            view(dev, bad, b"null", Kind::CharDevice, 0),
         ];
-        let (tree, skipped) = local_tree(
+        let (tree, skipped, local_only) = local_tree(
             &views,
             |v| (v.id == f || v.id == under).then(|| (m.id(), m.size())),
             |_| Some(99),
@@ -172,5 +202,20 @@ mod tests {
         assert!(skipped.contains(&Skipped::Unsyncable(bad)));
         assert!(skipped.contains(&Skipped::Beneath(under)));
         assert!(skipped.contains(&Skipped::NoManifest(nomf)));
+        assert!(
+            tree.get(fifo).is_none() && tree.get(sock).is_none(),
+            "special files never sync"
+        );
+        let names: Vec<(NodeId, &str, NodeId)> = local_only
+            .iter()
+            .map(|((p, n), id)| (*p, n.as_str(), *id))
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "the one beneath a left-out directory cannot clash"
+        );
+        assert!(names.contains(&(d, "pipe", fifo)));
+        assert!(names.contains(&(NodeId::ROOT, "sock", sock)));
     }
 }

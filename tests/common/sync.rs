@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::ops::{Deref, DerefMut};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -180,7 +180,8 @@ pub fn hash_bytes(bytes: &[u8]) -> String {
 }
 
 /// The whole tree under `root`: relative path -> one line with the kind, mode & 0o7777, size,
-/// file mtime (ns), symlink target, sorted user.* xattrs and the BLAKE3 of file content.
+/// file mtime (ns), symlink target, sorted user.* xattrs and the BLAKE3 of file content
+/// (FIFOs, sockets and device nodes: kind, mode and rdev).
 /// Directory mtimes are left out: they are not synced.
 pub fn listing(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -204,7 +205,22 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
             .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
         let mode = meta.permissions().mode() & 0o7777;
         let xattrs = user_xattrs(&path);
-        let line = if meta.file_type().is_symlink() {
+        let kind = meta.file_type();
+        let special = if kind.is_fifo() {
+            Some("fifo")
+        } else if kind.is_socket() {
+            Some("socket")
+        } else if kind.is_char_device() {
+            Some("chardev")
+        } else if kind.is_block_device() {
+            Some("blockdev")
+        } else {
+            None
+        };
+        let line = if let Some(special) = special {
+            // Never opened: a FIFO would block.
+            format!("{special} mode={mode:o} rdev={}", meta.rdev())
+        } else if kind.is_symlink() {
             let target = std::fs::read_link(&path).expect("readlink");
             format!("symlink -> {}", target.display())
         } else if meta.is_dir() {

@@ -60,6 +60,7 @@ pub(super) fn merge<'a>(
     }
     keep_moved_trees(local, synced, remote, &mut decisions);
     drop_cyclic_local_moves(local, &mut decisions, &mut conflicts);
+    keep_local_only_dirs(ctx, &mut decisions, &mut conflicts);
     keep_ancestors(&mut decisions, &mut conflicts);
     let (over, copies, places) =
         name_and_copy(local, synced, remote, ctx, decisions, &mut conflicts)?;
@@ -327,6 +328,29 @@ fn in_cycle(local: &Tree, decisions: &BTreeMap<NodeId, Decision<'_>>, id: NodeId
     }
 }
 
+/// Rule 10, second half: a directory holding a local-only node stays, as one the local side
+/// added to (rule 4): deleting it would delete the local-only node, which the other side
+/// never saw. Its ancestors follow in [`keep_ancestors`].
+fn keep_local_only_dirs(
+    ctx: &Context,
+    decisions: &mut BTreeMap<NodeId, Decision<'_>>,
+    conflicts: &mut Vec<Conflict>,
+) {
+    let dirs: BTreeSet<NodeId> = ctx.local_only.keys().map(|(dir, _)| *dir).collect();
+    for dir in dirs {
+        if let Some(d) = decisions.get_mut(&dir)
+            && !d.exists
+            && d.local.is_some()
+        {
+            d.exists = true;
+            conflicts.push(Conflict::DirectoryKept {
+                node: dir,
+                deleted_on: Side::Remote,
+            });
+        }
+    }
+}
+
 /// Rule 4 (and the ancestors of rule 3): every directory above a node of the target is in
 /// the target too, even if one side deleted it. Only decided nodes can be missing: a node
 /// both sides hold alike has its parent on both sides.
@@ -377,10 +401,18 @@ fn name_and_copy(
     mut decisions: BTreeMap<NodeId, Decision<'_>>,
     conflicts: &mut Vec<Conflict>,
 ) -> Result<Decided, PlanError> {
-    // A node away from its remote place loses when the remote holder of that name stays.
+    // A node away from its remote place loses when the remote holder of that name stays;
+    // any node loses a name a local-only node holds (rule 10).
     let mut losers: BTreeMap<NodeId, NodeId> = BTreeMap::new();
     for (id, d) in &decisions {
-        if !d.exists || d.at_remote_place() {
+        if !d.exists {
+            continue;
+        }
+        if let Some(&holder) = ctx.local_only.get(&(d.entry.parent, d.entry.name.clone())) {
+            losers.insert(*id, holder);
+            continue;
+        }
+        if d.at_remote_place() {
             continue;
         }
         let Some(holder) = remote.child(d.entry.parent, &d.entry.name) else {
@@ -394,10 +426,12 @@ fn name_and_copy(
             losers.insert(*id, holder);
         }
     }
+    // Local-only names count as taken here and in the target (temporary names avoid them).
     let mut places: HashSet<(NodeId, Name)> = decisions
         .iter()
         .filter(|(id, d)| d.exists && !losers.contains_key(id))
         .map(|(_, d)| (d.entry.parent, d.entry.name.clone()))
+        .chain(ctx.local_only.keys().cloned())
         .collect();
     let taken = |places: &HashSet<(NodeId, Name)>,
                  decisions: &BTreeMap<NodeId, Decision<'_>>,

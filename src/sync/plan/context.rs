@@ -1,9 +1,9 @@
 //! What the planner gets from its caller instead of a clock and a random source.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use crate::protocol::{AccountName, NodeId};
+use crate::protocol::{AccountName, Name, NodeId};
 
 use super::tree::Tree;
 
@@ -101,8 +101,14 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
+/// Names the local side holds with nodes that never sync (FIFOs, sockets, device nodes):
+/// (directory, name) -> the local node there. They are in no tree, but no node may take
+/// their place and the directories holding them stay.
+pub type LocalOnly = BTreeMap<(NodeId, Name), NodeId>;
+
 /// The caller's side of a plan: this device's name and the time for conflicted-copy names,
-/// and a seed from which the ids of new nodes (conflicted copies) are derived.
+/// a seed from which the ids of new nodes (conflicted copies) are derived, and the names
+/// taken locally by nodes that never sync.
 #[derive(Clone, Debug)]
 pub struct Context {
     /// This device's name, as in conflicted-copy names.
@@ -112,16 +118,27 @@ pub struct Context {
     /// Seed of the ids of new nodes: the same seed and trees give the same ids (use a random
     /// one per plan in production, e.g. `NodeId::random().as_u128()`).
     pub id_seed: u128,
+    /// Names taken locally by nodes that never sync: a remote node that wants one gets a
+    /// conflicted-copy name (rule 7, the local node keeping the name), and a directory
+    /// holding one is kept like a directory the local side added to (rule 4).
+    pub local_only: LocalOnly,
 }
 
 impl Context {
-    /// A context for `device` at `stamp`, minting ids from `id_seed`.
+    /// A context for `device` at `stamp`, minting ids from `id_seed`, with no local-only names.
     pub fn new(device: AccountName, stamp: ConflictStamp, id_seed: u128) -> Self {
         Self {
             device,
             stamp,
             id_seed,
+            local_only: LocalOnly::new(),
         }
+    }
+
+    /// The same context with `names` taken locally by nodes that never sync.
+    pub fn with_local_only(mut self, names: LocalOnly) -> Self {
+        self.local_only = names;
+        self
     }
 }
 

@@ -41,6 +41,10 @@
 //!    different local content is kept as a conflicted copy.
 //! 9. Never lose content: every local file content the synced tree lacks ends up in the
 //!    target, in its node or a conflicted copy.
+//! 10. Local-only nodes (FIFOs, sockets, device nodes: [`Context::local_only`]) are in no
+//!     tree and never move by a plan, but their names are taken: a node that wants one is
+//!     renamed as rule 7 renames a loser (the local-only node keeps the name), and a
+//!     directory holding one stays as rule 4 keeps a directory the local side added to.
 //!
 //! Choices where the rules leave room (for what a Dropbox or Syncthing user expects, and
 //! never losing a byte first):
@@ -71,7 +75,7 @@ mod steps;
 mod target;
 mod tree;
 
-pub use context::{ConflictStamp, Context, StampError};
+pub use context::{ConflictStamp, Context, LocalOnly, StampError};
 pub use error::PlanError;
 pub use name::conflicted_name;
 pub use steps::{Conflict, LocalStep, MoveDropReason, Plan, PushStep, Side};

@@ -17,13 +17,15 @@ pub(super) struct Target<'a> {
     over: BTreeMap<NodeId, Option<Entry>>,
     /// Conflicted copies: copy id -> the node whose local version it keeps.
     copies: BTreeMap<NodeId, NodeId>,
-    /// (parent, name) of every node of `over` that is in the target.
+    /// (parent, name) of every node of `over` that is in the target, and the names local-only
+    /// nodes hold (taken on the local side, though in no tree).
     places: HashSet<(NodeId, Name)>,
 }
 
 impl<'a> Target<'a> {
     /// The target from the decided nodes, the copies and the places the decided nodes take
-    /// (the (parent, name) of each of them in the target, copies included).
+    /// (the (parent, name) of each of them in the target, copies included, and the names
+    /// local-only nodes hold).
     pub(super) fn new(
         local: &'a Tree,
         remote: &'a Tree,
@@ -68,7 +70,7 @@ impl<'a> Target<'a> {
         self.copies.get(&id).copied()
     }
 
-    /// True if some node of the target is named `name` in `parent`.
+    /// True if some node of the target, or a local-only node, is named `name` in `parent`.
     pub(super) fn is_taken(&self, parent: NodeId, name: &Name) -> bool {
         // Outside `over` the remote tree equals the target, so its index answers there.
         self.places.contains(&(parent, name.clone()))
