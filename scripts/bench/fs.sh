@@ -110,10 +110,12 @@ setup() { # system run -> directory to work in
     case $1 in
         native) WORK=$D ;;
         passthrough)
-            # Multithreaded (no -s), kernel caches kept (entries and attributes for a day,
-            # readdir cached, pages kept across opens, writeback cache).
+            # Multithreaded (no -s), every cache its options offer: entries and attributes
+            # for a day, readdir cached, pages kept across opens, writeback cache. It holds a
+            # descriptor per inode the kernel knows (past the limit, creates fail with EBADF):
+            # as many as the hard limit allows.
             mkdir -p "$D/data"
-            "$PASSTHROUGH" -o source="$D/data",cache=always,writeback "$MNT"
+            (ulimit -n "$(ulimit -Hn)"; exec "$PASSTHROUGH" -o source="$D/data",cache=always,writeback "$MNT")
             wait_mounted; WORK=$MNT ;;
         deltadrive) "$DD" mount "$MNT" --state "$D/state" >/dev/null; WORK=$MNT ;;
         juicefs)
