@@ -385,6 +385,19 @@ fn xattrs_with_flags_and_errors() {
     );
     assert_eq!(getxattr(&p, "user.color", 2), Err(libc::ERANGE));
     assert_eq!(getxattr(&p, "user.none", 100), Err(libc::ENODATA));
+    // What the drive never stores is "not supported", which `ls -l` remembers per device,
+    // rather than "no such attribute", which it asks again about for every file.
+    for name in [
+        "system.posix_acl_access",
+        "system.posix_acl_default",
+        "security.selinux",
+    ] {
+        assert_eq!(getxattr(&p, name, 100), Err(libc::EOPNOTSUPP), "{name}");
+    }
+    assert_eq!(
+        setxattr(&p, "security.selinux", b"x", 0),
+        Err(libc::EOPNOTSUPP)
+    );
     assert_eq!(
         setxattr(&p, "user.color", b"red", libc::XATTR_CREATE),
         Err(libc::EEXIST)

@@ -210,8 +210,7 @@ impl Drive {
                 // The id's own key, unless a node still holds a file by it (this device
                 // unlinked that name while the inode lived on under another, or open).
                 node.backing_id = lock(&self.tree).backing_key_for(id);
-                let path = self.backing.path(node.backing_id);
-                std::fs::rename(staged, &path)?;
+                let path = self.backing.place(staged, node.backing_id)?;
                 self.note_created();
                 let (len, mtime, blocks) = backing::stamp_of(&std::fs::metadata(&path)?);
                 node.size = len;
@@ -267,8 +266,7 @@ impl Drive {
         if lock(&self.tree).is_linked(id) {
             return self.split_with_content(id, ino, staged, mtime);
         }
-        let path = self.backing.path(key);
-        std::fs::rename(staged, &path)?;
+        let path = self.backing.place(staged, key)?;
         File::open(self.state.content_dir())?.sync_all()?;
         let (len, stamp_mtime, blocks) = backing::stamp_of(&std::fs::metadata(&path)?);
         let stamp = now();
@@ -300,8 +298,7 @@ impl Drive {
         mtime: Option<Nanos>,
     ) -> DriveResult<()> {
         let key = lock(&self.tree).backing_key_for(id);
-        let path = self.backing.path(key);
-        std::fs::rename(staged, &path)?;
+        let path = self.backing.place(staged, key)?;
         File::open(self.state.content_dir())?.sync_all()?;
         let (len, stamp_mtime, blocks) = backing::stamp_of(&std::fs::metadata(&path)?);
         let stamp = now();
@@ -342,8 +339,7 @@ impl Drive {
                 std::io::copy(&mut from, &mut to)?;
                 to.sync_all()?;
             }
-            let path = self.backing.path(key);
-            std::fs::rename(&part, &path)?;
+            let path = self.backing.place(&part, key)?;
             File::open(self.state.content_dir())?.sync_all()?;
             copied = Some(backing::stamp_of(&std::fs::metadata(&path)?));
         }

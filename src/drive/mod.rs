@@ -341,7 +341,8 @@ impl Drive {
         (journal.reaped, true)
     }
 
-    /// Runs `f` on the tree, persists what it changed, and removes reaped backing files.
+    /// Runs `f` on the tree, persists what it changed, and queues reaped backing files for
+    /// removal.
     fn mutate<T>(&self, f: impl FnOnce(&mut Tree) -> DriveResult<T>) -> DriveResult<T> {
         let (result, (reaped, changed)) = {
             let mut tree = lock(&self.tree);
@@ -353,10 +354,8 @@ impl Drive {
             hook();
         }
         for (_, node) in reaped {
-            if node.kind == Kind::File
-                && let Err(e) = self.backing.remove(node.backing_id)
-            {
-                tracing::warn!(id = %node.backing_id, "could not remove backing file: {e}");
+            if node.kind == Kind::File {
+                self.backing.remove_later(node.backing_id);
             }
         }
         result
@@ -1170,6 +1169,7 @@ impl Drive {
         }
         self.record_all_dirty()?;
         self.sync_content_dir()?;
+        self.backing.drain();
         let store = lock(&self.store).take();
         if store.is_some() {
             tracing::info!(

@@ -32,6 +32,17 @@ impl XattrFlags {
     }
 }
 
+/// Whether the drive stores attribute `name` at all; EOPNOTSUPP for every call on the others.
+fn supported(name: &[u8]) -> bool {
+    // system.* (POSIX ACLs) would promise access control the drive does not enforce. An
+    // SELinux label means nothing on a FUSE mount: SELinux labels the whole mount itself
+    // (genfs) and never reads it from the file system. Refusing both also spares the round
+    // trips `ls -l` makes for them on every file: told "not supported" once, it stops asking
+    // about that device, where "no such attribute" has it ask again for each file.
+    (name.starts_with(b"user.") || name.starts_with(b"trusted.") || name.starts_with(b"security."))
+        && name != b"security.selinux"
+}
+
 fn check_name(node: &Node, name: &[u8]) -> DriveResult<()> {
     if name.is_empty() {
         return Err(DriveError::Invalid("empty xattr name"));
@@ -39,18 +50,14 @@ fn check_name(node: &Node, name: &[u8]) -> DriveResult<()> {
     if name.len() > NAME_MAX {
         return Err(DriveError::Range);
     }
-    if name.starts_with(b"user.") {
-        // As on ext4: user attributes only on regular files and directories.
-        if node.kind == Kind::Symlink {
-            return Err(DriveError::NotPermitted("user xattrs on a symlink"));
-        }
-        return Ok(());
+    if !supported(name) {
+        return Err(DriveError::NotSupported("xattr namespace"));
     }
-    if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
-        return Ok(());
+    // As on ext4: user attributes only on regular files and directories.
+    if name.starts_with(b"user.") && node.kind == Kind::Symlink {
+        return Err(DriveError::NotPermitted("user xattrs on a symlink"));
     }
-    // system.* (POSIX ACLs) would promise access control the drive does not enforce.
-    Err(DriveError::NotSupported("xattr namespace"))
+    Ok(())
 }
 
 /// Sets `name` to `value` on `node`.
@@ -74,13 +81,17 @@ pub fn get(node: &Node, name: &[u8]) -> DriveResult<Vec<u8>> {
     if name.len() > NAME_MAX {
         return Err(DriveError::Range);
     }
+    if !supported(name) {
+        return Err(DriveError::NotSupported("xattr namespace"));
+    }
     node.xattrs.get(name).cloned().ok_or(DriveError::NoXattr)
 }
 
 /// Every name, NUL-terminated, concatenated (listxattr's format).
 pub fn list(node: &Node) -> Vec<u8> {
     let mut out = Vec::new();
-    for name in node.xattrs.keys() {
+    // A name an older build stored and `get` now refuses is not listed either.
+    for name in node.xattrs.keys().filter(|n| supported(n)) {
         out.extend_from_slice(name);
         out.push(0);
     }
@@ -156,6 +167,20 @@ mod tests {
             set(&mut n, b"other.x", b"", XattrFlags::Any),
             Err(DriveError::NotSupported(_))
         ));
+        // Asking for what the drive never stores says so, not "no such attribute".
+        for name in [
+            &b"system.posix_acl_access"[..],
+            b"system.posix_acl_default",
+            b"security.selinux",
+        ] {
+            assert!(matches!(get(&n, name), Err(DriveError::NotSupported(_))));
+            assert!(matches!(
+                set(&mut n, name, b"x", XattrFlags::Any),
+                Err(DriveError::NotSupported(_))
+            ));
+        }
+        assert!(matches!(get(&n, b"security.ima"), Err(DriveError::NoXattr)));
+        set(&mut n, b"security.ima", b"x", XattrFlags::Any).unwrap();
         let mut long = b"user.".to_vec();
         long.extend(std::iter::repeat_n(b'x', 251));
         assert!(matches!(
