@@ -88,6 +88,16 @@ impl Server {
 
     /// Starts a server on `data` listening on `listen`, with these extra `serve` arguments.
     pub fn start_with(data: &Path, listen: &str, extra: &[&str]) -> Server {
+        Server::start_with_env(data, listen, extra, &[])
+    }
+
+    /// [`Server::start_with`] with these environment variables set for the server.
+    pub fn start_with_env(
+        data: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = File::create(data.join(format!(
             "serve-{}.log",
             std::time::SystemTime::now()
@@ -104,6 +114,7 @@ impl Server {
             .arg(listen)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -196,6 +207,11 @@ pub fn fixture() -> Fixture {
 
 /// [`fixture`] with these extra `serve` arguments.
 pub fn fixture_with(serve_args: &[&str]) -> Fixture {
+    fixture_with_env(serve_args, &[])
+}
+
+/// [`fixture_with`] with these environment variables set for the server.
+pub fn fixture_with_env(serve_args: &[&str], env: &[(&str, &str)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     admin(data, &["user", "add", "alice"]);
@@ -205,7 +221,7 @@ pub fn fixture_with(serve_args: &[&str]) -> Fixture {
     let bob = add_device(data, "bob", "pc");
     admin(data, &["volume", "create", "alice", "alice-docs"]);
     admin(data, &["volume", "create", "bob", "bob-docs"]);
-    let server = Server::start_with(data, "127.0.0.1:0", serve_args);
+    let server = Server::start_with_env(data, "127.0.0.1:0", serve_args, env);
     Fixture {
         dir,
         server,
