@@ -24,7 +24,7 @@ use crate::remote::{Remote, RemoteError};
 use super::SyncError;
 use super::aside::{Aside, AsideFile, keep_out};
 use super::execute::{Applied, LocalRun, remote_content};
-use super::local::scan;
+use super::local::{LocalTree, Touched, scan};
 use super::plan::{ConflictStamp, Context, Plan, plan};
 use super::prefetch::Prefetch;
 use super::preupload::with_early_upload;
@@ -280,6 +280,13 @@ struct Ctx {
     setbacks: u32,
     /// The local tree the last plan was made from.
     last_local: Option<super::plan::Tree>,
+    /// The local tree, kept up to date from one scan to the next.
+    local: LocalTree,
+    /// Nodes whose synced or remote entry changed since the last scan (the local tree
+    /// shows some of their fields), unless `touched_all`.
+    touched: HashSet<NodeId>,
+    /// The remote tree was replaced since the last scan.
+    touched_all: bool,
     /// The remote tree was loaded from a snapshot in this run.
     joined: bool,
     /// Chunks the server said it holds during this cycle's scan (the early upload's).
@@ -385,6 +392,9 @@ impl Engine {
             to_download,
             setbacks: 0,
             last_local: None,
+            local: LocalTree::default(),
+            touched: HashSet::new(),
+            touched_all: false,
             joined: false,
             held: HashSet::new(),
             prefetch,
@@ -804,21 +814,37 @@ impl Ctx {
         let (drive, mem, state, params) =
             (&self.drive, &mut self.mem, &mut self.state, self.params);
         let live = &self.live;
+        let (local_tree, touched) = (&mut self.local, &self.touched);
+        let touched = if self.touched_all {
+            Touched::All
+        } else {
+            Touched::Some(touched)
+        };
         let (local, held) = with_early_upload(&self.remote, |early| {
             // Called for every chunk cut: the live status hears only when the file changes.
             let mut last = None;
-            scan(drive, mem, state, params, &mut |node, at, c, bytes| {
-                if last != Some(node) {
-                    last = Some(node);
-                    live.scanning(node);
-                }
-                early.offer(node, at, c, bytes)
-            })
+            scan(
+                drive,
+                mem,
+                state,
+                params,
+                &mut |node, at, c, bytes| {
+                    if last != Some(node) {
+                        last = Some(node);
+                        live.scanning(node);
+                    }
+                    early.offer(node, at, c, bytes)
+                },
+                local_tree,
+                touched,
+            )
         });
         live.scanned();
         let local = local?;
+        self.touched.clear();
+        self.touched_all = false;
         self.held = held;
-        let mut l = local.tree;
+        let mut l = self.local.tree.clone();
         let mut r = self.mem.remote.clone();
         let mut held = false;
         for node in self.aside.waiting(Instant::now()) {
@@ -869,8 +895,16 @@ impl Ctx {
         if !rows.is_empty() {
             self.state.save_synced(&rows)?;
             self.mem.synced = tree.clone();
+            self.note_rows(&rows);
         }
         Ok(())
+    }
+
+    /// Notes the nodes of `rows` (written to the synced or remote tree) for the next scan.
+    fn note_rows(&mut self, rows: &[super::state::Row]) {
+        self.touched.extend(rows.iter().map(|r| match r {
+            super::state::Row::Put(id, _, _) | super::state::Row::Gone(id) => *id,
+        }));
     }
 
     /// A new device (or one whose remote tree went wrong): the remote tree from a snapshot.
@@ -889,6 +923,7 @@ impl Ctx {
             .collect();
         self.state.replace_remote(&remote, &manifests, snap.seq)?;
         self.mem.remote = remote;
+        self.touched_all = true;
         self.joined = true;
         self.progress += 1;
         self.status.cursor = snap.seq.0;
@@ -943,6 +978,7 @@ impl Ctx {
                     &row_manifests(&rows, &self.mem.manifests),
                     change.seq,
                 )?;
+                self.note_rows(&rows);
                 self.status.cursor = change.seq.0;
                 self.progress += 1;
                 if self.reloaded_at.is_some_and(|at| at <= change.seq) {
@@ -1071,6 +1107,7 @@ impl Ctx {
                         &row_manifests(&rows, &self.mem.manifests),
                         resp.seq,
                     )?;
+                    self.note_rows(&rows);
                     self.status.cursor = resp.seq.0;
                     self.status.server_head = self.status.server_head.max(resp.seq.0);
                 } else {

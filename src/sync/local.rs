@@ -1,7 +1,14 @@
 //! The local side: each file's manifest kept up to date from the drive's recorded versions
 //! (re-chunked only around what changed), and the local tree (L) built from the drive.
+//!
+//! L is kept from one scan to the next and updated from what changed: the inodes the drive
+//! noted since the last scan ([`Drive::take_changes`]), the nodes whose synced or remote
+//! entry changed (a directory shows the synced mtime; a file never taken the synced
+//! content), and what the last scan could not settle (busy files, nodes left out, versions
+//! not taken yet). The first scan of a run builds it whole, as does one that meets a
+//! directory left out of the tree (its subtree goes with it).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 
 use crate::chunking::{ChunkId, ChunkRef, ChunkerParams, Manifest, rechunk_with};
@@ -9,9 +16,10 @@ use crate::drive::{Drive, Ino, Kind, NodeView, RecordedVersion};
 use crate::protocol::NodeId;
 
 use super::SyncError;
+use super::plan::Entry;
 use super::plan::{Content, Tree};
 use super::state::{Loaded, LocalContent, SyncState};
-use super::trees::{Skipped, local_tree};
+use super::trees::{Skipped, entry_of, local_tree};
 
 /// The manifest of file `node` at its recorded version `version`, given `prev`, the manifest
 /// of the content before the version's changed ranges. `None` if the file changed again
@@ -82,11 +90,28 @@ struct Taken {
     manifest: Manifest,
 }
 
-/// The local tree as of now.
+/// The local tree kept across scans, with what the next scan must look at again.
+#[derive(Debug, Default)]
+pub struct LocalTree {
+    /// L as of the last scan.
+    pub tree: Tree,
+    /// The node ids of each inode as of the last scan (in the tree or left out).
+    names: HashMap<Ino, Vec<NodeId>>,
+    /// Files busy as of the last scan.
+    busy: HashSet<NodeId>,
+    /// Nodes left out by the last scan.
+    skipped: BTreeMap<NodeId, Skipped>,
+    /// Directories left out by the last scan (with them, their subtrees).
+    bad_dirs: HashSet<NodeId>,
+    /// Inodes the next scan looks at whatever changes: busy, left out, a version not taken.
+    again: HashSet<Ino>,
+    /// Built in full at least once in this run.
+    built: bool,
+}
+
+/// What the last scan found besides the tree (kept in [`LocalTree`]).
 #[derive(Debug)]
 pub struct LocalScan {
-    /// The local tree (L).
-    pub tree: Tree,
     /// Files whose content cannot be replaced now (being written, or read through the kernel).
     pub busy: HashSet<NodeId>,
     /// Nodes left out of the tree.
@@ -95,24 +120,251 @@ pub struct LocalScan {
     pub unsettled: bool,
 }
 
+/// Nodes whose synced or remote entry changed since the last scan (L follows some of their
+/// fields), or all of them.
+#[derive(Debug)]
+pub enum Touched<'a> {
+    /// Every node (the remote tree was replaced).
+    All,
+    /// These nodes.
+    Some(&'a HashSet<NodeId>),
+}
+
 /// Takes every recorded version (its manifest stored before the drive lets go of it, so a
-/// crash in between loses nothing) and builds the local tree. Each chunk cut anew that its
-/// file did not have before goes to `cut` with its bytes.
+/// crash in between loses nothing) and brings the local tree up to date. Each chunk cut
+/// anew that its file did not have before goes to `cut` with its bytes.
 pub fn scan(
     drive: &Drive,
     mem: &mut Loaded,
     state: &mut SyncState,
     params: ChunkerParams,
     cut: &mut NewChunks<'_>,
+    local: &mut LocalTree,
+    touched: Touched<'_>,
+) -> Result<LocalScan, SyncError> {
+    // Taken first: a change after this is in the views below and noted for the next scan.
+    let changes = drive.take_changes();
+    let (Some(changed), Touched::Some(touched), true) = (changes, touched, local.built) else {
+        return full_scan(drive, mem, state, params, cut, local);
+    };
+    let mut inos: BTreeSet<Ino> = changed.into_iter().collect();
+    inos.extend(local.again.iter().copied());
+    inos.extend(touched.iter().filter_map(|id| drive.ino_of(*id)));
+    let inos: Vec<Ino> = inos.into_iter().collect();
+    let views = drive.views_of(&inos);
+    let pending = drive.pending_versions_of(&inos);
+    let taken = take_versions(drive, mem, state, params, cut, &views, pending)?;
+    let before: HashSet<NodeId> = inos
+        .iter()
+        .filter_map(|ino| local.names.get(ino))
+        .flatten()
+        .copied()
+        .collect();
+    let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
+    let gone: Vec<NodeId> = before
+        .iter()
+        .filter(|id| !present.contains(id) && mem.local.contains_key(id))
+        .copied()
+        .collect();
+    forget_locals(mem, state, gone)?;
+    // The new entries; a directory entering or leaving the left-out set takes its subtree
+    // along, which only a whole build sees.
+    let mut changes: BTreeMap<NodeId, Option<Entry>> =
+        before.iter().map(|id| (*id, None)).collect();
+    let mut skipped = Vec::new();
+    for v in &views {
+        if v.kind == Kind::Dir && local.bad_dirs.contains(&v.id) {
+            return full_scan(drive, mem, state, params, cut, local);
+        }
+        match entry_of(v, &|v| file_content(mem, v), &|id| dir_mtime(mem, id)) {
+            Ok(e) => {
+                changes.insert(v.id, Some(e));
+            }
+            Err(_) if v.kind == Kind::Dir => {
+                return full_scan(drive, mem, state, params, cut, local);
+            }
+            Err(why) => {
+                changes.insert(v.id, None);
+                skipped.push(why);
+            }
+        }
+    }
+    // Beneath a node left out (only a file can be new here: directories went the whole way).
+    let parent_ok = |p: NodeId, changes: &BTreeMap<NodeId, Option<Entry>>| match changes.get(&p) {
+        Some(e) => e.is_some(),
+        None => local.tree.exists(p),
+    };
+    let beneath: Vec<NodeId> = changes
+        .iter()
+        .filter_map(|(id, e)| e.as_ref().map(|e| (*id, e.parent)))
+        .filter(|(_, p)| !parent_ok(*p, &changes))
+        .map(|(id, _)| id)
+        .collect();
+    for id in beneath {
+        if changes.get(&id).and_then(Option::as_ref).map(Entry::kind)
+            == Some(crate::protocol::NodeKind::Dir)
+        {
+            return full_scan(drive, mem, state, params, cut, local);
+        }
+        changes.insert(id, None);
+        skipped.push(Skipped::Beneath(id));
+    }
+    if let Err(e) = local.tree.update(changes) {
+        // The drive's tree is valid, so this is the engine's own bookkeeping gone wrong:
+        // start over from the whole drive.
+        tracing::warn!("local tree update: {e}; building it whole");
+        return full_scan(drive, mem, state, params, cut, local);
+    }
+    for ino in &inos {
+        local.names.remove(ino);
+    }
+    for v in &views {
+        local.names.entry(v.ino).or_default().push(v.id);
+    }
+    for id in before.iter().chain(present.iter()) {
+        local.skipped.remove(id);
+        local.busy.remove(id);
+    }
+    local.busy.extend(taken.busy.iter().copied());
+    let skipped_ids: HashSet<NodeId> = skipped.iter().map(skipped_id).collect();
+    local
+        .skipped
+        .extend(skipped.into_iter().map(|s| (skipped_id(&s), s)));
+    local.again = views
+        .iter()
+        .filter(|v| v.busy || skipped_ids.contains(&v.id))
+        .map(|v| v.ino)
+        .chain(taken.again)
+        .collect();
+    Ok(LocalScan {
+        busy: local.busy.clone(),
+        skipped: local.skipped.values().cloned().collect(),
+        unsettled: taken.unsettled,
+    })
+}
+
+/// The id a [`Skipped`] names.
+fn skipped_id(s: &Skipped) -> NodeId {
+    match s {
+        Skipped::Unsyncable(id) | Skipped::NoManifest(id) | Skipped::Beneath(id) => *id,
+    }
+}
+
+/// A file's manifest id and size as last taken, or as synced if never taken.
+fn file_content(mem: &Loaded, v: &NodeView) -> Option<(crate::chunking::ManifestId, u64)> {
+    if let Some(c) = mem.local.get(&v.id)
+        && let Some(m) = mem.manifests.get(&c.manifest)
+    {
+        return Some((c.manifest, m.size()));
+    }
+    // Never taken yet but synced before: unchanged as far as the engine knows.
+    match mem.synced.get(v.id).map(|e| &e.content) {
+        Some(Content::File { manifest_id, size }) => Some((*manifest_id, *size)),
+        _ => None,
+    }
+}
+
+/// A directory's mtime as the trees show it (directory mtimes are not synced).
+fn dir_mtime(mem: &Loaded, id: NodeId) -> Option<i64> {
+    mem.synced
+        .get(id)
+        .or_else(|| mem.remote.tree.get(id))
+        .map(|e| e.mtime)
+}
+
+/// Forgets the manifests of files that are gone.
+fn forget_locals(
+    mem: &mut Loaded,
+    state: &mut SyncState,
+    gone: Vec<NodeId>,
+) -> Result<(), SyncError> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> =
+        gone.iter().map(|id| (*id, None)).collect();
+    state.save_locals(&rows)?;
+    for id in gone {
+        mem.local.remove(&id);
+    }
+    Ok(())
+}
+
+/// The whole drive's scan: every node looked at, L built anew.
+fn full_scan(
+    drive: &Drive,
+    mem: &mut Loaded,
+    state: &mut SyncState,
+    params: ChunkerParams,
+    cut: &mut NewChunks<'_>,
+    local: &mut LocalTree,
 ) -> Result<LocalScan, SyncError> {
     let views = drive.view();
-    let pending: HashMap<Ino, RecordedVersion> = drive
-        .pending_versions()
-        .into_iter()
-        .map(|v| (v.ino, v))
+    let pending = drive.pending_versions();
+    let taken = take_versions(drive, mem, state, params, cut, &views, pending)?;
+    let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
+    let gone: Vec<NodeId> = mem
+        .local
+        .keys()
+        .filter(|id| !present.contains(id))
+        .copied()
         .collect();
+    forget_locals(mem, state, gone)?;
+    let (tree, skipped) = local_tree(&views, |v| file_content(mem, v), |id| dir_mtime(mem, id))
+        .map_err(|e| SyncError::Inconsistent(format!("local tree: {e}")))?;
+    let skipped_ids: HashSet<NodeId> = skipped.iter().map(skipped_id).collect();
+    local.tree = tree;
+    local.names.clear();
+    for v in &views {
+        local.names.entry(v.ino).or_default().push(v.id);
+    }
+    local.busy = taken.busy.clone();
+    local.skipped = skipped.iter().map(|s| (skipped_id(s), s.clone())).collect();
+    local.bad_dirs = views
+        .iter()
+        .filter(|v| v.kind == Kind::Dir && skipped_ids.contains(&v.id))
+        .map(|v| v.id)
+        .collect();
+    local.again = views
+        .iter()
+        .filter(|v| v.busy || skipped_ids.contains(&v.id))
+        .map(|v| v.ino)
+        .chain(taken.again)
+        .collect();
+    local.built = true;
+    Ok(LocalScan {
+        busy: taken.busy,
+        skipped,
+        unsettled: taken.unsettled,
+    })
+}
+
+/// What taking the recorded versions of some files found.
+struct Versions {
+    /// Busy files among them.
+    busy: HashSet<NodeId>,
+    /// A version could not be taken yet.
+    unsettled: bool,
+    /// Inodes to look at again: a version not taken, or not looked at because busy.
+    again: Vec<Ino>,
+}
+
+/// Takes the recorded versions `pending` of the files among `views`, and chunks whole the
+/// files the engine never took (manifests stored in one transaction before the drive lets
+/// go of any version).
+fn take_versions(
+    drive: &Drive,
+    mem: &mut Loaded,
+    state: &mut SyncState,
+    params: ChunkerParams,
+    cut: &mut NewChunks<'_>,
+    views: &[NodeView],
+    pending: Vec<RecordedVersion>,
+) -> Result<Versions, SyncError> {
+    let pending: HashMap<Ino, RecordedVersion> = pending.into_iter().map(|v| (v.ino, v)).collect();
     let mut busy = HashSet::new();
     let mut unsettled = false;
+    let mut again = Vec::new();
     // The names of each file inode: every name of a hard-linked inode syncs as a file of
     // its own with the inode's content, so a version taken moves every name's manifest.
     let mut inodes: BTreeMap<Ino, Vec<&NodeView>> = BTreeMap::new();
@@ -174,7 +426,10 @@ pub fn scan(
                         cut(first.id, at, c, bytes)
                     }),
                 ),
-                None => continue,
+                None => {
+                    again.push(ino);
+                    continue;
+                }
             }
         };
         let m = match m {
@@ -206,6 +461,7 @@ pub fn scan(
             && !drive.take_pending_if(t.ino, number)?
         {
             unsettled = true;
+            again.push(t.ino);
             continue;
         }
         for id in t.ids {
@@ -213,46 +469,9 @@ pub fn scan(
         }
         mem.manifests.insert(t.manifest.id(), t.manifest);
     }
-    // Forget the manifests of files that are gone.
-    let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
-    let gone: Vec<NodeId> = mem
-        .local
-        .keys()
-        .filter(|id| !present.contains(id))
-        .copied()
-        .collect();
-    let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> =
-        gone.iter().map(|id| (*id, None)).collect();
-    state.save_locals(&rows)?;
-    for id in gone {
-        mem.local.remove(&id);
-    }
-    let (tree, skipped) = local_tree(
-        &views,
-        |v| {
-            if let Some(c) = mem.local.get(&v.id)
-                && let Some(m) = mem.manifests.get(&c.manifest)
-            {
-                return Some((c.manifest, m.size()));
-            }
-            // Never taken yet but synced before: unchanged as far as the engine knows.
-            match mem.synced.get(v.id).map(|e| &e.content) {
-                Some(Content::File { manifest_id, size }) => Some((*manifest_id, *size)),
-                _ => None,
-            }
-        },
-        |id| {
-            mem.synced
-                .get(id)
-                .or_else(|| mem.remote.tree.get(id))
-                .map(|e| e.mtime)
-        },
-    )
-    .map_err(|e| SyncError::Inconsistent(format!("local tree: {e}")))?;
-    Ok(LocalScan {
-        tree,
+    Ok(Versions {
         busy,
-        skipped,
         unsettled,
+        again,
     })
 }
