@@ -25,7 +25,7 @@ use super::SyncError;
 use super::aside::{Aside, AsideFile, keep_out};
 use super::execute::{Applied, LocalRun, remote_content};
 use super::local::{LocalTree, Touched, scan};
-use super::plan::{ConflictStamp, Context, Entry, Plan, plan};
+use super::plan::{ConflictStamp, Context, Entry, Plan, diverged, plan_among};
 use super::prefetch::Prefetch;
 use super::preupload::with_early_upload;
 use super::pulled::tree_rows;
@@ -286,6 +286,11 @@ struct Ctx {
     unsynced: HashSet<NodeId>,
     /// The synced tree may differ from the remote tree anywhere (at start, after a join).
     unsynced_all: bool,
+    /// Nodes where the local and remote trees may differ (the only ones the planner looks
+    /// at), unless `diverged_all`.
+    diverged: HashSet<NodeId>,
+    /// The local or remote tree was built anew: the planner looks at every node.
+    diverged_all: bool,
     /// Nodes whose synced or remote entry changed since the last scan (the local tree
     /// shows some of their fields), unless `touched_all`.
     touched: HashSet<NodeId>,
@@ -398,6 +403,8 @@ impl Engine {
             local: LocalTree::default(),
             unsynced: HashSet::new(),
             unsynced_all: true,
+            diverged: HashSet::new(),
+            diverged_all: true,
             touched: HashSet::new(),
             touched_all: false,
             joined: false,
@@ -840,6 +847,10 @@ impl Ctx {
         let local = local?;
         self.touched.clear();
         self.touched_all = false;
+        match &local.changed {
+            Some(ids) => self.diverged.extend(ids.iter().copied()),
+            None => self.diverged_all = true,
+        }
         self.held = held;
         // The adjustments below go into the trees themselves, undone after planning: a copy
         // of each would cost the whole volume every cycle.
@@ -874,10 +885,28 @@ impl Ctx {
             .map_err(|e| SyncError::Inconsistent(e.to_string()))?;
         let seed = u128::from_le_bytes(NodeId::random().to_bytes());
         let ctx = Context::new(device.clone(), stamp, seed);
-        let planned = plan(l, &self.mem.synced, r, &ctx);
+        // The nodes adjusted differ from what both trees hold otherwise: candidates too.
+        let candidates: Option<BTreeSet<NodeId>> = (!self.diverged_all).then(|| {
+            self.diverged
+                .iter()
+                .chain(undo_l.keys())
+                .chain(undo_r.keys())
+                .copied()
+                .collect()
+        });
+        let planned = plan_among(l, &self.mem.synced, r, &ctx, candidates.as_ref());
         let adjusted: Adjusted = undo_r.keys().map(|id| (*id, r.get(*id).cloned())).collect();
         let undone = r.update(undo_r).and_then(|()| l.update(undo_l));
         undone.map_err(|e| SyncError::Inconsistent(format!("undoing plan adjustments: {e}")))?;
+        // What still differs waits for a later plan: it stays a candidate.
+        self.diverged = match candidates {
+            Some(c) => c
+                .into_iter()
+                .filter(|id| l.get(*id) != r.get(*id))
+                .collect(),
+            None => diverged(l, r).into_iter().collect(),
+        };
+        self.diverged_all = false;
         let planned = planned.map_err(|e| SyncError::Inconsistent(format!("planner: {e}")))?;
         Ok((planned, adjusted, held || local.unsettled))
     }
@@ -959,6 +988,7 @@ impl Ctx {
     fn note_rows(&mut self, rows: &[Row]) {
         self.touched.extend(rows.iter().map(row_id));
         self.unsynced.extend(rows.iter().map(row_id));
+        self.diverged.extend(rows.iter().map(row_id));
     }
 
     /// A new device (or one whose remote tree went wrong): the remote tree from a snapshot.
@@ -979,6 +1009,7 @@ impl Ctx {
         self.mem.remote = remote;
         self.touched_all = true;
         self.unsynced_all = true;
+        self.diverged_all = true;
         self.joined = true;
         self.progress += 1;
         self.status.cursor = snap.seq.0;

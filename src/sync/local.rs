@@ -118,6 +118,9 @@ pub struct LocalScan {
     pub skipped: Vec<Skipped>,
     /// A recorded version could not be taken yet (a writer is still at it): look again soon.
     pub unsettled: bool,
+    /// The nodes whose entry in the tree this scan may have changed (`None`: it was built
+    /// whole).
+    pub changed: Option<Vec<NodeId>>,
 }
 
 /// Nodes whose synced or remote entry changed since the last scan (L follows some of their
@@ -209,6 +212,7 @@ pub fn scan(
         changes.insert(id, None);
         skipped.push(Skipped::Beneath(id));
     }
+    let changed: Vec<NodeId> = changes.keys().copied().collect();
     if let Err(e) = local.tree.update(changes) {
         // The drive's tree is valid, so this is the engine's own bookkeeping gone wrong:
         // start over from the whole drive.
@@ -240,6 +244,7 @@ pub fn scan(
         busy: local.busy.clone(),
         skipped: local.skipped.values().cloned().collect(),
         unsettled: taken.unsettled,
+        changed: Some(changed),
     })
 }
 
@@ -336,6 +341,7 @@ fn full_scan(
         busy: taken.busy,
         skipped,
         unsettled: taken.unsettled,
+        changed: None,
     })
 }
 
