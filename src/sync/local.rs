@@ -145,6 +145,24 @@ pub fn scan(
     local: &mut LocalTree,
     touched: Touched<'_>,
 ) -> Result<LocalScan, SyncError> {
+    let scanned = scan_changes(drive, mem, state, params, cut, local, touched);
+    if scanned.is_err() {
+        // The drive's changes are taken but the tree may not show them: build it whole next.
+        local.built = false;
+    }
+    scanned
+}
+
+/// [`scan`], which see; on error the local tree may be behind the drive.
+fn scan_changes(
+    drive: &Drive,
+    mem: &mut Loaded,
+    state: &mut SyncState,
+    params: ChunkerParams,
+    cut: &mut NewChunks<'_>,
+    local: &mut LocalTree,
+    touched: Touched<'_>,
+) -> Result<LocalScan, SyncError> {
     // Taken first: a change after this is in the views below and noted for the next scan.
     let changes = drive.take_changes();
     let (Some(changed), Touched::Some(touched), true) = (changes, touched, local.built) else {
@@ -176,14 +194,11 @@ pub fn scan(
         before.iter().map(|id| (*id, None)).collect();
     let mut skipped = Vec::new();
     for v in &views {
-        if v.kind == Kind::Dir && local.bad_dirs.contains(&v.id) {
-            return full_scan(drive, mem, state, params, cut, local);
-        }
         match entry_of(v, &|v| file_content(mem, v), &|id| dir_mtime(mem, id)) {
             Ok(e) => {
                 changes.insert(v.id, Some(e));
             }
-            Err(_) if v.kind == Kind::Dir => {
+            Err(_) if v.kind == Kind::Dir && !local.bad_dirs.contains(&v.id) => {
                 return full_scan(drive, mem, state, params, cut, local);
             }
             Err(why) => {
@@ -192,25 +207,36 @@ pub fn scan(
             }
         }
     }
-    // Beneath a node left out (only a file can be new here: directories went the whole way).
+    // Beneath a node left out, down to the last level.
     let parent_ok = |p: NodeId, changes: &BTreeMap<NodeId, Option<Entry>>| match changes.get(&p) {
         Some(e) => e.is_some(),
         None => local.tree.exists(p),
     };
-    let beneath: Vec<NodeId> = changes
-        .iter()
-        .filter_map(|(id, e)| e.as_ref().map(|e| (*id, e.parent)))
-        .filter(|(_, p)| !parent_ok(*p, &changes))
-        .map(|(id, _)| id)
-        .collect();
-    for id in beneath {
-        if changes.get(&id).and_then(Option::as_ref).map(Entry::kind)
-            == Some(crate::protocol::NodeKind::Dir)
-        {
-            return full_scan(drive, mem, state, params, cut, local);
+    loop {
+        let beneath: Vec<(NodeId, bool)> = changes
+            .iter()
+            .filter_map(|(id, e)| e.as_ref().map(|e| (*id, e)))
+            .filter(|(_, e)| !parent_ok(e.parent, &changes))
+            .map(|(id, e)| (id, e.kind() == crate::protocol::NodeKind::Dir))
+            .collect();
+        if beneath.is_empty() {
+            break;
         }
-        changes.insert(id, None);
-        skipped.push(Skipped::Beneath(id));
+        for (id, is_dir) in beneath {
+            if is_dir && !local.bad_dirs.contains(&id) {
+                return full_scan(drive, mem, state, params, cut, local);
+            }
+            changes.insert(id, None);
+            skipped.push(Skipped::Beneath(id));
+        }
+    }
+    // A directory back in the tree brings its subtree back.
+    if local
+        .bad_dirs
+        .iter()
+        .any(|id| changes.get(id).is_some_and(Option::is_some))
+    {
+        return full_scan(drive, mem, state, params, cut, local);
     }
     let changed: Vec<NodeId> = changes.keys().copied().collect();
     if let Err(e) = local.tree.update(changes) {
@@ -480,4 +506,178 @@ fn take_versions(
         unsettled,
         again,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drive::{Caller, OpenMode, ROOT_INO, RenameMode, StateDir, XattrFlags};
+    use crate::sync::SyncState;
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+    const WRITE: OpenMode = OpenMode {
+        writable: true,
+        passthrough_available: false,
+    };
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+        }
+    }
+
+    /// A name in the drive: its directory, the name, its inode and kind.
+    type Named = (Ino, Vec<u8>, Ino, Kind);
+
+    /// The directories and the names of the drive, from its views.
+    fn dirs_and_names(drive: &Drive) -> (Vec<Ino>, Vec<Named>) {
+        let views = drive.view();
+        let ino_of: HashMap<NodeId, Ino> = views.iter().map(|v| (v.id, v.ino)).collect();
+        let mut dirs = vec![ROOT_INO];
+        let mut names = Vec::new();
+        for v in &views {
+            if v.kind == Kind::Dir {
+                dirs.push(v.ino);
+            }
+            let parent = ino_of.get(&v.parent).copied().unwrap_or(ROOT_INO);
+            names.push((parent, v.name.clone(), v.ino, v.kind));
+        }
+        (dirs, names)
+    }
+
+    /// One random change to the drive (failures, such as a rename into itself, are fine:
+    /// the drive refuses them and nothing changes). Returns a handle left open, if any.
+    fn random_change(drive: &Drive, rng: &mut Rng, open: &mut Vec<u64>) {
+        let (dirs, names) = dirs_and_names(drive);
+        let dir = dirs[rng.below(dirs.len())];
+        let pick = if names.is_empty() {
+            None
+        } else {
+            Some(names[rng.below(names.len())].clone())
+        };
+        let name: Vec<u8> = match rng.below(12) {
+            // A name that cannot be synced.
+            0 => b"caf\xe9".to_vec(),
+            n => format!("n{n}-{}", rng.below(6)).into_bytes(),
+        };
+        match rng.below(11) {
+            0 | 1 => {
+                let _ = drive.mkdir(dir, &name, 0o755, ME);
+            }
+            2 | 3 => {
+                if let Ok((_, fh)) = drive.create(dir, &name, 0o644, ME) {
+                    let _ = drive.write(fh, 0, &name, false);
+                    if rng.below(4) == 0 {
+                        open.push(fh);
+                    } else {
+                        let _ = drive.release(fh);
+                    }
+                }
+            }
+            4 | 5 => {
+                if let Some((parent, old, _, _)) = pick {
+                    let _ = drive.rename(parent, &old, dir, &name, RenameMode::Replace);
+                }
+            }
+            6 => {
+                if let Some((parent, old, _, kind)) = pick {
+                    let _ = match kind {
+                        Kind::Dir => drive.rmdir(parent, &old),
+                        _ => drive.unlink(parent, &old),
+                    };
+                }
+            }
+            7 => {
+                if let Some((_, _, ino, Kind::File)) = pick {
+                    let _ = drive.link(ino, dir, &name);
+                }
+            }
+            8 => {
+                if let Some((_, _, ino, _)) = pick {
+                    let _ = drive.setxattr(ino, b"user.k", &name, XattrFlags::Any);
+                }
+            }
+            9 => {
+                if let Some((_, _, ino, Kind::File)) = pick
+                    && let Ok(o) = drive.open_file(ino, WRITE)
+                {
+                    // Written and closed, or held open untouched (busy, with nothing to
+                    // record when it closes).
+                    if rng.below(2) == 0 {
+                        let _ = drive.write(o.fh, 3, b"more", false);
+                        let _ = drive.release(o.fh);
+                    } else {
+                        open.push(o.fh);
+                    }
+                }
+            }
+            _ => {
+                if !open.is_empty() {
+                    let fh = open.remove(rng.below(open.len()));
+                    let _ = drive.release(fh);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_local_tree_kept_across_scans_equals_one_built_whole() {
+        for seed in 1..=6u64 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let drive = Drive::open(StateDir::new(&dir.path().join("drive")).expect("state"), ME)
+                .expect("drive");
+            let mut state = SyncState::open(&dir.path().join("sync.db")).expect("sync.db");
+            let mut mem = state.load().expect("load");
+            let params = ChunkerParams::default();
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut kept = LocalTree::default();
+            let mut open = Vec::new();
+            let mut incremental = 0;
+            for round in 0..40 {
+                for _ in 0..1 + rng.below(6) {
+                    random_change(&drive, &mut rng, &mut open);
+                }
+                let none = HashSet::new();
+                let got = scan(
+                    &drive,
+                    &mut mem,
+                    &mut state,
+                    params,
+                    &mut |_, _, _, _| {},
+                    &mut kept,
+                    Touched::Some(&none),
+                )
+                .expect("scan");
+                incremental += usize::from(got.changed.is_some());
+                let mut whole = LocalTree::default();
+                let want = full_scan(
+                    &drive,
+                    &mut mem,
+                    &mut state,
+                    params,
+                    &mut |_, _, _, _| {},
+                    &mut whole,
+                )
+                .expect("whole scan");
+                assert_eq!(kept.tree, whole.tree, "seed {seed} round {round}: tree");
+                assert_eq!(got.busy, want.busy, "seed {seed} round {round}: busy");
+                let set = |s: &[Skipped]| s.iter().map(skipped_id).collect::<BTreeSet<_>>();
+                assert_eq!(
+                    set(&got.skipped),
+                    set(&want.skipped),
+                    "seed {seed} round {round}: left out"
+                );
+            }
+            assert!(
+                incremental > 10,
+                "seed {seed}: {incremental} scans were incremental"
+            );
+        }
+    }
 }
