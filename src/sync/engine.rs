@@ -954,19 +954,20 @@ impl Ctx {
                     (self.mem.synced.get(id) != want).then(|| (id, want.cloned()))
                 })
                 .collect();
-            match self.mem.synced.update(changes.clone()) {
+            let rows: Vec<Row> = changes
+                .iter()
+                .map(|(id, e)| match e {
+                    Some(e) => Row::Put(*id, e.clone(), None),
+                    None => Row::Gone(*id),
+                })
+                .collect();
+            // Stored first, as `set_synced` does: memory never runs ahead of sync.db.
+            if !rows.is_empty() {
+                self.state.save_synced(&rows)?;
+            }
+            self.touched.extend(rows.iter().map(row_id));
+            match self.mem.synced.update(changes) {
                 Ok(()) => {
-                    let rows: Vec<Row> = changes
-                        .into_iter()
-                        .map(|(id, e)| match e {
-                            Some(e) => Row::Put(id, e, None),
-                            None => Row::Gone(id),
-                        })
-                        .collect();
-                    if !rows.is_empty() {
-                        self.state.save_synced(&rows)?;
-                    }
-                    self.touched.extend(rows.iter().map(row_id));
                     self.unsynced = adjusted.keys().copied().collect();
                     return Ok(());
                 }
