@@ -7,7 +7,7 @@ use deltadrive::chunking::ManifestId;
 use deltadrive::protocol::{AccountName, Name, NodeId, NodeKind, XattrValue, Xattrs};
 use deltadrive::sync::plan::{
     Conflict, ConflictStamp, Content, Context, Entry, LocalStep, MoveDropReason, Plan, PlanError,
-    PushStep, Side, Tree, conflicted_name, plan,
+    PushStep, Side, Tree, conflicted_name, diverged, plan, plan_among,
 };
 use proptest::collection::vec;
 use proptest::prelude::{ProptestConfig, Strategy, any, proptest};
@@ -516,6 +516,18 @@ fn check_case(l: &Model, s: &Model, r: &Model) -> Result<(), String> {
     // Deterministic: the same input gives the same plan.
     if plan(&lt, &st, &rt, &ctx()).map_err(|e| e.to_string())? != p {
         return Err("plan is not deterministic".into());
+    }
+    // Told where to look (every node that differs, plus some that do not, and an id no tree
+    // has), the planner makes the same plan as its full walk.
+    let mut candidates: BTreeSet<NodeId> = diverged(&lt, &rt).into_iter().collect();
+    candidates.extend(st.iter().map(|(id, _)| id).step_by(3));
+    candidates.insert(NodeId::from_u128(u128::MAX));
+    let among = plan_among(&lt, &st, &rt, &ctx(), Some(&candidates))
+        .map_err(|e| format!("plan among candidates failed: {e}"))?;
+    if among != p {
+        return Err(format!(
+            "plan among candidates differs\n{among:#?}\nfull: {p:#?}"
+        ));
     }
     let (lf, rf) = apply_plan(l, r, &p)?;
     // Convergence.

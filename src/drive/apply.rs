@@ -121,6 +121,29 @@ impl Drive {
         out
     }
 
+    /// The views of every name of `inos` (those still in the namespace), by inode and id.
+    pub fn views_of(&self, inos: &[Ino]) -> Vec<NodeView> {
+        let t = lock(&self.tree);
+        let mut out: Vec<NodeView> = inos
+            .iter()
+            .filter_map(|&ino| Some((ino, t.get(ino).ok()?)))
+            .flat_map(|(ino, n)| views_of(&t, ino, n))
+            .collect();
+        out.sort_by_key(|v| (v.ino, v.id));
+        out.dedup_by_key(|v| (v.ino, v.id));
+        out
+    }
+
+    /// The inodes whose views may have changed since the last call: the sync engine looks at
+    /// these only. `None` on the first call of this drive's life (a new mount): nothing was
+    /// noted before it, so the caller must look at every node ([`Drive::view`]).
+    pub fn take_changes(&self) -> Option<Vec<Ino>> {
+        let watched = lock(&self.tree).take_watched()?;
+        let mut inos: Vec<Ino> = watched.into_iter().collect();
+        inos.sort_unstable();
+        Some(inos)
+    }
+
     /// The view of node `id` (one name), if it is in the namespace.
     pub fn node_view(&self, id: NodeId) -> Option<NodeView> {
         let t = lock(&self.tree);

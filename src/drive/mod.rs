@@ -773,6 +773,7 @@ impl Drive {
         }
         let (file, ino, writable, old) = (h.file.try_clone()?, h.ino, h.writable, h.mode);
         let mode = self.mutate(|t| {
+            t.watch(ino);
             let n = t.get_mut(ino)?;
             n.open_by_mode.release(old, writable);
             Ok(n.open_by_mode.admit(writable, false))
@@ -1097,6 +1098,25 @@ impl Drive {
             .iter()
             .filter_map(|(&ino, n)| {
                 n.pending.as_ref().map(|p| RecordedVersion {
+                    ino,
+                    number: p.number,
+                    ranges: p.ranges.clone(),
+                    size: p.size,
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v.ino);
+        out
+    }
+
+    /// The pending versions of those of `inos` that have one, by inode.
+    pub fn pending_versions_of(&self, inos: &[Ino]) -> Vec<RecordedVersion> {
+        let t = lock(&self.tree);
+        let mut out: Vec<RecordedVersion> = inos
+            .iter()
+            .filter_map(|&ino| {
+                let p = t.get(ino).ok()?.pending.as_ref()?;
+                Some(RecordedVersion {
                     ino,
                     number: p.number,
                     ranges: p.ranges.clone(),

@@ -1,7 +1,7 @@
 //! The in-memory node tree: every namespace rule (POSIX errors, rename semantics) lives here,
 //! with no I/O. Changes are journaled so the drive can persist them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::protocol::NodeId;
 
@@ -36,6 +36,10 @@ pub struct Tree {
     changed: BTreeSet<Ino>,
     deleted: BTreeSet<Ino>,
     reaped: Vec<(Ino, Node)>,
+    /// Inodes whose names, attributes, content or busyness may have changed since the sync
+    /// engine last took them ([`Tree::take_watched`]); `None` until it first does, so a
+    /// drive nobody syncs keeps no such list.
+    watched: Option<HashSet<Ino>>,
 }
 
 /// Changes to persist, drained from the tree's journal.
@@ -147,7 +151,37 @@ impl Tree {
 
     /// Marks a node's persistent fields as changed.
     pub fn touch(&mut self, ino: Ino) {
+        self.journal_changed(ino);
+    }
+
+    fn journal_changed(&mut self, ino: Ino) {
         self.changed.insert(ino);
+        self.watch(ino);
+    }
+
+    fn journal_deleted(&mut self, ino: Ino) {
+        self.deleted.insert(ino);
+        self.watch(ino);
+    }
+
+    /// Notes for the sync engine that `ino`'s view may have changed (also for what is not
+    /// persisted: handles opening and closing make a file busy or not).
+    pub fn watch(&mut self, ino: Ino) {
+        if let Some(w) = self.watched.as_mut() {
+            w.insert(ino);
+        }
+    }
+
+    /// The inodes noted since the last call, and from now on noted; `None` on the first
+    /// call (nothing was noted before: the caller looks at every node).
+    pub fn take_watched(&mut self) -> Option<HashSet<Ino>> {
+        match self.watched.as_mut() {
+            Some(w) => Some(std::mem::take(w)),
+            None => {
+                self.watched = Some(HashSet::new());
+                None
+            }
+        }
     }
 
     /// The node for `ino`.
@@ -206,7 +240,7 @@ impl Tree {
         self.by_backing.insert(node.backing_id, ino);
         self.nodes.insert(ino, node);
         self.link(parent, name, ino, is_dir, now);
-        self.changed.insert(ino);
+        self.journal_changed(ino);
         Ok(ino)
     }
 
@@ -219,7 +253,7 @@ impl Tree {
             p.mtime = now;
             p.ctime = now;
         }
-        self.changed.insert(parent);
+        self.journal_changed(parent);
     }
 
     fn unlink_entry(&mut self, parent: Ino, name: &[u8], is_dir: bool, now: Nanos) {
@@ -231,7 +265,7 @@ impl Tree {
             p.mtime = now;
             p.ctime = now;
         }
-        self.changed.insert(parent);
+        self.journal_changed(parent);
     }
 
     /// Removes the non-directory `name` from `parent` (unlink).
@@ -286,7 +320,7 @@ impl Tree {
             self.by_id.remove(&gone.id);
         }
         self.unlink_entry(parent, name, false, now);
-        self.changed.insert(ino);
+        self.journal_changed(ino);
     }
 
     /// Takes `ino` (with its only name) out of the namespace; it lives on while open or
@@ -300,7 +334,7 @@ impl Tree {
         let (parent, name, is_dir) = (node.parent, node.name.clone(), node.kind == Kind::Dir);
         self.unlink_entry(parent, &name, is_dir, now);
         self.changed.remove(&ino);
-        self.deleted.insert(ino);
+        self.journal_deleted(ino);
         self.reap_if_unused(ino);
     }
 
@@ -412,7 +446,7 @@ impl Tree {
             }
             node.ctime = now;
         }
-        self.changed.insert(ino);
+        self.journal_changed(ino);
     }
 
     /// Gives `ino` the further name `name` in `parent`, with sync identity `id` (link).
@@ -450,7 +484,7 @@ impl Tree {
         node.ctime = now;
         self.by_id.insert(id, ino);
         self.link(parent, name, ino, false, now);
-        self.changed.insert(ino);
+        self.journal_changed(ino);
         Ok(())
     }
 
@@ -508,8 +542,8 @@ impl Tree {
         if let Some(p) = self.nodes.get_mut(&gone.parent) {
             p.children.insert(gone.name, new_ino);
         }
-        self.changed.insert(ino);
-        self.changed.insert(new_ino);
+        self.journal_changed(ino);
+        self.journal_changed(new_ino);
         Ok(new_ino)
     }
 
@@ -539,6 +573,7 @@ impl Tree {
 
     /// Counts an open handle.
     pub fn open(&mut self, ino: Ino) -> DriveResult<&mut Node> {
+        self.watch(ino);
         let node = self.get_mut(ino)?;
         node.open += 1;
         Ok(node)
@@ -546,6 +581,7 @@ impl Tree {
 
     /// Drops an open handle; an unlinked node with none left is reaped.
     pub fn close(&mut self, ino: Ino, mode: IoMode, writable: bool) {
+        self.watch(ino);
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.open = node.open.saturating_sub(1);
             node.open_by_mode.release(mode, writable);

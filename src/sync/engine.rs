@@ -7,7 +7,7 @@
 //! the remote tree once the local steps are applied, then by each pushed transaction as soon
 //! as the server has answered it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -24,13 +24,13 @@ use crate::remote::{Remote, RemoteError};
 use super::SyncError;
 use super::aside::{Aside, AsideFile, keep_out};
 use super::execute::{Applied, LocalRun, remote_content};
-use super::local::scan;
-use super::plan::{ConflictStamp, Context, Plan, plan};
+use super::local::{LocalTree, Touched, scan};
+use super::plan::{ConflictStamp, Context, Entry, Plan, diverged, plan_among};
 use super::prefetch::Prefetch;
 use super::preupload::with_early_upload;
 use super::pulled::tree_rows;
 use super::push::{Upload, build_ops, bytes_to_send, upload_missing};
-use super::state::{Loaded, RemoteTree, SyncState};
+use super::state::{Loaded, RemoteTree, Row, SyncState};
 
 /// How long the waker's long-poll waits for news.
 const POLL_WAIT_SECS: u64 = 25;
@@ -278,8 +278,24 @@ struct Ctx {
     /// Cycles in a row cut short by a race or a refusal: each waits longer than the last, so
     /// a situation that does not resolve itself costs little (it is logged every time).
     setbacks: u32,
-    /// The local tree the last plan was made from.
-    last_local: Option<super::plan::Tree>,
+    /// The local tree (the last plan was made from it), kept up to date from one scan to
+    /// the next.
+    local: LocalTree,
+    /// Nodes where the synced tree may differ from the remote tree (the synced tree moves
+    /// to the remote tree there only), unless `unsynced_all`.
+    unsynced: HashSet<NodeId>,
+    /// The synced tree may differ from the remote tree anywhere (at start, after a join).
+    unsynced_all: bool,
+    /// Nodes where the local and remote trees may differ (the only ones the planner looks
+    /// at), unless `diverged_all`.
+    diverged: HashSet<NodeId>,
+    /// The local or remote tree was built anew: the planner looks at every node.
+    diverged_all: bool,
+    /// Nodes whose synced or remote entry changed since the last scan (the local tree
+    /// shows some of their fields), unless `touched_all`.
+    touched: HashSet<NodeId>,
+    /// The remote tree was replaced since the last scan.
+    touched_all: bool,
     /// The remote tree was loaded from a snapshot in this run.
     joined: bool,
     /// Chunks the server said it holds during this cycle's scan (the early upload's).
@@ -384,7 +400,13 @@ impl Engine {
             to_upload,
             to_download,
             setbacks: 0,
-            last_local: None,
+            local: LocalTree::default(),
+            unsynced: HashSet::new(),
+            unsynced_all: true,
+            diverged: HashSet::new(),
+            diverged_all: true,
+            touched: HashSet::new(),
+            touched_all: false,
             joined: false,
             held: HashSet::new(),
             prefetch,
@@ -662,14 +684,14 @@ impl Ctx {
             local.get(&node).is_some_and(|c| c.manifest == *content)
         });
         let started = Instant::now();
-        let (plan, remote, busy_wait) = self.plan_now(&device)?;
+        let (plan, adjusted, busy_wait) = self.plan_now(&device)?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "scanned and planned"
         );
         let caught_up = self.status.cursor >= self.status.server_head;
         if plan.is_empty() {
-            self.set_synced(&remote.tree)?;
+            self.synced_to_remote(&adjusted)?;
             self.status.pending_transactions = 0;
             (self.status.files_to_upload, self.status.files_to_download) = (0, 0);
             self.setbacks = 0;
@@ -707,12 +729,11 @@ impl Ctx {
         );
         if !plan.to_local.is_empty() {
             let started = Instant::now();
-            let local_before = self.last_local.take().unwrap_or_default();
             self.status.in_flight = plan
                 .to_local
                 .iter()
                 .filter_map(remote_content)
-                .filter_map(|(node, _)| remote.tree.path_of(node))
+                .filter_map(|(node, _)| self.mem.remote.tree.path_of(node))
                 .take(IN_FLIGHT_SHOWN)
                 .collect();
             self.publish();
@@ -727,7 +748,7 @@ impl Ctx {
                 placed: Vec::new(),
                 unbuilt: Vec::new(),
             };
-            let applied = run.run(&plan.to_local, &local_before);
+            let applied = run.run(&plan.to_local, &self.local.tree);
             let unbuilt = std::mem::take(&mut run.unbuilt);
             self.status.in_flight.clear();
             self.status.files_to_download = 0;
@@ -759,18 +780,11 @@ impl Ctx {
             self.status.conflicts = self.state.add_conflicts(plan.conflicts.len() as u64)?;
         }
         // Both sides hold the remote tree now, but for what is still to push.
-        self.set_synced(&remote.tree)?;
+        self.synced_to_remote(&adjusted)?;
         if !plan.to_remote.is_empty() {
-            let mut target = remote.tree.clone();
-            for step in &plan.to_remote {
-                target
-                    .apply_push(step)
-                    .map_err(|e| SyncError::Inconsistent(format!("planned push: {e}")))?;
-            }
             // The synced tree as each batch commits: the remote tree plus the batches so far.
-            let mut agreed = remote.tree.clone();
             for batch in plan.to_remote.chunks(PUSH_BATCH) {
-                match self.push(batch, &mut agreed)? {
+                match self.push(batch)? {
                     Pushed::Committed => self.progress += 1,
                     Pushed::Again => return Ok(Next::Again),
                     Pushed::Later => return Ok(Next::Soon(self.setback().max(BUSY_RETRY))),
@@ -778,7 +792,6 @@ impl Ctx {
                 self.status.pending_transactions =
                     self.status.pending_transactions.saturating_sub(1);
             }
-            self.set_synced(&target)?;
             self.status.files_to_upload = 0;
         }
         self.setbacks = 0;
@@ -797,48 +810,74 @@ enum Pushed {
 }
 
 impl Ctx {
-    /// The local and remote trees as planned now, with the plan and the remote tree it is
-    /// against (files being written keep both contents out of the plan until they settle),
-    /// and whether something waits on a busy file.
-    fn plan_now(&mut self, device: &AccountName) -> Result<(Plan, RemoteTree, bool), SyncError> {
+    /// The plan of the local and remote trees now, with the nodes where the remote tree it
+    /// was made against differs from the engine's (files being written, and files set aside,
+    /// keep their content out of the plan until they settle: `None` where such a node was
+    /// left out), and whether something waits on a busy file.
+    fn plan_now(&mut self, device: &AccountName) -> Result<(Plan, Adjusted, bool), SyncError> {
         let (drive, mem, state, params) =
             (&self.drive, &mut self.mem, &mut self.state, self.params);
         let live = &self.live;
+        let (local_tree, touched) = (&mut self.local, &self.touched);
+        let touched = if self.touched_all {
+            Touched::All
+        } else {
+            Touched::Some(touched)
+        };
         let (local, held) = with_early_upload(&self.remote, |early| {
             // Called for every chunk cut: the live status hears only when the file changes.
             let mut last = None;
-            scan(drive, mem, state, params, &mut |node, at, c, bytes| {
-                if last != Some(node) {
-                    last = Some(node);
-                    live.scanning(node);
-                }
-                early.offer(node, at, c, bytes)
-            })
+            scan(
+                drive,
+                mem,
+                state,
+                params,
+                &mut |node, at, c, bytes| {
+                    if last != Some(node) {
+                        last = Some(node);
+                        live.scanning(node);
+                    }
+                    early.offer(node, at, c, bytes)
+                },
+                local_tree,
+                touched,
+            )
         });
         live.scanned();
         let local = local?;
+        self.touched.clear();
+        self.touched_all = false;
+        match &local.changed {
+            Some(ids) => self.diverged.extend(ids.iter().copied()),
+            None => self.diverged_all = true,
+        }
         self.held = held;
-        let mut l = local.tree;
-        let mut r = self.mem.remote.clone();
+        // The adjustments below go into the trees themselves, undone after planning: a copy
+        // of each would cost the whole volume every cycle.
+        let (l, r) = (&mut self.local.tree, &mut self.mem.remote.tree);
+        let mut undo_l: BTreeMap<NodeId, Option<Entry>> = BTreeMap::new();
+        let mut undo_r: BTreeMap<NodeId, Option<Entry>> = BTreeMap::new();
         let mut held = false;
         for node in self.aside.waiting(Instant::now()) {
-            keep_out(node, &self.mem.synced, &mut r.tree, &mut l);
+            undo_l.entry(node).or_insert_with(|| l.get(node).cloned());
+            undo_r.entry(node).or_insert_with(|| r.get(node).cloned());
+            keep_out(node, &self.mem.synced, r, l);
         }
         for id in &local.busy {
             // Remote content for a file being written waits until it is closed: both sides'
             // content stays out of this plan.
-            let (true, Some(re), Some(se)) = (
-                l.get(*id).is_some(),
-                r.tree.get(*id),
-                self.mem.synced.get(*id),
-            ) else {
+            let (true, Some(re), Some(se)) =
+                (l.get(*id).is_some(), r.get(*id), self.mem.synced.get(*id))
+            else {
                 continue;
             };
             if re.content != se.content {
                 held = true;
                 let c = se.content.clone();
+                undo_l.entry(*id).or_insert_with(|| l.get(*id).cloned());
+                undo_r.entry(*id).or_insert_with(|| r.get(*id).cloned());
                 let _ = l.set_content(*id, c.clone());
-                let _ = r.tree.set_content(*id, c);
+                let _ = r.set_content(*id, c);
             }
         }
         let secs = now_ms().div_euclid(1000);
@@ -846,10 +885,30 @@ impl Ctx {
             .map_err(|e| SyncError::Inconsistent(e.to_string()))?;
         let seed = u128::from_le_bytes(NodeId::random().to_bytes());
         let ctx = Context::new(device.clone(), stamp, seed).with_local_only(local.local_only);
-        let planned = plan(&l, &self.mem.synced, &r.tree, &ctx)
-            .map_err(|e| SyncError::Inconsistent(format!("planner: {e}")))?;
-        self.last_local = Some(l);
-        Ok((planned, r, held || local.unsettled))
+        // The nodes adjusted differ from what both trees hold otherwise: candidates too.
+        let candidates: Option<BTreeSet<NodeId>> = (!self.diverged_all).then(|| {
+            self.diverged
+                .iter()
+                .chain(undo_l.keys())
+                .chain(undo_r.keys())
+                .copied()
+                .collect()
+        });
+        let planned = plan_among(l, &self.mem.synced, r, &ctx, candidates.as_ref());
+        let adjusted: Adjusted = undo_r.keys().map(|id| (*id, r.get(*id).cloned())).collect();
+        let undone = r.update(undo_r).and_then(|()| l.update(undo_l));
+        undone.map_err(|e| SyncError::Inconsistent(format!("undoing plan adjustments: {e}")))?;
+        // What still differs waits for a later plan: it stays a candidate.
+        self.diverged = match candidates {
+            Some(c) => c
+                .into_iter()
+                .filter(|id| l.get(*id) != r.get(*id))
+                .collect(),
+            None => diverged(l, r).into_iter().collect(),
+        };
+        self.diverged_all = false;
+        let planned = planned.map_err(|e| SyncError::Inconsistent(format!("planner: {e}")))?;
+        Ok((planned, adjusted, held || local.unsettled))
     }
 
     /// One more cycle cut short: how long to wait before the next (50 ms, doubling, at most
@@ -863,14 +922,74 @@ impl Ctx {
         )
     }
 
-    /// Makes `tree` the synced tree, writing only what changed.
+    /// Makes `tree` the synced tree, writing only what changed (comparing every node: for
+    /// the rare cases, see [`Ctx::synced_to_remote`]).
     fn set_synced(&mut self, tree: &super::plan::Tree) -> Result<(), SyncError> {
         let rows = tree_rows(&self.mem.synced, tree);
         if !rows.is_empty() {
             self.state.save_synced(&rows)?;
             self.mem.synced = tree.clone();
+            self.note_rows(&rows);
         }
         Ok(())
+    }
+
+    /// Makes the remote tree, with `adjusted` over it, the synced tree: both sides hold it.
+    /// Only the nodes where the two may differ are looked at.
+    fn synced_to_remote(&mut self, adjusted: &Adjusted) -> Result<(), SyncError> {
+        if !self.unsynced_all {
+            let ids: BTreeSet<NodeId> = self
+                .unsynced
+                .iter()
+                .chain(adjusted.keys())
+                .copied()
+                .collect();
+            let changes: Vec<(NodeId, Option<Entry>)> = ids
+                .into_iter()
+                .filter_map(|id| {
+                    let want = match adjusted.get(&id) {
+                        Some(e) => e.as_ref(),
+                        None => self.mem.remote.tree.get(id),
+                    };
+                    (self.mem.synced.get(id) != want).then(|| (id, want.cloned()))
+                })
+                .collect();
+            let rows: Vec<Row> = changes
+                .iter()
+                .map(|(id, e)| match e {
+                    Some(e) => Row::Put(*id, e.clone(), None),
+                    None => Row::Gone(*id),
+                })
+                .collect();
+            // Stored first, as `set_synced` does: memory never runs ahead of sync.db.
+            if !rows.is_empty() {
+                self.state.save_synced(&rows)?;
+            }
+            self.touched.extend(rows.iter().map(row_id));
+            match self.mem.synced.update(changes) {
+                Ok(()) => {
+                    self.unsynced = adjusted.keys().copied().collect();
+                    return Ok(());
+                }
+                // Cannot happen while `unsynced` holds every node where they differ.
+                Err(e) => tracing::warn!("synced tree update: {e}; comparing every node"),
+            }
+        }
+        let mut tree = self.mem.remote.tree.clone();
+        tree.update(adjusted.iter().map(|(id, e)| (*id, e.clone())))
+            .map_err(|e| SyncError::Inconsistent(format!("adjusted remote tree: {e}")))?;
+        self.set_synced(&tree)?;
+        self.unsynced = adjusted.keys().copied().collect();
+        self.unsynced_all = false;
+        Ok(())
+    }
+
+    /// Notes the nodes of `rows` (written to the synced or remote tree) for the next scan,
+    /// and as nodes where the two trees may differ.
+    fn note_rows(&mut self, rows: &[Row]) {
+        self.touched.extend(rows.iter().map(row_id));
+        self.unsynced.extend(rows.iter().map(row_id));
+        self.diverged.extend(rows.iter().map(row_id));
     }
 
     /// A new device (or one whose remote tree went wrong): the remote tree from a snapshot.
@@ -889,6 +1008,9 @@ impl Ctx {
             .collect();
         self.state.replace_remote(&remote, &manifests, snap.seq)?;
         self.mem.remote = remote;
+        self.touched_all = true;
+        self.unsynced_all = true;
+        self.diverged_all = true;
         self.joined = true;
         self.progress += 1;
         self.status.cursor = snap.seq.0;
@@ -943,6 +1065,7 @@ impl Ctx {
                     &row_manifests(&rows, &self.mem.manifests),
                     change.seq,
                 )?;
+                self.note_rows(&rows);
                 self.status.cursor = change.seq.0;
                 self.progress += 1;
                 if self.reloaded_at.is_some_and(|at| at <= change.seq) {
@@ -956,6 +1079,35 @@ impl Ctx {
                 return Ok(());
             }
         }
+    }
+
+    /// Applies committed push steps to the synced tree and stores the nodes they touched.
+    fn synced_pushed(&mut self, steps: &[super::plan::PushStep]) -> Result<(), SyncError> {
+        let ids: BTreeSet<NodeId> = steps.iter().map(push_node).collect();
+        let before: Vec<(NodeId, Option<Entry>)> = ids
+            .iter()
+            .map(|id| (*id, self.mem.synced.get(*id).cloned()))
+            .collect();
+        for step in steps {
+            if let Err(e) = self.mem.synced.apply_push(step) {
+                // Back to where it was: the synced tree moves by whole batches only.
+                let _ = self.mem.synced.update(before);
+                return Err(SyncError::Inconsistent(format!("pushed step: {e}")));
+            }
+        }
+        let rows: Vec<Row> = ids
+            .iter()
+            .map(|id| match self.mem.synced.get(*id) {
+                Some(e) => Row::Put(*id, e.clone(), None),
+                None => Row::Gone(*id),
+            })
+            .collect();
+        if let Err(e) = self.state.save_synced(&rows) {
+            let _ = self.mem.synced.update(before);
+            return Err(e);
+        }
+        self.note_rows(&rows);
+        Ok(())
     }
 
     /// Sends the transaction left in the outbox by an earlier attempt, with its own id, so
@@ -1004,14 +1156,10 @@ impl Ctx {
     }
 
     /// Uploads and commits one batch of push steps against the remote tree; once committed,
-    /// the steps are applied to `agreed` and it becomes the synced tree.
-    fn push(
-        &mut self,
-        steps: &[super::plan::PushStep],
-        agreed: &mut super::plan::Tree,
-    ) -> Result<Pushed, SyncError> {
+    /// the steps are applied to the synced tree.
+    fn push(&mut self, steps: &[super::plan::PushStep]) -> Result<Pushed, SyncError> {
         let (ops, chunks) = build_ops(steps, &self.mem.remote, &self.mem.manifests)?;
-        let local = self.last_local.as_ref();
+        let local = Some(&self.local.tree);
         self.status.in_flight = steps
             .iter()
             .filter_map(|step| match step {
@@ -1052,12 +1200,7 @@ impl Ctx {
                 // edited again meanwhile becomes a conflicted copy of itself. Before the
                 // outbox lets go of it: after a crash in between, the replay finds the
                 // synced tree already holding it.
-                for step in steps {
-                    agreed
-                        .apply_push(step)
-                        .map_err(|e| SyncError::Inconsistent(format!("pushed step: {e}")))?;
-                }
-                self.set_synced(agreed)?;
+                self.synced_pushed(steps)?;
                 self.state.remove_outbox(req.txn)?;
                 self.polled.head.fetch_max(resp.seq.0, Ordering::Relaxed);
                 if resp.seq.0 == cursor.0 + 1 {
@@ -1071,6 +1214,7 @@ impl Ctx {
                         &row_manifests(&rows, &self.mem.manifests),
                         resp.seq,
                     )?;
+                    self.note_rows(&rows);
                     self.status.cursor = resp.seq.0;
                     self.status.server_head = self.status.server_head.max(resp.seq.0);
                 } else {
@@ -1102,6 +1246,29 @@ fn is_refusal(e: &RemoteError) -> bool {
         e,
         RemoteError::Conflict(_) | RemoteError::BadRequest(_) | RemoteError::NotFound { .. }
     )
+}
+
+/// Where the remote tree a plan was made against differs from the engine's: the entry there
+/// (`None`: left out).
+type Adjusted = BTreeMap<NodeId, Option<Entry>>;
+
+/// The node a stored row is of.
+fn row_id(row: &Row) -> NodeId {
+    match row {
+        Row::Put(id, _, _) | Row::Gone(id) => *id,
+    }
+}
+
+/// The node a push step is of.
+fn push_node(step: &super::plan::PushStep) -> NodeId {
+    use super::plan::PushStep;
+    match step {
+        PushStep::Create { node, .. }
+        | PushStep::Write { node, .. }
+        | PushStep::SetAttrs { node, .. }
+        | PushStep::Move { node, .. }
+        | PushStep::Delete { node } => *node,
+    }
 }
 
 /// The manifests of the files among `rows`, to store beside them.

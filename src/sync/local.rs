@@ -1,17 +1,24 @@
 //! The local side: each file's manifest kept up to date from the drive's recorded versions
 //! (re-chunked only around what changed), and the local tree (L) built from the drive.
+//!
+//! L is kept from one scan to the next and updated from what changed: the inodes the drive
+//! noted since the last scan ([`Drive::take_changes`]), the nodes whose synced or remote
+//! entry changed (a directory shows the synced mtime; a file never taken the synced
+//! content), and what the last scan could not settle (busy files, nodes left out, versions
+//! not taken yet). The first scan of a run builds it whole, as does one that meets a
+//! directory left out of the tree (its subtree goes with it).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 
 use crate::chunking::{ChunkId, ChunkRef, ChunkerParams, Manifest, rechunk_with};
 use crate::drive::{Drive, Ino, Kind, NodeView, RecordedVersion};
-use crate::protocol::NodeId;
+use crate::protocol::{Name, NodeId};
 
 use super::SyncError;
-use super::plan::{Content, LocalOnly, Tree};
+use super::plan::{Content, Entry, LocalOnly, Tree};
 use super::state::{Loaded, LocalContent, SyncState};
-use super::trees::{Skipped, local_tree};
+use super::trees::{Skipped, entry_of, local_tree};
 
 /// The manifest of file `node` at its recorded version `version`, given `prev`, the manifest
 /// of the content before the version's changed ranges. `None` if the file changed again
@@ -82,11 +89,32 @@ struct Taken {
     manifest: Manifest,
 }
 
-/// The local tree as of now.
+/// The local tree kept across scans, with what the next scan must look at again.
+#[derive(Debug, Default)]
+pub struct LocalTree {
+    /// L as of the last scan.
+    pub tree: Tree,
+    /// The node ids of each inode as of the last scan (in the tree or left out).
+    names: HashMap<Ino, Vec<NodeId>>,
+    /// Files busy as of the last scan.
+    busy: HashSet<NodeId>,
+    /// Nodes left out by the last scan.
+    skipped: BTreeMap<NodeId, Skipped>,
+    /// Directories left out by the last scan (with them, their subtrees).
+    bad_dirs: HashSet<NodeId>,
+    /// Inodes the next scan looks at whatever changes: busy, left out, a version not taken.
+    again: HashSet<Ino>,
+    /// Names taken by FIFOs, sockets and device nodes, which never sync, and where each is.
+    local_only: LocalOnly,
+    /// The place in [`LocalTree::local_only`] of each special file.
+    special: HashMap<NodeId, (NodeId, Name)>,
+    /// Built in full at least once in this run.
+    built: bool,
+}
+
+/// What the last scan found besides the tree (kept in [`LocalTree`]).
 #[derive(Debug)]
 pub struct LocalScan {
-    /// The local tree (L).
-    pub tree: Tree,
     /// Files whose content cannot be replaced now (being written, or read through the kernel).
     pub busy: HashSet<NodeId>,
     /// Nodes left out of the tree.
@@ -95,26 +123,311 @@ pub struct LocalScan {
     pub local_only: LocalOnly,
     /// A recorded version could not be taken yet (a writer is still at it): look again soon.
     pub unsettled: bool,
+    /// The nodes whose entry in the tree this scan may have changed (`None`: it was built
+    /// whole).
+    pub changed: Option<Vec<NodeId>>,
+}
+
+/// Nodes whose synced or remote entry changed since the last scan (L follows some of their
+/// fields), or all of them.
+#[derive(Debug)]
+pub enum Touched<'a> {
+    /// Every node (the remote tree was replaced).
+    All,
+    /// These nodes.
+    Some(&'a HashSet<NodeId>),
 }
 
 /// Takes every recorded version (its manifest stored before the drive lets go of it, so a
-/// crash in between loses nothing) and builds the local tree. Each chunk cut anew that its
-/// file did not have before goes to `cut` with its bytes.
+/// crash in between loses nothing) and brings the local tree up to date. Each chunk cut
+/// anew that its file did not have before goes to `cut` with its bytes.
 pub fn scan(
     drive: &Drive,
     mem: &mut Loaded,
     state: &mut SyncState,
     params: ChunkerParams,
     cut: &mut NewChunks<'_>,
+    local: &mut LocalTree,
+    touched: Touched<'_>,
+) -> Result<LocalScan, SyncError> {
+    let scanned = scan_changes(drive, mem, state, params, cut, local, touched);
+    if scanned.is_err() {
+        // The drive's changes are taken but the tree may not show them: build it whole next.
+        local.built = false;
+    }
+    scanned
+}
+
+/// [`scan`], which see; on error the local tree may be behind the drive.
+fn scan_changes(
+    drive: &Drive,
+    mem: &mut Loaded,
+    state: &mut SyncState,
+    params: ChunkerParams,
+    cut: &mut NewChunks<'_>,
+    local: &mut LocalTree,
+    touched: Touched<'_>,
+) -> Result<LocalScan, SyncError> {
+    // Taken first: a change after this is in the views below and noted for the next scan.
+    let changes = drive.take_changes();
+    let (Some(changed), Touched::Some(touched), true) = (changes, touched, local.built) else {
+        return full_scan(drive, mem, state, params, cut, local);
+    };
+    let mut inos: BTreeSet<Ino> = changed.into_iter().collect();
+    inos.extend(local.again.iter().copied());
+    inos.extend(touched.iter().filter_map(|id| drive.ino_of(*id)));
+    let inos: Vec<Ino> = inos.into_iter().collect();
+    let views = drive.views_of(&inos);
+    let pending = drive.pending_versions_of(&inos);
+    let taken = take_versions(drive, mem, state, params, cut, &views, pending)?;
+    let before: HashSet<NodeId> = inos
+        .iter()
+        .filter_map(|ino| local.names.get(ino))
+        .flatten()
+        .copied()
+        .collect();
+    let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
+    let gone: Vec<NodeId> = before
+        .iter()
+        .filter(|id| !present.contains(id) && mem.local.contains_key(id))
+        .copied()
+        .collect();
+    forget_locals(mem, state, gone)?;
+    // The new entries; a directory entering or leaving the left-out set takes its subtree
+    // along, which only a whole build sees.
+    let mut changes: BTreeMap<NodeId, Option<Entry>> =
+        before.iter().map(|id| (*id, None)).collect();
+    let mut skipped = Vec::new();
+    for v in views.iter().filter(|v| !v.kind.is_special()) {
+        match entry_of(v, &|v| file_content(mem, v), &|id| dir_mtime(mem, id)) {
+            Ok(e) => {
+                changes.insert(v.id, Some(e));
+            }
+            Err(_) if v.kind == Kind::Dir && !local.bad_dirs.contains(&v.id) => {
+                return full_scan(drive, mem, state, params, cut, local);
+            }
+            Err(why) => {
+                changes.insert(v.id, None);
+                skipped.push(why);
+            }
+        }
+    }
+    // Beneath a node left out, down to the last level.
+    let parent_ok = |p: NodeId, changes: &BTreeMap<NodeId, Option<Entry>>| match changes.get(&p) {
+        Some(e) => e.is_some(),
+        None => local.tree.exists(p),
+    };
+    loop {
+        let beneath: Vec<(NodeId, bool)> = changes
+            .iter()
+            .filter_map(|(id, e)| e.as_ref().map(|e| (*id, e)))
+            .filter(|(_, e)| !parent_ok(e.parent, &changes))
+            .map(|(id, e)| (id, e.kind() == crate::protocol::NodeKind::Dir))
+            .collect();
+        if beneath.is_empty() {
+            break;
+        }
+        for (id, is_dir) in beneath {
+            if is_dir && !local.bad_dirs.contains(&id) {
+                return full_scan(drive, mem, state, params, cut, local);
+            }
+            changes.insert(id, None);
+            skipped.push(Skipped::Beneath(id));
+        }
+    }
+    // A directory back in the tree brings its subtree back.
+    if local
+        .bad_dirs
+        .iter()
+        .any(|id| changes.get(id).is_some_and(Option::is_some))
+    {
+        return full_scan(drive, mem, state, params, cut, local);
+    }
+    let changed: Vec<NodeId> = changes.keys().copied().collect();
+    if let Err(e) = local.tree.update(changes) {
+        // The drive's tree is valid, so this is the engine's own bookkeeping gone wrong:
+        // start over from the whole drive.
+        tracing::warn!("local tree update: {e}; building it whole");
+        return full_scan(drive, mem, state, params, cut, local);
+    }
+    // Special files never enter the tree; their names, in a directory of the tree, are
+    // taken (a name that is not valid on the wire cannot clash with a remote one).
+    for id in before.iter().chain(present.iter()) {
+        if let Some(place) = local.special.remove(id) {
+            local.local_only.remove(&place);
+        }
+    }
+    for v in views.iter().filter(|v| v.kind.is_special()) {
+        let name = String::from_utf8(v.name.clone())
+            .ok()
+            .and_then(|n| Name::new(n).ok());
+        if let Some(name) = name
+            && local.tree.exists(v.parent)
+        {
+            local.local_only.insert((v.parent, name.clone()), v.id);
+            local.special.insert(v.id, (v.parent, name));
+        }
+    }
+    for ino in &inos {
+        local.names.remove(ino);
+    }
+    for v in &views {
+        local.names.entry(v.ino).or_default().push(v.id);
+    }
+    for id in before.iter().chain(present.iter()) {
+        local.skipped.remove(id);
+        local.busy.remove(id);
+    }
+    local.busy.extend(taken.busy.iter().copied());
+    let skipped_ids: HashSet<NodeId> = skipped.iter().map(skipped_id).collect();
+    local
+        .skipped
+        .extend(skipped.into_iter().map(|s| (skipped_id(&s), s)));
+    local.again = views
+        .iter()
+        .filter(|v| v.busy || skipped_ids.contains(&v.id))
+        .map(|v| v.ino)
+        .chain(taken.again)
+        .collect();
+    Ok(LocalScan {
+        busy: local.busy.clone(),
+        skipped: local.skipped.values().cloned().collect(),
+        local_only: local.local_only.clone(),
+        unsettled: taken.unsettled,
+        changed: Some(changed),
+    })
+}
+
+/// The id a [`Skipped`] names.
+fn skipped_id(s: &Skipped) -> NodeId {
+    match s {
+        Skipped::Unsyncable(id) | Skipped::NoManifest(id) | Skipped::Beneath(id) => *id,
+    }
+}
+
+/// A file's manifest id and size as last taken, or as synced if never taken.
+fn file_content(mem: &Loaded, v: &NodeView) -> Option<(crate::chunking::ManifestId, u64)> {
+    if let Some(c) = mem.local.get(&v.id)
+        && let Some(m) = mem.manifests.get(&c.manifest)
+    {
+        return Some((c.manifest, m.size()));
+    }
+    // Never taken yet but synced before: unchanged as far as the engine knows.
+    match mem.synced.get(v.id).map(|e| &e.content) {
+        Some(Content::File { manifest_id, size }) => Some((*manifest_id, *size)),
+        _ => None,
+    }
+}
+
+/// A directory's mtime as the trees show it (directory mtimes are not synced).
+fn dir_mtime(mem: &Loaded, id: NodeId) -> Option<i64> {
+    mem.synced
+        .get(id)
+        .or_else(|| mem.remote.tree.get(id))
+        .map(|e| e.mtime)
+}
+
+/// Forgets the manifests of files that are gone.
+fn forget_locals(
+    mem: &mut Loaded,
+    state: &mut SyncState,
+    gone: Vec<NodeId>,
+) -> Result<(), SyncError> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> =
+        gone.iter().map(|id| (*id, None)).collect();
+    state.save_locals(&rows)?;
+    for id in gone {
+        mem.local.remove(&id);
+    }
+    Ok(())
+}
+
+/// The whole drive's scan: every node looked at, L built anew.
+fn full_scan(
+    drive: &Drive,
+    mem: &mut Loaded,
+    state: &mut SyncState,
+    params: ChunkerParams,
+    cut: &mut NewChunks<'_>,
+    local: &mut LocalTree,
 ) -> Result<LocalScan, SyncError> {
     let views = drive.view();
-    let pending: HashMap<Ino, RecordedVersion> = drive
-        .pending_versions()
-        .into_iter()
-        .map(|v| (v.ino, v))
+    let pending = drive.pending_versions();
+    let taken = take_versions(drive, mem, state, params, cut, &views, pending)?;
+    let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
+    let gone: Vec<NodeId> = mem
+        .local
+        .keys()
+        .filter(|id| !present.contains(id))
+        .copied()
         .collect();
+    forget_locals(mem, state, gone)?;
+    let (tree, skipped, local_only) =
+        local_tree(&views, |v| file_content(mem, v), |id| dir_mtime(mem, id))
+            .map_err(|e| SyncError::Inconsistent(format!("local tree: {e}")))?;
+    local.special = local_only
+        .iter()
+        .map(|(place, id)| (*id, place.clone()))
+        .collect();
+    local.local_only = local_only;
+    let skipped_ids: HashSet<NodeId> = skipped.iter().map(skipped_id).collect();
+    local.tree = tree;
+    local.names.clear();
+    for v in &views {
+        local.names.entry(v.ino).or_default().push(v.id);
+    }
+    local.busy = taken.busy.clone();
+    local.skipped = skipped.iter().map(|s| (skipped_id(s), s.clone())).collect();
+    local.bad_dirs = views
+        .iter()
+        .filter(|v| v.kind == Kind::Dir && skipped_ids.contains(&v.id))
+        .map(|v| v.id)
+        .collect();
+    local.again = views
+        .iter()
+        .filter(|v| v.busy || skipped_ids.contains(&v.id))
+        .map(|v| v.ino)
+        .chain(taken.again)
+        .collect();
+    local.built = true;
+    Ok(LocalScan {
+        busy: taken.busy,
+        skipped,
+        local_only: local.local_only.clone(),
+        unsettled: taken.unsettled,
+        changed: None,
+    })
+}
+
+/// What taking the recorded versions of some files found.
+struct Versions {
+    /// Busy files among them.
+    busy: HashSet<NodeId>,
+    /// A version could not be taken yet.
+    unsettled: bool,
+    /// Inodes to look at again: a version not taken, or not looked at because busy.
+    again: Vec<Ino>,
+}
+
+/// Takes the recorded versions `pending` of the files among `views`, and chunks whole the
+/// files the engine never took (manifests stored in one transaction before the drive lets
+/// go of any version).
+fn take_versions(
+    drive: &Drive,
+    mem: &mut Loaded,
+    state: &mut SyncState,
+    params: ChunkerParams,
+    cut: &mut NewChunks<'_>,
+    views: &[NodeView],
+    pending: Vec<RecordedVersion>,
+) -> Result<Versions, SyncError> {
+    let pending: HashMap<Ino, RecordedVersion> = pending.into_iter().map(|v| (v.ino, v)).collect();
     let mut busy = HashSet::new();
     let mut unsettled = false;
+    let mut again = Vec::new();
     // The names of each file inode: every name of a hard-linked inode syncs as a file of
     // its own with the inode's content, so a version taken moves every name's manifest.
     let mut inodes: BTreeMap<Ino, Vec<&NodeView>> = BTreeMap::new();
@@ -176,7 +489,10 @@ pub fn scan(
                         cut(first.id, at, c, bytes)
                     }),
                 ),
-                None => continue,
+                None => {
+                    again.push(ino);
+                    continue;
+                }
             }
         };
         let m = match m {
@@ -208,6 +524,7 @@ pub fn scan(
             && !drive.take_pending_if(t.ino, number)?
         {
             unsettled = true;
+            again.push(t.ino);
             continue;
         }
         for id in t.ids {
@@ -215,47 +532,191 @@ pub fn scan(
         }
         mem.manifests.insert(t.manifest.id(), t.manifest);
     }
-    // Forget the manifests of files that are gone.
-    let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
-    let gone: Vec<NodeId> = mem
-        .local
-        .keys()
-        .filter(|id| !present.contains(id))
-        .copied()
-        .collect();
-    let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> =
-        gone.iter().map(|id| (*id, None)).collect();
-    state.save_locals(&rows)?;
-    for id in gone {
-        mem.local.remove(&id);
-    }
-    let (tree, skipped, local_only) = local_tree(
-        &views,
-        |v| {
-            if let Some(c) = mem.local.get(&v.id)
-                && let Some(m) = mem.manifests.get(&c.manifest)
-            {
-                return Some((c.manifest, m.size()));
-            }
-            // Never taken yet but synced before: unchanged as far as the engine knows.
-            match mem.synced.get(v.id).map(|e| &e.content) {
-                Some(Content::File { manifest_id, size }) => Some((*manifest_id, *size)),
-                _ => None,
-            }
-        },
-        |id| {
-            mem.synced
-                .get(id)
-                .or_else(|| mem.remote.tree.get(id))
-                .map(|e| e.mtime)
-        },
-    )
-    .map_err(|e| SyncError::Inconsistent(format!("local tree: {e}")))?;
-    Ok(LocalScan {
-        tree,
+    Ok(Versions {
         busy,
-        skipped,
-        local_only,
         unsettled,
+        again,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drive::{Caller, OpenMode, ROOT_INO, RenameMode, StateDir, XattrFlags};
+    use crate::sync::SyncState;
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+    const WRITE: OpenMode = OpenMode {
+        writable: true,
+        passthrough_available: false,
+    };
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+        }
+    }
+
+    /// A name in the drive: its directory, the name, its inode and kind.
+    type Named = (Ino, Vec<u8>, Ino, Kind);
+
+    /// The directories and the names of the drive, from its views.
+    fn dirs_and_names(drive: &Drive) -> (Vec<Ino>, Vec<Named>) {
+        let views = drive.view();
+        let ino_of: HashMap<NodeId, Ino> = views.iter().map(|v| (v.id, v.ino)).collect();
+        let mut dirs = vec![ROOT_INO];
+        let mut names = Vec::new();
+        for v in &views {
+            if v.kind == Kind::Dir {
+                dirs.push(v.ino);
+            }
+            let parent = ino_of.get(&v.parent).copied().unwrap_or(ROOT_INO);
+            names.push((parent, v.name.clone(), v.ino, v.kind));
+        }
+        (dirs, names)
+    }
+
+    /// One random change to the drive (failures, such as a rename into itself, are fine:
+    /// the drive refuses them and nothing changes). Returns a handle left open, if any.
+    fn random_change(drive: &Drive, rng: &mut Rng, open: &mut Vec<u64>) {
+        let (dirs, names) = dirs_and_names(drive);
+        let dir = dirs[rng.below(dirs.len())];
+        let pick = if names.is_empty() {
+            None
+        } else {
+            Some(names[rng.below(names.len())].clone())
+        };
+        let name: Vec<u8> = match rng.below(12) {
+            // A name that cannot be synced.
+            0 => b"caf\xe9".to_vec(),
+            n => format!("n{n}-{}", rng.below(6)).into_bytes(),
+        };
+        match rng.below(12) {
+            0 | 1 => {
+                let _ = drive.mkdir(dir, &name, 0o755, ME);
+            }
+            11 => {
+                // A FIFO: never in the tree, but its name is taken.
+                let _ = drive.mknod(dir, &name, libc::S_IFIFO | 0o644, 0, ME);
+            }
+            2 | 3 => {
+                if let Ok((_, fh)) = drive.create(dir, &name, 0o644, ME) {
+                    let _ = drive.write(fh, 0, &name, false);
+                    if rng.below(4) == 0 {
+                        open.push(fh);
+                    } else {
+                        let _ = drive.release(fh);
+                    }
+                }
+            }
+            4 | 5 => {
+                if let Some((parent, old, _, _)) = pick {
+                    let _ = drive.rename(parent, &old, dir, &name, RenameMode::Replace);
+                }
+            }
+            6 => {
+                if let Some((parent, old, _, kind)) = pick {
+                    let _ = match kind {
+                        Kind::Dir => drive.rmdir(parent, &old),
+                        _ => drive.unlink(parent, &old),
+                    };
+                }
+            }
+            7 => {
+                if let Some((_, _, ino, Kind::File)) = pick {
+                    let _ = drive.link(ino, dir, &name);
+                }
+            }
+            8 => {
+                if let Some((_, _, ino, _)) = pick {
+                    let _ = drive.setxattr(ino, b"user.k", &name, XattrFlags::Any);
+                }
+            }
+            9 => {
+                if let Some((_, _, ino, Kind::File)) = pick
+                    && let Ok(o) = drive.open_file(ino, WRITE)
+                {
+                    // Written and closed, or held open untouched (busy, with nothing to
+                    // record when it closes).
+                    if rng.below(2) == 0 {
+                        let _ = drive.write(o.fh, 3, b"more", false);
+                        let _ = drive.release(o.fh);
+                    } else {
+                        open.push(o.fh);
+                    }
+                }
+            }
+            _ => {
+                if !open.is_empty() {
+                    let fh = open.remove(rng.below(open.len()));
+                    let _ = drive.release(fh);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_local_tree_kept_across_scans_equals_one_built_whole() {
+        for seed in 1..=6u64 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let drive = Drive::open(StateDir::new(&dir.path().join("drive")).expect("state"), ME)
+                .expect("drive");
+            let mut state = SyncState::open(&dir.path().join("sync.db")).expect("sync.db");
+            let mut mem = state.load().expect("load");
+            let params = ChunkerParams::default();
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut kept = LocalTree::default();
+            let mut open = Vec::new();
+            let mut incremental = 0;
+            for round in 0..40 {
+                for _ in 0..1 + rng.below(6) {
+                    random_change(&drive, &mut rng, &mut open);
+                }
+                let none = HashSet::new();
+                let got = scan(
+                    &drive,
+                    &mut mem,
+                    &mut state,
+                    params,
+                    &mut |_, _, _, _| {},
+                    &mut kept,
+                    Touched::Some(&none),
+                )
+                .expect("scan");
+                incremental += usize::from(got.changed.is_some());
+                let mut whole = LocalTree::default();
+                let want = full_scan(
+                    &drive,
+                    &mut mem,
+                    &mut state,
+                    params,
+                    &mut |_, _, _, _| {},
+                    &mut whole,
+                )
+                .expect("whole scan");
+                assert_eq!(kept.tree, whole.tree, "seed {seed} round {round}: tree");
+                assert_eq!(got.busy, want.busy, "seed {seed} round {round}: busy");
+                assert_eq!(
+                    got.local_only, want.local_only,
+                    "seed {seed} round {round}: local-only names"
+                );
+                let set = |s: &[Skipped]| s.iter().map(skipped_id).collect::<BTreeSet<_>>();
+                assert_eq!(
+                    set(&got.skipped),
+                    set(&want.skipped),
+                    "seed {seed} round {round}: left out"
+                );
+            }
+            assert!(
+                incremental > 10,
+                "seed {seed}: {incremental} scans were incremental"
+            );
+        }
+    }
 }

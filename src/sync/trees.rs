@@ -83,7 +83,8 @@ pub fn local_tree(
     Ok((tree, skipped, local_only))
 }
 
-fn entry_of(
+/// The entry of one node, or why it is left out (not counting what is above it).
+pub(crate) fn entry_of(
     v: &NodeView,
     file_content: &impl Fn(&NodeView) -> Option<(ManifestId, u64)>,
     dir_mtime: &impl Fn(NodeId) -> Option<i64>,

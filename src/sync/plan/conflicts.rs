@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use crate::protocol::{Name, NodeId, NodeKind, Xattrs};
 
 use super::context::{Context, IdMinter};
-use super::diff::diverged;
+use super::diff::{diverged, diverged_among};
 use super::error::PlanError;
 use super::name::conflicted_name;
 use super::steps::{Conflict, MoveDropReason, Side};
@@ -39,16 +39,27 @@ pub(super) struct Merged<'a> {
     pub conflicts: Vec<Conflict>,
 }
 
-/// Decides every node where `local` and `remote` differ, against `synced`.
+/// Decides every node where `local` and `remote` differ, against `synced`; they are among
+/// `candidates` when given (else every node is looked at).
 pub(super) fn merge<'a>(
     local: &'a Tree,
     synced: &'a Tree,
     remote: &'a Tree,
     ctx: &Context,
+    candidates: Option<&BTreeSet<NodeId>>,
 ) -> Result<Merged<'a>, PlanError> {
     let mut conflicts = Vec::new();
     let mut decisions: BTreeMap<NodeId, Decision<'a>> = BTreeMap::new();
-    for id in diverged(local, remote) {
+    let ids = match candidates {
+        None => diverged(local, remote),
+        Some(c) => {
+            let ids = diverged_among(local, remote, c);
+            // The caller's bookkeeping, checked against the walk it saves.
+            debug_assert_eq!(ids, diverged(local, remote), "candidates miss a node");
+            ids
+        }
+    };
+    for id in ids {
         let d = decide(
             id,
             local.get(id),

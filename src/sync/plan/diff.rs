@@ -1,6 +1,7 @@
 //! Where the local and remote trees differ: the only nodes the planner has to decide on.
 
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
 
 use crate::protocol::NodeId;
 
@@ -9,7 +10,7 @@ use super::tree::Tree;
 /// Ids whose entry differs between `local` and `remote` (present in one only, or different),
 /// in id order. One ordered pass over both trees: everything else is equal on both sides
 /// and needs nothing.
-pub(super) fn diverged(local: &Tree, remote: &Tree) -> Vec<NodeId> {
+pub fn diverged(local: &Tree, remote: &Tree) -> Vec<NodeId> {
     let mut out = Vec::new();
     let mut l = local.iter().peekable();
     let mut r = remote.iter().peekable();
@@ -43,4 +44,19 @@ pub(super) fn diverged(local: &Tree, remote: &Tree) -> Vec<NodeId> {
             },
         }
     }
+}
+
+/// The ids among `candidates` whose entry differs between `local` and `remote`, in id order:
+/// [`diverged`] at the cost of the candidates, for a caller that knows every node where the
+/// two trees may differ.
+pub(super) fn diverged_among(
+    local: &Tree,
+    remote: &Tree,
+    candidates: &BTreeSet<NodeId>,
+) -> Vec<NodeId> {
+    candidates
+        .iter()
+        .filter(|id| **id != NodeId::ROOT && local.get(**id) != remote.get(**id))
+        .copied()
+        .collect()
 }

@@ -76,10 +76,13 @@ mod target;
 mod tree;
 
 pub use context::{ConflictStamp, Context, LocalOnly, StampError};
+pub use diff::diverged;
 pub use error::PlanError;
 pub use name::conflicted_name;
 pub use steps::{Conflict, LocalStep, MoveDropReason, Plan, PushStep, Side};
 pub use tree::{Content, Entry, Tree, TreeError};
+
+use std::collections::BTreeSet;
 
 use crate::protocol::{NodeId, Xattrs};
 use order::StructOp;
@@ -92,7 +95,20 @@ type AttrChanges = (Option<u32>, Option<i64>, Option<Xattrs>);
 /// agreed on (`synced`). Fails only on inconsistent input (a node whose kind differs between
 /// trees) or a planner bug; never panics.
 pub fn plan(local: &Tree, synced: &Tree, remote: &Tree, ctx: &Context) -> Result<Plan, PlanError> {
-    let merged = conflicts::merge(local, synced, remote, ctx)?;
+    plan_among(local, synced, remote, ctx, None)
+}
+
+/// [`plan`], looking only at `candidates` for nodes where `local` and `remote` differ: the
+/// same plan at the cost of the candidates rather than of the trees, provided they hold every
+/// such node (`None`: every node is looked at, as [`plan`] does).
+pub fn plan_among(
+    local: &Tree,
+    synced: &Tree,
+    remote: &Tree,
+    ctx: &Context,
+    candidates: Option<&BTreeSet<NodeId>>,
+) -> Result<Plan, PlanError> {
+    let merged = conflicts::merge(local, synced, remote, ctx, candidates)?;
     let target = &merged.target;
     let to_local = local_steps(local, target, order::schedule(local, target)?)?;
     let to_remote = push_steps(remote, target, order::schedule(remote, target)?)?;

@@ -351,6 +351,126 @@ impl Tree {
         Ok(())
     }
 
+    /// Sets every node of `changes` to its entry (`None`: not in the tree), all at once: the
+    /// tree is checked only as it is after all of them, so swapped names, a directory and
+    /// its new child, or moves that only make sense together apply in any order. The cost is
+    /// that of the changes, not of the tree. On error the tree is left as it was.
+    pub fn update(
+        &mut self,
+        changes: impl IntoIterator<Item = (NodeId, Option<Entry>)>,
+    ) -> Result<(), TreeError> {
+        // The last change of a node wins.
+        let changes: BTreeMap<NodeId, Option<Entry>> = changes.into_iter().collect();
+        if changes.contains_key(&NodeId::ROOT) {
+            return Err(TreeError::Root);
+        }
+        let old: Vec<(NodeId, Option<Entry>)> = changes
+            .keys()
+            .map(|&id| (id, self.detach_raw(id)))
+            .collect();
+        let mut placed = Vec::new();
+        let mut result = Ok(());
+        for (&id, entry) in &changes {
+            let Some(entry) = entry else { continue };
+            if let Some(holder) = self.child(entry.parent, &entry.name) {
+                result = Err(TreeError::NameTaken {
+                    parent: entry.parent,
+                    name: entry.name.clone(),
+                    holder,
+                });
+                break;
+            }
+            self.attach_raw(id, entry.clone());
+            placed.push(id);
+        }
+        if result.is_ok() {
+            result = self.check_updated(&changes, &old);
+        }
+        if result.is_err() {
+            for id in placed {
+                self.detach_raw(id);
+            }
+            for (id, entry) in old {
+                if let Some(entry) = entry {
+                    self.attach_raw(id, entry);
+                }
+            }
+        } else {
+            // Empty maps of directories that are gone.
+            for (id, entry) in &changes {
+                if entry.is_none() {
+                    self.children.remove(id);
+                }
+            }
+        }
+        result
+    }
+
+    /// After [`Tree::update`] placed `changes` (the nodes held `old` before): each placed
+    /// node's parent is a directory of the tree with no cycle above it, no kind changed, and
+    /// no removed directory keeps a child.
+    fn check_updated(
+        &self,
+        changes: &BTreeMap<NodeId, Option<Entry>>,
+        old: &[(NodeId, Option<Entry>)],
+    ) -> Result<(), TreeError> {
+        for (id, before) in old {
+            match (before, changes.get(id).and_then(Option::as_ref)) {
+                (Some(b), Some(a)) if b.kind() != a.kind() => {
+                    return Err(TreeError::KindChange {
+                        node: *id,
+                        is: b.kind(),
+                        want: a.kind(),
+                    });
+                }
+                (_, None) if self.child_count(*id) > 0 => return Err(TreeError::NotEmpty(*id)),
+                _ => {}
+            }
+        }
+        for (&id, entry) in changes {
+            let Some(entry) = entry else { continue };
+            if !self.is_dir(entry.parent) {
+                return Err(TreeError::BadParent(entry.parent));
+            }
+            // Up to the root within as many steps as there are nodes, never through `id`.
+            let mut at = entry.parent;
+            let mut steps = 0usize;
+            while at != NodeId::ROOT {
+                if at == id {
+                    return Err(TreeError::Cycle {
+                        node: id,
+                        parent: entry.parent,
+                    });
+                }
+                steps += 1;
+                match self.nodes.get(&at) {
+                    Some(e) if steps <= self.nodes.len() => at = e.parent,
+                    _ => return Err(TreeError::Unreachable(id)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `id` out of the nodes and of its directory's index, leaving its own children
+    /// indexed under it.
+    fn detach_raw(&mut self, id: NodeId) -> Option<Entry> {
+        let entry = self.nodes.remove(&id)?;
+        if self.child(entry.parent, &entry.name) == Some(id) {
+            self.unlink(entry.parent, &entry.name);
+        }
+        Some(entry)
+    }
+
+    /// Puts `id` in the nodes and its directory's index, unchecked.
+    fn attach_raw(&mut self, id: NodeId, entry: Entry) {
+        self.children
+            .entry(entry.parent)
+            .or_default()
+            .insert(entry.name.clone(), id);
+        self.nodes.insert(id, entry);
+    }
+
     fn entry_mut(&mut self, id: NodeId) -> Result<&mut Entry, TreeError> {
         if id == NodeId::ROOT {
             return Err(TreeError::Root);
@@ -498,5 +618,52 @@ mod tests {
         // Equality ignores the index's leftovers.
         let fresh = Tree::from_entries(t.iter().map(|(i, e)| (i, e.clone()))).unwrap();
         assert_eq!(t, fresh);
+    }
+    #[test]
+    fn updates_apply_together_and_are_checked_as_a_whole() {
+        let mut t = Tree::from_entries([
+            (id(1), entry(0, "a", Content::Dir)),
+            (id(2), entry(0, "b", Content::Dir)),
+            (id(3), entry(1, "f", file())),
+        ])
+        .unwrap();
+        // Swap two names, add a directory with a child, in an order no single step allows.
+        t.update([
+            (id(5), Some(entry(4, "g", file()))),
+            (id(1), Some(entry(0, "b", Content::Dir))),
+            (id(2), Some(entry(0, "a", Content::Dir))),
+            (id(4), Some(entry(2, "new", Content::Dir))),
+        ])
+        .unwrap();
+        let fresh = Tree::from_entries(t.iter().map(|(i, e)| (i, e.clone()))).unwrap();
+        assert_eq!(t, fresh);
+        assert_eq!(t.path_of(id(5)).as_deref(), Some("/a/new/g"));
+        assert_eq!(t.path_of(id(3)).as_deref(), Some("/b/f"));
+        let before = t.clone();
+        let refused = [
+            // A directory that keeps a child.
+            vec![(id(1), None)],
+            // A cycle.
+            vec![
+                (id(1), Some(entry(4, "b", Content::Dir))),
+                (id(4), Some(entry(1, "new", Content::Dir))),
+            ],
+            // A taken name, a file as parent, a kind change, a missing parent.
+            vec![(id(6), Some(entry(0, "a", file())))],
+            vec![(id(6), Some(entry(3, "x", file())))],
+            vec![(id(3), Some(entry(1, "f", Content::Dir)))],
+            vec![(id(6), Some(entry(9, "x", file())))],
+        ];
+        for changes in refused {
+            assert!(t.update(changes.clone()).is_err(), "{changes:?}");
+            assert_eq!(t, before, "left as it was");
+            for (i, e) in before.iter() {
+                assert_eq!(t.child(e.parent, &e.name), Some(i), "index of {i}");
+            }
+        }
+        // Removing a subtree together, leaves and directory in one update.
+        t.update([(id(1), None), (id(3), None)]).unwrap();
+        assert_eq!(t.get(id(1)), None);
+        assert_eq!(t.child(NodeId::ROOT, &Name::new("b").unwrap()), None);
     }
 }
