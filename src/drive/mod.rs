@@ -120,6 +120,18 @@ pub struct RecordedVersion {
     pub size: u64,
 }
 
+impl RecordedVersion {
+    /// The version `p` of file `ino`.
+    fn of(ino: Ino, p: &PendingVersion) -> RecordedVersion {
+        RecordedVersion {
+            ino,
+            number: p.number,
+            ranges: p.ranges.clone(),
+            size: p.size,
+        }
+    }
+}
+
 /// An open file: its backing file and whether this handle wrote.
 #[derive(Debug)]
 struct OpenFile {
@@ -1096,14 +1108,7 @@ impl Drive {
         let t = lock(&self.tree);
         let mut out: Vec<RecordedVersion> = t
             .iter()
-            .filter_map(|(&ino, n)| {
-                n.pending.as_ref().map(|p| RecordedVersion {
-                    ino,
-                    number: p.number,
-                    ranges: p.ranges.clone(),
-                    size: p.size,
-                })
-            })
+            .filter_map(|(&ino, n)| n.pending.as_ref().map(|p| RecordedVersion::of(ino, p)))
             .collect();
         out.sort_by_key(|v| v.ino);
         out
@@ -1116,12 +1121,7 @@ impl Drive {
             .iter()
             .filter_map(|&ino| {
                 let p = t.get(ino).ok()?.pending.as_ref()?;
-                Some(RecordedVersion {
-                    ino,
-                    number: p.number,
-                    ranges: p.ranges.clone(),
-                    size: p.size,
-                })
+                Some(RecordedVersion::of(ino, p))
             })
             .collect();
         out.sort_by_key(|v| v.ino);
