@@ -18,7 +18,7 @@ use crate::protocol::{Name, NodeId};
 use super::SyncError;
 use super::plan::{Content, Entry, LocalOnly, Tree};
 use super::state::{Loaded, LocalContent, SyncState};
-use super::trees::{Skipped, entry_of, local_tree};
+use super::trees::{Skipped, entry_of, local_tree, special_name};
 
 /// The manifest of file `node` at its recorded version `version`, given `prev`, the manifest
 /// of the content before the version's changed ranges. `None` if the file changed again
@@ -250,18 +250,14 @@ fn scan_changes(
         tracing::warn!("local tree update: {e}; building it whole");
         return full_scan(drive, mem, state, params, cut, local);
     }
-    // Special files never enter the tree; their names, in a directory of the tree, are
-    // taken (a name that is not valid on the wire cannot clash with a remote one).
+    // Special files never enter the tree; their names, in a directory of the tree, are taken.
     for id in before.iter().chain(present.iter()) {
         if let Some(place) = local.special.remove(id) {
             local.local_only.remove(&place);
         }
     }
     for v in views.iter().filter(|v| v.kind.is_special()) {
-        let name = String::from_utf8(v.name.clone())
-            .ok()
-            .and_then(|n| Name::new(n).ok());
-        if let Some(name) = name
+        if let Some(name) = special_name(v)
             && local.tree.exists(v.parent)
         {
             local.local_only.insert((v.parent, name.clone()), v.id);

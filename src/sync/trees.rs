@@ -42,11 +42,7 @@ pub fn local_tree(
     let mut special = Vec::new();
     for v in views {
         if v.kind.is_special() {
-            // A name that is not valid on the wire cannot clash with a remote one.
-            if let Some(name) = String::from_utf8(v.name.clone())
-                .ok()
-                .and_then(|n| Name::new(n).ok())
-            {
+            if let Some(name) = special_name(v) {
                 special.push((v.id, v.parent, name));
             }
             continue;
@@ -81,6 +77,14 @@ pub fn local_tree(
         .map(|(id, parent, name)| ((parent, name), id))
         .collect();
     Ok((tree, skipped, local_only))
+}
+
+/// The name a special file takes from the planner, if any: a name that is not valid on the
+/// wire cannot clash with a remote one.
+pub(crate) fn special_name(v: &NodeView) -> Option<Name> {
+    String::from_utf8(v.name.clone())
+        .ok()
+        .and_then(|n| Name::new(n).ok())
 }
 
 /// The entry of one node, or why it is left out (not counting what is above it).
