@@ -478,20 +478,7 @@ fn mode_bits_give_eacces_to_other_users() {
     fs::set_permissions(m.path("public"), fs::Permissions::from_mode(0o644)).unwrap();
     fs::create_dir(m.path("locked")).unwrap();
     fs::set_permissions(m.path("locked"), fs::Permissions::from_mode(0o700)).unwrap();
-    let as_nobody = |cmd: &str| {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-                cmd,
-            ])
-            .current_dir(&m.mountpoint)
-            .output()
-            .unwrap()
-    };
+    let as_nobody = |cmd: &str| common::sh_as_nobody(&m.mountpoint, cmd);
     let ok = as_nobody("cat public");
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "hello");
     for cmd in [

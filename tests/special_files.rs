@@ -22,27 +22,32 @@ use common::{
 
 const QUIET: Duration = Duration::from_secs(60);
 
+/// The name of a file type, as the listings below show it.
+fn kind_name(t: fs::FileType) -> &'static str {
+    if t.is_fifo() {
+        "fifo"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "chardev"
+    } else if t.is_block_device() {
+        "blockdev"
+    } else if t.is_dir() {
+        "dir"
+    } else if t.is_symlink() {
+        "symlink"
+    } else {
+        "file"
+    }
+}
+
 /// What a stat says about a node, times and inode numbers aside.
 fn describe(path: &Path) -> String {
     match fs::symlink_metadata(path) {
         Err(e) => format!("errno {}", errno_of(&e)),
         Ok(m) => {
             let t = m.file_type();
-            let kind = if t.is_fifo() {
-                "fifo"
-            } else if t.is_socket() {
-                "socket"
-            } else if t.is_char_device() {
-                "chardev"
-            } else if t.is_block_device() {
-                "blockdev"
-            } else if t.is_dir() {
-                "dir"
-            } else if t.is_symlink() {
-                "symlink"
-            } else {
-                "file"
-            };
+            let kind = kind_name(t);
             // Directory sizes and link counts differ between filesystems; not the subject here.
             let (size, nlink) = if t.is_dir() {
                 (0, 0)
@@ -99,18 +104,7 @@ fn exercise(root: &Path) -> Vec<String> {
             .expect("read_dir")
             .map(|e| {
                 let e = e.expect("entry");
-                let t = e.file_type().expect("d_type");
-                let kind = if t.is_fifo() {
-                    "fifo"
-                } else if t.is_socket() {
-                    "socket"
-                } else if t.is_char_device() {
-                    "chardev"
-                } else if t.is_block_device() {
-                    "blockdev"
-                } else {
-                    "other"
-                };
+                let kind = kind_name(e.file_type().expect("d_type"));
                 format!("{}:{kind}", e.file_name().to_string_lossy())
             })
             .collect();
@@ -382,20 +376,7 @@ fn a_char_device_node_works_as_the_device_and_needs_cap_mknod() {
     for dir in [local.as_path(), &m.path("shared")] {
         fs::create_dir(dir).unwrap();
         fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
-        let as_nobody = |cmd: &str| {
-            std::process::Command::new("setpriv")
-                .args([
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    "sh",
-                    "-c",
-                    cmd,
-                ])
-                .current_dir(dir)
-                .output()
-                .unwrap()
-        };
+        let as_nobody = |cmd: &str| common::sh_as_nobody(dir, cmd);
         let out = as_nobody("mknod dev c 1 3");
         assert!(!out.status.success(), "{}: mknod as nobody", dir.display());
         assert!(

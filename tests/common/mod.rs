@@ -225,6 +225,22 @@ impl Drop for UnmountGuard {
     }
 }
 
+/// Runs `sh -c CMD` in `dir` as nobody (uid and gid 65534, no supplementary groups).
+pub fn sh_as_nobody(dir: &Path, cmd: &str) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            cmd,
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("run setpriv")
+}
+
 /// Polls `cond` until it holds or `timeout` passes (then panics).
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
