@@ -956,10 +956,7 @@ impl Ctx {
                 .collect();
             let rows: Vec<Row> = changes
                 .iter()
-                .map(|(id, e)| match e {
-                    Some(e) => Row::Put(*id, e.clone(), None),
-                    None => Row::Gone(*id),
-                })
+                .map(|(id, e)| Row::synced(*id, e.as_ref()))
                 .collect();
             // Stored first, as `set_synced` does: memory never runs ahead of sync.db.
             if !rows.is_empty() {
@@ -1097,10 +1094,7 @@ impl Ctx {
         }
         let rows: Vec<Row> = ids
             .iter()
-            .map(|id| match self.mem.synced.get(*id) {
-                Some(e) => Row::Put(*id, e.clone(), None),
-                None => Row::Gone(*id),
-            })
+            .map(|id| Row::synced(*id, self.mem.synced.get(*id)))
             .collect();
         if let Err(e) = self.state.save_synced(&rows) {
             let _ = self.mem.synced.update(before);

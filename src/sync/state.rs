@@ -94,6 +94,16 @@ pub enum Row {
     Gone(NodeId),
 }
 
+impl Row {
+    /// A synced-tree row: the node's entry, or gone.
+    pub fn synced(id: NodeId, entry: Option<&Entry>) -> Row {
+        match entry {
+            Some(e) => Row::Put(id, e.clone(), None),
+            None => Row::Gone(id),
+        }
+    }
+}
+
 /// The stored trees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Table {
