@@ -746,6 +746,7 @@ impl Ctx {
                 params: self.params,
                 to_download: &self.to_download,
                 placed: Vec::new(),
+                gone: Vec::new(),
                 unbuilt: Vec::new(),
             };
             let applied = run.run(&plan.to_local, &self.local.tree);

@@ -54,6 +54,9 @@ pub struct LocalRun<'a> {
     /// Contents of files placed, recorded together at the end: one transaction, not one
     /// per file (losing them in a crash only costs chunking those files again).
     pub placed: Vec<(NodeId, LocalContent)>,
+    /// Files deleted, forgotten with the placed ones: a record left by a crash names a node
+    /// the drive no longer has, which the next full scan forgets.
+    pub gone: Vec<NodeId>,
     /// Files whose new content could not be rebuilt; their steps were skipped.
     pub unbuilt: Vec<Unbuilt>,
 }
@@ -87,12 +90,14 @@ impl LocalRun<'_> {
         result
     }
 
-    /// Records the contents of the files placed so far.
+    /// Records the contents of the files placed and forgets those deleted so far.
     fn flush_placed(&mut self) -> Result<(), SyncError> {
         let placed = std::mem::take(&mut self.placed);
+        let gone = std::mem::take(&mut self.gone);
         let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> = placed
             .iter()
             .filter_map(|(id, c)| Some((*id, Some((*c, self.mem.manifests.get(&c.manifest)?)))))
+            .chain(gone.into_iter().map(|id| (id, None)))
             .collect();
         self.state.save_locals(&rows)
     }
@@ -173,8 +178,9 @@ impl LocalRun<'_> {
             }
             LocalStep::Delete { node } => {
                 self.drive.apply_delete(*node)?;
+                // One transaction for all of a run's deletes, not one (and an fsync) each.
                 if self.mem.local.remove(node).is_some() {
-                    self.state.save_local(*node, None)?;
+                    self.gone.push(*node);
                 }
                 Ok(())
             }
