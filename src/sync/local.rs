@@ -6,10 +6,12 @@
 //! entry changed (a directory shows the synced mtime; a file never taken the synced
 //! content), and what the last scan could not settle (busy files, nodes left out, versions
 //! not taken yet). The first scan of a run builds it whole, as does one that meets a
-//! directory left out of the tree (its subtree goes with it).
+//! directory left out of the tree (its subtree goes with it). Entries equal to the synced
+//! or remote tree's are shared with them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::chunking::{ChunkId, ChunkRef, ChunkerParams, Manifest, rechunk_with};
 use crate::drive::{Drive, Ino, Kind, NodeView, RecordedVersion};
@@ -195,13 +197,17 @@ fn scan_changes(
     forget_locals(mem, state, gone)?;
     // The new entries; a directory entering or leaving the left-out set takes its subtree
     // along, which only a whole build sees.
-    let mut changes: BTreeMap<NodeId, Option<Entry>> =
+    let mut changes: BTreeMap<NodeId, Option<Arc<Entry>>> =
         before.iter().map(|id| (*id, None)).collect();
     let mut skipped = Vec::new();
     for v in views.iter().filter(|v| !v.kind.is_special()) {
         match entry_of(v, &|v| file_content(mem, v), &|id| dir_mtime(mem, id)) {
             Ok(e) => {
-                changes.insert(v.id, Some(e));
+                let likes = [
+                    mem.synced.get_shared(v.id),
+                    mem.remote.tree.get_shared(v.id),
+                ];
+                changes.insert(v.id, Some(e.share(likes)));
             }
             Err(_) if v.kind == Kind::Dir && !local.bad_dirs.contains(&v.id) => {
                 return full_scan(drive, mem, state, params, cut, local);
@@ -213,10 +219,11 @@ fn scan_changes(
         }
     }
     // Beneath a node left out, down to the last level.
-    let parent_ok = |p: NodeId, changes: &BTreeMap<NodeId, Option<Entry>>| match changes.get(&p) {
-        Some(e) => e.is_some(),
-        None => local.tree.exists(p),
-    };
+    let parent_ok =
+        |p: NodeId, changes: &BTreeMap<NodeId, Option<Arc<Entry>>>| match changes.get(&p) {
+            Some(e) => e.is_some(),
+            None => local.tree.exists(p),
+        };
     loop {
         let beneath: Vec<(NodeId, bool)> = changes
             .iter()
@@ -244,7 +251,7 @@ fn scan_changes(
         return full_scan(drive, mem, state, params, cut, local);
     }
     let changed: Vec<NodeId> = changes.keys().copied().collect();
-    if let Err(e) = local.tree.update(changes) {
+    if let Err(e) = local.tree.update_shared(changes) {
         // The drive's tree is valid, so this is the engine's own bookkeeping gone wrong:
         // start over from the whole drive.
         tracing::warn!("local tree update: {e}; building it whole");
@@ -361,9 +368,13 @@ fn full_scan(
         .copied()
         .collect();
     forget_locals(mem, state, gone)?;
-    let (tree, skipped, local_only) =
-        local_tree(&views, |v| file_content(mem, v), |id| dir_mtime(mem, id))
-            .map_err(|e| SyncError::Inconsistent(format!("local tree: {e}")))?;
+    let (tree, skipped, local_only) = local_tree(
+        &views,
+        |v| file_content(mem, v),
+        |id| dir_mtime(mem, id),
+        &[&mem.synced, &mem.remote.tree],
+    )
+    .map_err(|e| SyncError::Inconsistent(format!("local tree: {e}")))?;
     local.special = local_only
         .iter()
         .map(|(place, id)| (*id, place.clone()))
