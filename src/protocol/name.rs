@@ -1,6 +1,7 @@
 //! Validated names: of directory entries and of volumes, users and devices.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -34,8 +35,11 @@ pub enum NameError {
 }
 
 /// One directory entry's name: 1..=255 bytes of UTF-8, no "/", no NUL, not "." or "..".
+///
+/// Shared text: a clone is a reference, so the sync engine's trees and their name indexes
+/// hold one copy of each name however often they name it.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Name(String);
+pub struct Name(Arc<str>);
 
 impl Name {
     /// Validates `name`.
@@ -56,12 +60,17 @@ impl Name {
         if let Some(ch) = name.chars().find(|&c| c == '/' || c == '\0') {
             return Err(NameError::ForbiddenChar { name, ch });
         }
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `self` and `other` share their text (not only equal).
+    pub fn same_text(&self, other: &Name) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -79,7 +88,7 @@ impl fmt::Debug for Name {
 
 impl Serialize for Name {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -856,12 +856,17 @@ impl Ctx {
         // The adjustments below go into the trees themselves, undone after planning: a copy
         // of each would cost the whole volume every cycle.
         let (l, r) = (&mut self.local.tree, &mut self.mem.remote.tree);
-        let mut undo_l: BTreeMap<NodeId, Option<Entry>> = BTreeMap::new();
-        let mut undo_r: BTreeMap<NodeId, Option<Entry>> = BTreeMap::new();
+        // The entries as held (shared), so undoing them keeps the trees' sharing.
+        let mut undo_l: Adjusted = BTreeMap::new();
+        let mut undo_r: Adjusted = BTreeMap::new();
         let mut held = false;
         for node in self.aside.waiting(Instant::now()) {
-            undo_l.entry(node).or_insert_with(|| l.get(node).cloned());
-            undo_r.entry(node).or_insert_with(|| r.get(node).cloned());
+            undo_l
+                .entry(node)
+                .or_insert_with(|| l.get_shared(node).cloned());
+            undo_r
+                .entry(node)
+                .or_insert_with(|| r.get_shared(node).cloned());
             keep_out(node, &self.mem.synced, r, l);
         }
         for id in &local.busy {
@@ -875,8 +880,12 @@ impl Ctx {
             if re.content != se.content {
                 held = true;
                 let c = se.content.clone();
-                undo_l.entry(*id).or_insert_with(|| l.get(*id).cloned());
-                undo_r.entry(*id).or_insert_with(|| r.get(*id).cloned());
+                undo_l
+                    .entry(*id)
+                    .or_insert_with(|| l.get_shared(*id).cloned());
+                undo_r
+                    .entry(*id)
+                    .or_insert_with(|| r.get_shared(*id).cloned());
                 let _ = l.set_content(*id, c.clone());
                 let _ = r.set_content(*id, c);
             }
@@ -896,8 +905,13 @@ impl Ctx {
                 .collect()
         });
         let planned = plan_among(l, &self.mem.synced, r, &ctx, candidates.as_ref());
-        let adjusted: Adjusted = undo_r.keys().map(|id| (*id, r.get(*id).cloned())).collect();
-        let undone = r.update(undo_r).and_then(|()| l.update(undo_l));
+        let adjusted: Adjusted = undo_r
+            .keys()
+            .map(|id| (*id, r.get_shared(*id).cloned()))
+            .collect();
+        let undone = r
+            .update_shared(undo_r)
+            .and_then(|()| l.update_shared(undo_l));
         undone.map_err(|e| SyncError::Inconsistent(format!("undoing plan adjustments: {e}")))?;
         // What still differs waits for a later plan: it stays a candidate.
         self.diverged = match candidates {
@@ -925,13 +939,14 @@ impl Ctx {
 
     /// Makes `tree` the synced tree, writing only what changed (comparing every node: for
     /// the rare cases, see [`Ctx::synced_to_remote`]).
-    fn set_synced(&mut self, tree: &super::plan::Tree) -> Result<(), SyncError> {
-        let rows = tree_rows(&self.mem.synced, tree);
+    fn set_synced(&mut self, tree: super::plan::Tree) -> Result<(), SyncError> {
+        let rows = tree_rows(&self.mem.synced, &tree);
         if !rows.is_empty() {
             self.state.save_synced(&rows)?;
-            self.mem.synced = tree.clone();
-            self.note_rows(&rows);
         }
+        // Taken even when equal: its entries are the ones the caller shares.
+        self.mem.synced = tree;
+        self.note_rows(&rows);
         Ok(())
     }
 
@@ -945,27 +960,39 @@ impl Ctx {
                 .chain(adjusted.keys())
                 .copied()
                 .collect();
-            let changes: Vec<(NodeId, Option<Entry>)> = ids
-                .into_iter()
-                .filter_map(|id| {
-                    let want = match adjusted.get(&id) {
-                        Some(e) => e.as_ref(),
-                        None => self.mem.remote.tree.get(id),
-                    };
-                    (self.mem.synced.get(id) != want).then(|| (id, want.cloned()))
-                })
-                .collect();
+            // Where the synced entry is equal already, it is held apart at most: it takes
+            // the remote tree's, so the two share it.
+            let mut changes: Vec<(NodeId, Option<Arc<Entry>>)> = Vec::new();
+            let mut equal: Vec<(NodeId, Arc<Entry>)> = Vec::new();
+            for id in ids {
+                let want = match adjusted.get(&id) {
+                    Some(e) => e.as_ref(),
+                    None => self.mem.remote.tree.get_shared(id),
+                };
+                match (self.mem.synced.get_shared(id), want) {
+                    (None, None) => {}
+                    (Some(s), Some(w)) if s == w => {
+                        if !Arc::ptr_eq(s, w) {
+                            equal.push((id, Arc::clone(w)));
+                        }
+                    }
+                    _ => changes.push((id, want.cloned())),
+                }
+            }
             let rows: Vec<Row> = changes
                 .iter()
-                .map(|(id, e)| Row::synced(*id, e.as_ref()))
+                .map(|(id, e)| Row::synced(*id, e.as_deref()))
                 .collect();
             // Stored first, as `set_synced` does: memory never runs ahead of sync.db.
             if !rows.is_empty() {
                 self.state.save_synced(&rows)?;
             }
             self.touched.extend(rows.iter().map(row_id));
-            match self.mem.synced.update(changes) {
+            match self.mem.synced.update_shared(changes) {
                 Ok(()) => {
+                    for (id, e) in &equal {
+                        self.mem.synced.adopt(*id, e);
+                    }
                     self.unsynced = adjusted.keys().copied().collect();
                     return Ok(());
                 }
@@ -974,12 +1001,25 @@ impl Ctx {
             }
         }
         let mut tree = self.mem.remote.tree.clone();
-        tree.update(adjusted.iter().map(|(id, e)| (*id, e.clone())))
+        tree.update_shared(adjusted.iter().map(|(id, e)| (*id, e.clone())))
             .map_err(|e| SyncError::Inconsistent(format!("adjusted remote tree: {e}")))?;
-        self.set_synced(&tree)?;
+        self.set_synced(tree)?;
         self.unsynced = adjusted.keys().copied().collect();
         self.unsynced_all = false;
         Ok(())
+    }
+
+    /// After the remote tree took `rows`: each node whose synced entry is equal holds that
+    /// one (this device's own pushes, already in the synced tree, come back this way).
+    fn share_remote_rows(&mut self, rows: &[Row]) {
+        let (synced, remote) = (&self.mem.synced, &mut self.mem.remote.tree);
+        for row in rows {
+            if let Row::Put(id, _, _) = row
+                && let Some(s) = synced.get_shared(*id)
+            {
+                remote.adopt(*id, s);
+            }
+        }
     }
 
     /// Notes the nodes of `rows` (written to the synced or remote tree) for the next scan,
@@ -1063,6 +1103,7 @@ impl Ctx {
                     &row_manifests(&rows, &self.mem.manifests),
                     change.seq,
                 )?;
+                self.share_remote_rows(&rows);
                 self.note_rows(&rows);
                 self.status.cursor = change.seq.0;
                 self.progress += 1;
@@ -1082,14 +1123,14 @@ impl Ctx {
     /// Applies committed push steps to the synced tree and stores the nodes they touched.
     fn synced_pushed(&mut self, steps: &[super::plan::PushStep]) -> Result<(), SyncError> {
         let ids: BTreeSet<NodeId> = steps.iter().map(push_node).collect();
-        let before: Vec<(NodeId, Option<Entry>)> = ids
+        let before: Vec<(NodeId, Option<Arc<Entry>>)> = ids
             .iter()
-            .map(|id| (*id, self.mem.synced.get(*id).cloned()))
+            .map(|id| (*id, self.mem.synced.get_shared(*id).cloned()))
             .collect();
         for step in steps {
             if let Err(e) = self.mem.synced.apply_push(step) {
                 // Back to where it was: the synced tree moves by whole batches only.
-                let _ = self.mem.synced.update(before);
+                let _ = self.mem.synced.update_shared(before);
                 return Err(SyncError::Inconsistent(format!("pushed step: {e}")));
             }
         }
@@ -1098,7 +1139,7 @@ impl Ctx {
             .map(|id| Row::synced(*id, self.mem.synced.get(*id)))
             .collect();
         if let Err(e) = self.state.save_synced(&rows) {
-            let _ = self.mem.synced.update(before);
+            let _ = self.mem.synced.update_shared(before);
             return Err(e);
         }
         self.note_rows(&rows);
@@ -1131,7 +1172,7 @@ impl Ctx {
                 };
                 // (It does not apply when the synced tree took it before a crash: push().)
                 match synced.apply(resp.seq, &req.ops, &mut self.mem.manifests) {
-                    Ok(_) => self.set_synced(&synced.tree)?,
+                    Ok(_) => self.set_synced(synced.tree)?,
                     Err(e) => tracing::info!(
                         "outbox transaction does not apply to the synced tree ({e}); the \
                          planner merges what differs as a change of both sides"
@@ -1209,6 +1250,7 @@ impl Ctx {
                         &row_manifests(&rows, &self.mem.manifests),
                         resp.seq,
                     )?;
+                    self.share_remote_rows(&rows);
                     self.note_rows(&rows);
                     self.status.cursor = resp.seq.0;
                     self.status.server_head = self.status.server_head.max(resp.seq.0);
@@ -1245,7 +1287,7 @@ fn is_refusal(e: &RemoteError) -> bool {
 
 /// Where the remote tree a plan was made against differs from the engine's: the entry there
 /// (`None`: left out).
-type Adjusted = BTreeMap<NodeId, Option<Entry>>;
+type Adjusted = BTreeMap<NodeId, Option<Arc<Entry>>>;
 
 /// The node a stored row is of.
 fn row_id(row: &Row) -> NodeId {

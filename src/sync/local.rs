@@ -7,12 +7,18 @@
 //! content), and what the last scan could not settle (busy files, nodes left out, versions
 //! not taken yet). The first scan of a run builds it whole, as does one that meets a
 //! directory left out of the tree (its subtree goes with it).
+//!
+//! Which nodes went is read from the tree itself, with no map of inodes to node ids: a name
+//! that leaves a directory makes the drive note the directory, so the nodes gone are among
+//! the last tree's children of the directories noted (and below those gone with them).
+//! Entries equal to the synced or remote tree's are shared with them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::chunking::{ChunkId, ChunkRef, ChunkerParams, Manifest, rechunk_with};
-use crate::drive::{Drive, Ino, Kind, NodeView, RecordedVersion};
+use crate::drive::{Drive, Ino, Kind, NodeView, ROOT_INO, RecordedVersion};
 use crate::protocol::{Name, NodeId};
 
 use super::SyncError;
@@ -94,16 +100,15 @@ struct Taken {
 pub struct LocalTree {
     /// L as of the last scan.
     pub tree: Tree,
-    /// The node ids of each inode as of the last scan (in the tree or left out).
-    names: HashMap<Ino, Vec<NodeId>>,
     /// Files busy as of the last scan.
     busy: HashSet<NodeId>,
     /// Nodes left out by the last scan.
     skipped: BTreeMap<NodeId, Skipped>,
     /// Directories left out by the last scan (with them, their subtrees).
     bad_dirs: HashSet<NodeId>,
-    /// Inodes the next scan looks at whatever changes: busy, left out, a version not taken.
-    again: HashSet<Ino>,
+    /// Inodes the next scan looks at whatever changes (busy, left out, a version not taken),
+    /// with their node ids as of the last scan.
+    again: HashMap<Ino, Vec<NodeId>>,
     /// Names taken by FIFOs, sockets and device nodes, which never sync, and where each is.
     local_only: LocalOnly,
     /// The place in [`LocalTree::local_only`] of each special file.
@@ -174,19 +179,14 @@ fn scan_changes(
         return full_scan(drive, mem, state, params, cut, local);
     };
     let mut inos: BTreeSet<Ino> = changed.into_iter().collect();
-    inos.extend(local.again.iter().copied());
+    inos.extend(local.again.keys().copied());
     inos.extend(touched.iter().filter_map(|id| drive.ino_of(*id)));
     let inos: Vec<Ino> = inos.into_iter().collect();
     let views = drive.views_of(&inos);
     let pending = drive.pending_versions_of(&inos);
     let taken = take_versions(drive, mem, state, params, cut, &views, pending)?;
-    let before: HashSet<NodeId> = inos
-        .iter()
-        .filter_map(|ino| local.names.get(ino))
-        .flatten()
-        .copied()
-        .collect();
     let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
+    let before = held_before(drive, local, &inos, &views, &present);
     let gone: Vec<NodeId> = before
         .iter()
         .filter(|id| !present.contains(id) && mem.local.contains_key(id))
@@ -195,13 +195,17 @@ fn scan_changes(
     forget_locals(mem, state, gone)?;
     // The new entries; a directory entering or leaving the left-out set takes its subtree
     // along, which only a whole build sees.
-    let mut changes: BTreeMap<NodeId, Option<Entry>> =
+    let mut changes: BTreeMap<NodeId, Option<Arc<Entry>>> =
         before.iter().map(|id| (*id, None)).collect();
     let mut skipped = Vec::new();
     for v in views.iter().filter(|v| !v.kind.is_special()) {
         match entry_of(v, &|v| file_content(mem, v), &|id| dir_mtime(mem, id)) {
             Ok(e) => {
-                changes.insert(v.id, Some(e));
+                let likes = [
+                    mem.synced.get_shared(v.id),
+                    mem.remote.tree.get_shared(v.id),
+                ];
+                changes.insert(v.id, Some(e.share(likes)));
             }
             Err(_) if v.kind == Kind::Dir && !local.bad_dirs.contains(&v.id) => {
                 return full_scan(drive, mem, state, params, cut, local);
@@ -213,10 +217,11 @@ fn scan_changes(
         }
     }
     // Beneath a node left out, down to the last level.
-    let parent_ok = |p: NodeId, changes: &BTreeMap<NodeId, Option<Entry>>| match changes.get(&p) {
-        Some(e) => e.is_some(),
-        None => local.tree.exists(p),
-    };
+    let parent_ok =
+        |p: NodeId, changes: &BTreeMap<NodeId, Option<Arc<Entry>>>| match changes.get(&p) {
+            Some(e) => e.is_some(),
+            None => local.tree.exists(p),
+        };
     loop {
         let beneath: Vec<(NodeId, bool)> = changes
             .iter()
@@ -244,7 +249,7 @@ fn scan_changes(
         return full_scan(drive, mem, state, params, cut, local);
     }
     let changed: Vec<NodeId> = changes.keys().copied().collect();
-    if let Err(e) = local.tree.update(changes) {
+    if let Err(e) = local.tree.update_shared(changes) {
         // The drive's tree is valid, so this is the engine's own bookkeeping gone wrong:
         // start over from the whole drive.
         tracing::warn!("local tree update: {e}; building it whole");
@@ -264,12 +269,6 @@ fn scan_changes(
             local.special.insert(v.id, (v.parent, name));
         }
     }
-    for ino in &inos {
-        local.names.remove(ino);
-    }
-    for v in &views {
-        local.names.entry(v.ino).or_default().push(v.id);
-    }
     for id in before.iter().chain(present.iter()) {
         local.skipped.remove(id);
         local.busy.remove(id);
@@ -279,12 +278,7 @@ fn scan_changes(
     local
         .skipped
         .extend(skipped.into_iter().map(|s| (skipped_id(&s), s)));
-    local.again = views
-        .iter()
-        .filter(|v| v.busy || skipped_ids.contains(&v.id))
-        .map(|v| v.ino)
-        .chain(taken.again)
-        .collect();
+    local.again = again(&views, &skipped_ids, taken.again);
     Ok(LocalScan {
         busy: local.busy.clone(),
         skipped: local.skipped.values().cloned().collect(),
@@ -292,6 +286,85 @@ fn scan_changes(
         unsettled: taken.unsettled,
         changed: Some(changed),
     })
+}
+
+/// The nodes of the last scan that may have left the drive or be among the inodes `inos`
+/// (sorted), besides `present` (the nodes of their views now): those of the inodes looked
+/// at again, and each of the last tree's children of a directory noted (a name that leaves
+/// a directory notes it) that the drive no longer has or has in one of `inos`, down
+/// through the directories gone. Special files count as children.
+fn held_before(
+    drive: &Drive,
+    local: &LocalTree,
+    inos: &[Ino],
+    views: &[NodeView],
+    present: &HashSet<NodeId>,
+) -> HashSet<NodeId> {
+    let mut before: HashSet<NodeId> = inos
+        .iter()
+        .filter_map(|ino| local.again.get(ino))
+        .flatten()
+        .copied()
+        .collect();
+    let mut dirs: Vec<NodeId> = views
+        .iter()
+        .filter(|v| v.kind == Kind::Dir)
+        .map(|v| v.id)
+        .collect();
+    if inos.contains(&ROOT_INO) {
+        dirs.push(NodeId::ROOT);
+    }
+    // Not present, and not somewhere the views do not cover: gone (or unlinked, still open).
+    let gone = |id: NodeId| {
+        !present.contains(&id)
+            && drive
+                .ino_of(id)
+                .is_none_or(|ino| inos.binary_search(&ino).is_ok())
+    };
+    let mut seen: HashSet<NodeId> = HashSet::new();
+    while let Some(dir) = dirs.pop() {
+        if !seen.insert(dir) {
+            continue;
+        }
+        for (_, id) in local.tree.children_of(dir) {
+            if gone(id) {
+                before.insert(id);
+                // A directory went empty before it went, each name noted where it went:
+                // the rest of its last children are gone too.
+                if local.tree.is_dir(id) {
+                    dirs.push(id);
+                }
+            }
+        }
+    }
+    before.extend(
+        local
+            .special
+            .iter()
+            .filter(|(id, (parent, _))| seen.contains(parent) && gone(**id))
+            .map(|(id, _)| *id),
+    );
+    before
+}
+
+/// The inodes among `views` the next scan looks at again whatever changes (busy, left out
+/// as `skipped`, or a version not taken: `not_taken`), with their node ids.
+fn again(
+    views: &[NodeView],
+    skipped: &HashSet<NodeId>,
+    not_taken: Vec<Ino>,
+) -> HashMap<Ino, Vec<NodeId>> {
+    let inos: HashSet<Ino> = views
+        .iter()
+        .filter(|v| v.busy || skipped.contains(&v.id))
+        .map(|v| v.ino)
+        .chain(not_taken)
+        .collect();
+    let mut again: HashMap<Ino, Vec<NodeId>> = HashMap::new();
+    for v in views.iter().filter(|v| inos.contains(&v.ino)) {
+        again.entry(v.ino).or_default().push(v.id);
+    }
+    again
 }
 
 /// The id a [`Skipped`] names.
@@ -361,9 +434,13 @@ fn full_scan(
         .copied()
         .collect();
     forget_locals(mem, state, gone)?;
-    let (tree, skipped, local_only) =
-        local_tree(&views, |v| file_content(mem, v), |id| dir_mtime(mem, id))
-            .map_err(|e| SyncError::Inconsistent(format!("local tree: {e}")))?;
+    let (tree, skipped, local_only) = local_tree(
+        &views,
+        |v| file_content(mem, v),
+        |id| dir_mtime(mem, id),
+        &[&mem.synced, &mem.remote.tree],
+    )
+    .map_err(|e| SyncError::Inconsistent(format!("local tree: {e}")))?;
     local.special = local_only
         .iter()
         .map(|(place, id)| (*id, place.clone()))
@@ -371,10 +448,6 @@ fn full_scan(
     local.local_only = local_only;
     let skipped_ids: HashSet<NodeId> = skipped.iter().map(skipped_id).collect();
     local.tree = tree;
-    local.names.clear();
-    for v in &views {
-        local.names.entry(v.ino).or_default().push(v.id);
-    }
     local.busy = taken.busy.clone();
     local.skipped = skipped.iter().map(|s| (skipped_id(s), s.clone())).collect();
     local.bad_dirs = views
@@ -382,12 +455,7 @@ fn full_scan(
         .filter(|v| v.kind == Kind::Dir && skipped_ids.contains(&v.id))
         .map(|v| v.id)
         .collect();
-    local.again = views
-        .iter()
-        .filter(|v| v.busy || skipped_ids.contains(&v.id))
-        .map(|v| v.ino)
-        .chain(taken.again)
-        .collect();
+    local.again = again(&views, &skipped_ids, taken.again);
     local.built = true;
     Ok(LocalScan {
         busy: taken.busy,
@@ -654,6 +722,87 @@ mod tests {
                     let _ = drive.release(fh);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_subtree_removed_between_scans_leaves_the_kept_tree_and_entries_are_shared() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let drive = Drive::open(StateDir::new(&dir.path().join("drive")).expect("state"), ME)
+            .expect("drive");
+        let mut state = SyncState::open(&dir.path().join("sync.db")).expect("sync.db");
+        let mut mem = state.load().expect("load");
+        let params = ChunkerParams::default();
+        let a = drive.mkdir(ROOT_INO, b"a", 0o755, ME).expect("mkdir a").ino;
+        let b = drive.mkdir(a, b"b", 0o755, ME).expect("mkdir b").ino;
+        for (parent, name) in [(a, &b"f1"[..]), (b, b"f2"), (ROOT_INO, b"g")] {
+            let (_, fh) = drive.create(parent, name, 0o644, ME).expect("create");
+            drive.write(fh, 0, b"data", false).expect("write");
+            drive.release(fh).expect("release");
+        }
+        drive
+            .mknod(b, b"p", libc::S_IFIFO | 0o644, 0, ME)
+            .expect("fifo");
+        let mut kept = LocalTree::default();
+        let none = HashSet::new();
+        let scan_kept = |mem: &mut Loaded, state: &mut SyncState, kept: &mut LocalTree| {
+            scan(
+                &drive,
+                mem,
+                state,
+                params,
+                &mut |_, _, _, _| {},
+                kept,
+                Touched::Some(&none),
+            )
+            .expect("scan")
+        };
+        scan_kept(&mut mem, &mut state, &mut kept);
+        assert_eq!(kept.tree.len(), 5);
+        assert_eq!(kept.local_only.len(), 1);
+        // Synced as it is: the local tree's entries are the synced tree's from now on.
+        mem.synced = kept.tree.clone();
+        let g = drive
+            .view()
+            .into_iter()
+            .find(|v| v.name == b"g")
+            .expect("g");
+        // `rm -r a`, and an xattr set and removed again on g: g ends as it was.
+        drive.unlink(b, b"f2").expect("unlink f2");
+        drive.unlink(b, b"p").expect("unlink fifo");
+        drive.rmdir(a, b"b").expect("rmdir b");
+        drive.unlink(a, b"f1").expect("unlink f1");
+        drive.rmdir(ROOT_INO, b"a").expect("rmdir a");
+        drive
+            .setxattr(g.ino, b"user.k", b"v", XattrFlags::Any)
+            .expect("setxattr");
+        drive.removexattr(g.ino, b"user.k").expect("removexattr");
+        let got = scan_kept(&mut mem, &mut state, &mut kept);
+        assert!(got.changed.is_some(), "an incremental scan");
+        assert_eq!(kept.tree.len(), 1);
+        assert!(kept.local_only.is_empty() && kept.special.is_empty());
+        assert_eq!(
+            mem.local.len(),
+            1,
+            "the removed files' manifests are forgotten"
+        );
+        let mut whole = LocalTree::default();
+        full_scan(
+            &drive,
+            &mut mem,
+            &mut state,
+            params,
+            &mut |_, _, _, _| {},
+            &mut whole,
+        )
+        .expect("whole scan");
+        assert_eq!(kept.tree, whole.tree);
+        let synced_g = mem.synced.get_shared(g.id).expect("synced g");
+        for t in [&kept.tree, &whole.tree] {
+            assert!(
+                Arc::ptr_eq(t.get_shared(g.id).expect("g"), synced_g),
+                "an entry equal to the synced tree's is that one"
+            );
         }
     }
 

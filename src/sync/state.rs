@@ -236,8 +236,9 @@ impl SyncState {
                 manifests.insert(m.id(), m);
             }
         }
-        let (remote, versions) = self.load_tree(Table::Remote)?;
-        let (synced, _) = self.load_tree(Table::Synced)?;
+        let (remote, versions) = self.load_tree(Table::Remote, None)?;
+        // Mostly equal to the remote tree: its nodes share the remote tree's entries.
+        let (synced, _) = self.load_tree(Table::Synced, Some(&remote))?;
         let mut local = HashMap::new();
         {
             let mut st = self
@@ -265,7 +266,12 @@ impl SyncState {
         })
     }
 
-    fn load_tree(&self, table: Table) -> Result<(Tree, HashMap<NodeId, Seq>), SyncError> {
+    /// The stored tree `table`, each entry shared with `like`'s where they are equal.
+    fn load_tree(
+        &self,
+        table: Table,
+        like: Option<&Tree>,
+    ) -> Result<(Tree, HashMap<NodeId, Seq>), SyncError> {
         let version = match table {
             Table::Remote => "version",
             Table::Synced => "0",
@@ -299,20 +305,20 @@ impl SyncState {
                 },
                 _ => return Err(bad("unknown kind")),
             };
-            entries.push((
-                id,
-                Entry {
-                    parent: node_id(&r.get::<_, Vec<u8>>(1)?)?,
-                    name,
-                    mode: r.get::<_, i64>(3)? as u32,
-                    mtime: r.get(4)?,
-                    xattrs,
-                    content,
-                },
-            ));
-            versions.insert(id, Seq(r.get::<_, i64>(10)? as u64));
+            let entry = Entry {
+                parent: node_id(&r.get::<_, Vec<u8>>(1)?)?,
+                name,
+                mode: r.get::<_, i64>(3)? as u32,
+                mtime: r.get(4)?,
+                xattrs,
+                content,
+            };
+            entries.push((id, entry.share([like.and_then(|t| t.get_shared(id))])));
+            if table == Table::Remote {
+                versions.insert(id, Seq(r.get::<_, i64>(10)? as u64));
+            }
         }
-        let tree = Tree::from_entries(entries)
+        let tree = Tree::from_shared(entries)
             .map_err(|e| SyncError::Inconsistent(format!("stored {} tree: {e}", table.name())))?;
         Ok((tree, versions))
     }

@@ -30,11 +30,13 @@ pub enum Skipped {
 /// The local tree of `views`, with `file_content` giving each file's manifest id and size as
 /// last taken, and `dir_mtime` the mtime to show for a directory (directory mtimes follow
 /// the synced tree: they change with every entry and are not synced, as with Dropbox).
+/// Each entry equal to one of `likes` is shared with it ([`Entry::share`]).
 /// Also the names special files take (those a remote node could clash with).
 pub fn local_tree(
     views: &[NodeView],
     file_content: impl Fn(&NodeView) -> Option<(ManifestId, u64)>,
     dir_mtime: impl Fn(NodeId) -> Option<i64>,
+    likes: &[&Tree],
 ) -> Result<(Tree, Vec<Skipped>, LocalOnly), TreeError> {
     let mut skipped = Vec::new();
     let mut bad: HashSet<NodeId> = HashSet::new();
@@ -48,7 +50,9 @@ pub fn local_tree(
             continue;
         }
         match entry_of(v, &file_content, &dir_mtime) {
-            Ok(entry) => entries.push((v.id, entry)),
+            Ok(entry) => {
+                entries.push((v.id, entry.share(likes.iter().map(|t| t.get_shared(v.id)))))
+            }
             Err(why) => {
                 bad.insert(v.id);
                 skipped.push(why);
@@ -69,7 +73,7 @@ pub fn local_tree(
     let (kept, dropped): (Vec<_>, Vec<_>) =
         entries.into_iter().partition(|(id, _)| !beneath_bad(*id));
     skipped.extend(dropped.into_iter().map(|(id, _)| Skipped::Beneath(id)));
-    let tree = Tree::from_entries(kept)?;
+    let tree = Tree::from_shared(kept)?;
     // Beneath a directory left out, nothing remote can reach the name.
     let local_only: LocalOnly = special
         .into_iter()
@@ -183,6 +187,7 @@ mod tests {
             &views,
             |v| (v.id == f || v.id == under).then(|| (m.id(), m.size())),
             |_| Some(99),
+            &[],
         )
         .unwrap();
         assert_eq!(

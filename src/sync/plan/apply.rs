@@ -1,7 +1,7 @@
 //! Applying plan steps to an in-memory tree (the engine's copy of a side, and tests).
 
 use super::steps::{LocalStep, PushStep};
-use super::tree::{Content, Entry, Tree, TreeError};
+use super::tree::{Content, Tree, TreeError};
 
 impl Tree {
     /// Applies one step of [`super::Plan::to_local`], checked as the tree checks any change.
@@ -52,7 +52,7 @@ impl Tree {
                 xattrs,
             } => self.set_attrs(*node, *mode, *mtime, xattrs.clone()),
             PushStep::Move { node, parent, name } => self.move_node(*node, *parent, name.clone()),
-            PushStep::Delete { node } => self.remove(*node).map(|_: Entry| ()),
+            PushStep::Delete { node } => self.remove(*node).map(|_| ()),
         }
     }
 }

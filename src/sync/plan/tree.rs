@@ -1,6 +1,11 @@
 //! One view of a volume: nodes by id with a name index, a valid tree by construction.
+//!
+//! Entries are shared ([`Arc`]): the engine's three trees are nearly identical, and a node
+//! whose entry is equal in two of them is held once ([`Entry::share`], [`Tree::adopt`]).
+//! A change to a shared entry copies it first, so sharing never shows in what a tree holds.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::chunking::ManifestId;
 use crate::protocol::{Name, NodeId, NodeKind, Xattrs};
@@ -61,6 +66,23 @@ impl Entry {
     /// Same node, same place: (parent, name).
     pub(crate) fn same_place(&self, other: &Entry) -> bool {
         self.parent == other.parent && self.name == other.name
+    }
+
+    /// This entry as a shared one: the first of `likes` that is equal to it (no new
+    /// allocation), else a new one that takes the name of a like that has the same name.
+    pub fn share<'a>(self, likes: impl IntoIterator<Item = Option<&'a Arc<Entry>>>) -> Arc<Entry> {
+        let mut entry = self;
+        let mut named = false;
+        for like in likes.into_iter().flatten() {
+            if **like == entry {
+                return Arc::clone(like);
+            }
+            if !named && like.name == entry.name {
+                entry.name = like.name.clone();
+                named = true;
+            }
+        }
+        Arc::new(entry)
     }
 }
 
@@ -124,8 +146,9 @@ pub enum TreeError {
 /// no cycles. Each change is checked, so a tree that exists is one the planner can trust.
 #[derive(Clone, Debug, Default)]
 pub struct Tree {
-    nodes: BTreeMap<NodeId, Entry>,
-    /// Children by name, per directory (an absent key is an empty directory).
+    nodes: BTreeMap<NodeId, Arc<Entry>>,
+    /// Children by name, per directory (an absent key is an empty directory); each name is
+    /// the one its entry holds (shared text).
     children: HashMap<NodeId, BTreeMap<Name, NodeId>>,
 }
 
@@ -148,7 +171,14 @@ impl Tree {
     pub fn from_entries(
         entries: impl IntoIterator<Item = (NodeId, Entry)>,
     ) -> Result<Self, TreeError> {
-        let mut by_id: BTreeMap<NodeId, Entry> = BTreeMap::new();
+        Self::from_shared(entries.into_iter().map(|(id, e)| (id, Arc::new(e))))
+    }
+
+    /// [`Tree::from_entries`] of shared entries.
+    pub fn from_shared(
+        entries: impl IntoIterator<Item = (NodeId, Arc<Entry>)>,
+    ) -> Result<Self, TreeError> {
+        let mut by_id: BTreeMap<NodeId, Arc<Entry>> = BTreeMap::new();
         for (id, entry) in entries {
             if id == NodeId::ROOT {
                 return Err(TreeError::Root);
@@ -167,7 +197,7 @@ impl Tree {
         while let Some(dir) = stack.pop() {
             for id in kids.remove(&dir).unwrap_or_default() {
                 if let Some(entry) = by_id.remove(&id) {
-                    tree.insert(id, entry)?;
+                    tree.insert_shared(id, entry)?;
                     stack.push(id);
                 }
             }
@@ -190,6 +220,11 @@ impl Tree {
 
     /// The entry of `id` (`None` for the root, which has no entry, and for absent nodes).
     pub fn get(&self, id: NodeId) -> Option<&Entry> {
+        self.nodes.get(&id).map(|e| &**e)
+    }
+
+    /// The entry of `id` as shared, to hold it in another tree without a copy.
+    pub fn get_shared(&self, id: NodeId) -> Option<&Arc<Entry>> {
         self.nodes.get(&id)
     }
 
@@ -209,7 +244,7 @@ impl Tree {
 
     /// All nodes in id order.
     pub fn iter(&self) -> impl Iterator<Item = (NodeId, &Entry)> {
-        self.nodes.iter().map(|(id, e)| (*id, e))
+        self.nodes.iter().map(|(id, e)| (*id, &**e))
     }
 
     /// The node named `name` in directory `parent`.
@@ -262,6 +297,11 @@ impl Tree {
 
     /// Adds node `id` with `entry`.
     pub fn insert(&mut self, id: NodeId, entry: Entry) -> Result<(), TreeError> {
+        self.insert_shared(id, Arc::new(entry))
+    }
+
+    /// [`Tree::insert`] of a shared entry.
+    pub fn insert_shared(&mut self, id: NodeId, entry: Arc<Entry>) -> Result<(), TreeError> {
         if id == NodeId::ROOT {
             return Err(TreeError::Root);
         }
@@ -278,7 +318,7 @@ impl Tree {
     }
 
     /// Removes node `id` (a directory only once empty) and returns its entry.
-    pub fn remove(&mut self, id: NodeId) -> Result<Entry, TreeError> {
+    pub fn remove(&mut self, id: NodeId) -> Result<Arc<Entry>, TreeError> {
         if id == NodeId::ROOT {
             return Err(TreeError::Root);
         }
@@ -310,6 +350,7 @@ impl Tree {
             .or_default()
             .insert(name.clone(), id);
         if let Some(e) = self.nodes.get_mut(&id) {
+            let e = Arc::make_mut(e);
             e.parent = parent;
             e.name = name;
         }
@@ -326,7 +367,9 @@ impl Tree {
                 want: content.kind(),
             });
         }
-        e.content = content;
+        if e.content != content {
+            Arc::make_mut(e).content = content;
+        }
         Ok(())
     }
 
@@ -339,16 +382,41 @@ impl Tree {
         xattrs: Option<Xattrs>,
     ) -> Result<(), TreeError> {
         let e = self.entry_mut(id)?;
-        if let Some(m) = mode {
-            e.mode = m;
+        // A shared entry is copied only for a real change.
+        if let Some(m) = mode.filter(|m| *m != e.mode) {
+            Arc::make_mut(e).mode = m;
         }
-        if let Some(t) = mtime {
-            e.mtime = t;
+        if let Some(t) = mtime.filter(|t| *t != e.mtime) {
+            Arc::make_mut(e).mtime = t;
         }
-        if let Some(x) = xattrs {
-            e.xattrs = x;
+        if let Some(x) = xattrs.filter(|x| *x != e.xattrs) {
+            Arc::make_mut(e).xattrs = x;
         }
         Ok(())
+    }
+
+    /// Holds `like` as the entry of `id` if it is equal to the entry there, so the two trees
+    /// share it (a name equal but held apart is shared too). True if `id` now holds `like`.
+    pub fn adopt(&mut self, id: NodeId, like: &Arc<Entry>) -> bool {
+        let Some(e) = self.nodes.get_mut(&id) else {
+            return false;
+        };
+        if Arc::ptr_eq(e, like) {
+            return true;
+        }
+        if **e != **like {
+            return false;
+        }
+        *e = Arc::clone(like);
+        // The index's key is the old entry's name: take the shared one, so the old text goes.
+        if let Some(m) = self.children.get_mut(&like.parent)
+            && let Some((key, _)) = m.get_key_value(&like.name)
+            && !key.same_text(&like.name)
+        {
+            m.remove(&like.name);
+            m.insert(like.name.clone(), id);
+        }
+        true
     }
 
     /// Sets every node of `changes` to its entry (`None`: not in the tree), all at once: the
@@ -359,12 +427,20 @@ impl Tree {
         &mut self,
         changes: impl IntoIterator<Item = (NodeId, Option<Entry>)>,
     ) -> Result<(), TreeError> {
+        self.update_shared(changes.into_iter().map(|(id, e)| (id, e.map(Arc::new))))
+    }
+
+    /// [`Tree::update`] with shared entries.
+    pub fn update_shared(
+        &mut self,
+        changes: impl IntoIterator<Item = (NodeId, Option<Arc<Entry>>)>,
+    ) -> Result<(), TreeError> {
         // The last change of a node wins.
-        let changes: BTreeMap<NodeId, Option<Entry>> = changes.into_iter().collect();
+        let changes: BTreeMap<NodeId, Option<Arc<Entry>>> = changes.into_iter().collect();
         if changes.contains_key(&NodeId::ROOT) {
             return Err(TreeError::Root);
         }
-        let old: Vec<(NodeId, Option<Entry>)> = changes
+        let old: Vec<(NodeId, Option<Arc<Entry>>)> = changes
             .keys()
             .map(|&id| (id, self.detach_raw(id)))
             .collect();
@@ -380,7 +456,7 @@ impl Tree {
                 });
                 break;
             }
-            self.attach_raw(id, entry.clone());
+            self.attach_raw(id, Arc::clone(entry));
             placed.push(id);
         }
         if result.is_ok() {
@@ -411,8 +487,8 @@ impl Tree {
     /// no removed directory keeps a child.
     fn check_updated(
         &self,
-        changes: &BTreeMap<NodeId, Option<Entry>>,
-        old: &[(NodeId, Option<Entry>)],
+        changes: &BTreeMap<NodeId, Option<Arc<Entry>>>,
+        old: &[(NodeId, Option<Arc<Entry>>)],
     ) -> Result<(), TreeError> {
         for (id, before) in old {
             match (before, changes.get(id).and_then(Option::as_ref)) {
@@ -454,7 +530,7 @@ impl Tree {
 
     /// Takes `id` out of the nodes and of its directory's index, leaving its own children
     /// indexed under it.
-    fn detach_raw(&mut self, id: NodeId) -> Option<Entry> {
+    fn detach_raw(&mut self, id: NodeId) -> Option<Arc<Entry>> {
         let entry = self.nodes.remove(&id)?;
         if self.child(entry.parent, &entry.name) == Some(id) {
             self.unlink(entry.parent, &entry.name);
@@ -463,7 +539,7 @@ impl Tree {
     }
 
     /// Puts `id` in the nodes and its directory's index, unchecked.
-    fn attach_raw(&mut self, id: NodeId, entry: Entry) {
+    fn attach_raw(&mut self, id: NodeId, entry: Arc<Entry>) {
         self.children
             .entry(entry.parent)
             .or_default()
@@ -471,7 +547,7 @@ impl Tree {
         self.nodes.insert(id, entry);
     }
 
-    fn entry_mut(&mut self, id: NodeId) -> Result<&mut Entry, TreeError> {
+    fn entry_mut(&mut self, id: NodeId) -> Result<&mut Arc<Entry>, TreeError> {
         if id == NodeId::ROOT {
             return Err(TreeError::Root);
         }
@@ -665,5 +741,57 @@ mod tests {
         t.update([(id(1), None), (id(3), None)]).unwrap();
         assert_eq!(t.get(id(1)), None);
         assert_eq!(t.child(NodeId::ROOT, &Name::new("b").unwrap()), None);
+    }
+
+    #[test]
+    fn equal_entries_are_held_once_and_changes_copy_them_first() {
+        let mut a = Tree::new();
+        a.insert(id(1), entry(0, "d", Content::Dir)).unwrap();
+        a.insert(id(2), entry(1, "f", file())).unwrap();
+        let shared = |t: &Tree, u: &Tree, n: u128| {
+            Arc::ptr_eq(t.get_shared(id(n)).unwrap(), u.get_shared(id(n)).unwrap())
+        };
+        // Built from equal entries: the like's own; a different one keeps the like's name.
+        let mut touched = entry(1, "f", file());
+        touched.mtime = 5;
+        let b = Tree::from_shared([
+            (
+                id(1),
+                entry(0, "d", Content::Dir).share([a.get_shared(id(1))]),
+            ),
+            (id(2), touched.share([None, a.get_shared(id(2))])),
+        ])
+        .unwrap();
+        assert!(shared(&a, &b, 1));
+        assert!(!shared(&a, &b, 2));
+        assert!(
+            b.get(id(2))
+                .unwrap()
+                .name
+                .same_text(&a.get(id(2)).unwrap().name)
+        );
+        // A change copies the shared entry: the other tree keeps what it had.
+        let mut c = b.clone();
+        c.set_attrs(id(1), Some(0o700), None, None).unwrap();
+        assert_eq!(b.get(id(1)).unwrap().mode, 0o644);
+        assert_eq!(c.get(id(1)).unwrap().mode, 0o700);
+        assert!(!shared(&b, &c, 1));
+        // Setting what it holds already is no change: still shared.
+        let mut d = b.clone();
+        d.set_attrs(id(1), Some(0o644), Some(0), None).unwrap();
+        d.set_content(id(2), file()).unwrap();
+        assert!(shared(&b, &d, 1) && shared(&b, &d, 2));
+        // Adopting: only an equal entry, which then is held once, names and index included.
+        let mut e = Tree::from_entries(a.iter().map(|(i, e)| (i, e.clone()))).unwrap();
+        assert!(!shared(&a, &e, 2));
+        assert!(!e.adopt(id(2), b.get_shared(id(2)).unwrap()), "not equal");
+        assert!(e.adopt(id(2), a.get_shared(id(2)).unwrap()));
+        assert!(shared(&a, &e, 2));
+        let f = Name::new("f").unwrap();
+        let (key, _) = e.children[&id(1)].get_key_value(&f).unwrap();
+        assert!(key.same_text(&a.get(id(2)).unwrap().name));
+        assert_eq!(e, a);
+        assert_eq!(e.child(id(1), &f), Some(id(2)));
+        assert!(!e.adopt(id(9), a.get_shared(id(2)).unwrap()), "absent");
     }
 }
