@@ -69,8 +69,10 @@ type ActivityMap = Arc<Mutex<HashMap<DeviceId, Activity>>>;
 /// Holdings recorded lately, with each chunk's decoded length: the fetches and the commit
 /// that follow an upload ask about exactly these.
 pub(super) type HeldLately = Recent<(VolumeId, ChunkId), u32>;
-/// Holdings remembered per generation (about 4 GiB of chunks, ~12 MiB).
-const HELD_LATELY: usize = 256 << 10;
+/// Holdings remembered per generation: more than the chunks of two full commits of small
+/// files, or 224 MiB of 16 KiB chunks; at most ~1.6 MiB for both generations (see
+/// [`Recent`]), whatever the volume's size.
+const HELD_LATELY: usize = crate::server::recent::FULL_AT_16K;
 
 /// The embedded metadata store: one SQLite file in WAL mode, `synchronous=FULL` for every
 /// write but the volume holdings (see [`Durability`]).
