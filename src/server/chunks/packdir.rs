@@ -201,8 +201,12 @@ impl PackDirStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, ChunkStoreError>,
     ) -> Result<T, ChunkStoreError> {
-        self.readers
-            .with(|| open_index(&self.root.join("index.sqlite")), f)
+        let open = || {
+            let c = open_index(&self.root.join("index.sqlite"))?;
+            crate::server::readers::bound_cache(&c)?;
+            Ok(c)
+        };
+        self.readers.with(open, f)
     }
 
     fn pack_file(&self, no: u64) -> Result<Arc<File>, ChunkStoreError> {

@@ -29,7 +29,6 @@ use crate::protocol::{
 const MAX_GROUP: usize = 256;
 /// How long device activity may wait in memory before it is written.
 const ACTIVITY_FLUSH: Duration = Duration::from_secs(2);
-/// Reader connections kept open between requests.
 /// A changes page stops growing past this many bytes of ops (at least one commit is sent).
 const CHANGES_PAGE_BYTES: usize = 8 << 20;
 
@@ -132,6 +131,7 @@ impl SqliteMeta {
         let open = || -> Result<Connection, MetaError> {
             let c = Connection::open(&self.path)?;
             schema::prepare(&c, false)?;
+            crate::server::readers::bound_cache(&c)?;
             Ok(c)
         };
         self.readers.with(open, f)
