@@ -324,12 +324,14 @@ pub async fn commit(
     let started = std::time::Instant::now();
     let body = body_bytes(body)?;
     let req = parse_commit(&body)?;
+    // Parsed: the body's memory is not needed while the commit waits for the writer.
+    drop(body);
     check_ops(&req)?;
     let parsed = started.elapsed();
     let meta = state.meta.clone();
     let device = caller.0.device;
     let txn = req.txn;
-    let outcome = blocking(move || Ok(meta.commit(vol, device, &req)?)).await?;
+    let outcome = blocking(move || Ok(meta.commit(vol, device, req)?)).await?;
     Ok(Json(match outcome {
         CommitOutcome::Applied(seq) => {
             tracing::debug!(

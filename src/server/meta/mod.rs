@@ -273,11 +273,12 @@ pub trait MetaStore: Send + Sync {
     /// which the devices are then asked for and upload again.
     fn record_chunks(&self, vol: VolumeId, chunks: &[ChunkRef]) -> Result<(), MetaError>;
     /// Applies a transaction atomically and durably, or refuses it; idempotent on (device, txn).
+    /// Takes the request whole: it may be handed to a writer thread without a copy.
     fn commit(
         &self,
         vol: VolumeId,
         device: DeviceId,
-        req: &CommitRequest,
+        req: CommitRequest,
     ) -> Result<CommitOutcome, CommitError>;
     /// Up to `limit` commits after `after`, and the head.
     fn changes(&self, vol: VolumeId, after: Seq, limit: u32) -> Result<ChangesResponse, MetaError>;

@@ -720,13 +720,13 @@ impl MetaStore for SqliteMeta {
         &self,
         vol: VolumeId,
         device: DeviceId,
-        req: &CommitRequest,
+        req: CommitRequest,
     ) -> Result<CommitOutcome, CommitError> {
         // The hash tells a retry (same transaction) from a reused txn id (another one).
-        let encoded = serde_json::to_vec(req)
+        let encoded = serde_json::to_vec(&req)
             .map_err(|e| MetaError::Corrupt(format!("cannot encode commit: {e}")))?;
         let hash = *blake3::hash(&encoded).as_bytes();
-        let req = req.clone();
+        drop(encoded);
         let held = self.held.clone();
         self.write(move |c| commit::apply(c, &held, vol, device, &req, &hash, now_ms()))
     }
