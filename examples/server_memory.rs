@@ -10,7 +10,8 @@
 //!
 //! Prints the figures after each phase; last line:
 //! `bench server_memory: files=N rss_growth_kb=K hwm_growth_kb=K`, both measured from the
-//! server started with the empty volume (warmed up by one small commit and pull) to the end.
+//! server started with the empty volume (warmed up by one small commit and pull) to the end,
+//! once the server has settled (past its periodic trim of freed memory).
 //!
 //! Usage: server_memory PATH_TO_DELTADRIVE [FILES] [DATA_DIR]
 //! `SERVER_WRAP="heaptrack -o FILE"` runs the server under that command (figures are then
@@ -317,10 +318,13 @@ fn main() -> Res<()> {
         "C joined ({joined} chunks) in {:.1} s: rss_kb={rss2} hwm_kb={hwm2}",
         started.elapsed().as_secs_f64()
     );
-    thread::sleep(Duration::from_secs(3));
+    // Settled: past the server's periodic trim (`server::allocator::TRIM_EVERY`).
+    let settle = deltadrive::server::allocator::TRIM_EVERY + Duration::from_secs(2);
+    thread::sleep(settle);
     let (rss3, hwm3) = memory(pid)?;
     println!(
-        "3 s later: rss_kb={rss3} hwm_kb={hwm3} ({})",
+        "{} s later: rss_kb={rss3} hwm_kb={hwm3} ({})",
+        settle.as_secs(),
         breakdown(pid)
     );
     if let Some(secs) = std::env::var("PAUSE_SECS")

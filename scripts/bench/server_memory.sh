@@ -13,8 +13,9 @@
 #
 # Last line:
 #   bench server_memory: files=N rss_growth_kb=K hwm_growth_kb=K
-# rss_growth_kb: VmRSS at the end minus VmRSS of the warmed-up server with an empty volume;
-# hwm_growth_kb: the same for VmHWM (the peak).
+# rss_growth_kb: VmRSS at the end (12 s after the join: past the server's periodic trim)
+# minus VmRSS of the warmed-up server with an empty volume; hwm_growth_kb: the same for
+# VmHWM (the peak).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n="${1:-100000}"
