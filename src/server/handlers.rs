@@ -18,7 +18,7 @@ use super::auth::Caller;
 use super::chunks::VerifiedPayload;
 use super::error::{ApiError, blocking};
 use super::hints::HintError;
-use super::meta::{CommitOutcome, SnapshotItem, VolumeAccess, VolumeId};
+use super::meta::{ChangesPage, CommitOutcome, SnapshotItem, VolumeAccess, VolumeId};
 use super::validate::{check_ops, parse_commit, parse_json};
 use crate::chunking::{ChunkId, ChunkRef};
 use crate::protocol::framing::{self, BATCH_MEDIA_TYPE, CHUNK_MEDIA_TYPE};
@@ -27,9 +27,9 @@ use crate::protocol::limits::{
     MAX_IDS_PER_REQUEST, MAX_WAIT_SECS,
 };
 use crate::protocol::{
-    AccountName, ChangesQuery, ChangesResponse, ChunkIdsRequest, CommitResponse, CursorRequest,
-    DevicesResponse, ErrorCode, HintRequest, HintsQuery, HintsResponse, MissingResponse, Seq,
-    UploadResponse, VolumesResponse,
+    AccountName, ChangesQuery, ChunkIdsRequest, CommitResponse, CursorRequest, DevicesResponse,
+    ErrorCode, HintRequest, HintsQuery, HintsResponse, MissingResponse, Seq, UploadResponse,
+    VolumesResponse,
 };
 
 /// Snapshot bodies are sent in pieces of about this size.
@@ -324,12 +324,14 @@ pub async fn commit(
     let started = std::time::Instant::now();
     let body = body_bytes(body)?;
     let req = parse_commit(&body)?;
+    // Parsed: the body's memory is not needed while the commit waits for the writer.
+    drop(body);
     check_ops(&req)?;
     let parsed = started.elapsed();
     let meta = state.meta.clone();
     let device = caller.0.device;
     let txn = req.txn;
-    let outcome = blocking(move || Ok(meta.commit(vol, device, &req)?)).await?;
+    let outcome = blocking(move || Ok(meta.commit(vol, device, req)?)).await?;
     Ok(Json(match outcome {
         CommitOutcome::Applied(seq) => {
             tracing::debug!(
@@ -358,7 +360,7 @@ async fn changes_page(
     vol: VolumeId,
     after: Seq,
     limit: u32,
-) -> Result<ChangesResponse, ApiError> {
+) -> Result<ChangesPage, ApiError> {
     let meta = state.meta.clone();
     blocking(move || Ok(meta.changes(vol, after, limit)?)).await
 }
@@ -369,7 +371,7 @@ pub async fn changes(
     caller: Caller,
     vol: Result<Path<String>, PathRejection>,
     query: Result<Query<ChangesQuery>, QueryRejection>,
-) -> Result<Json<ChangesResponse>, ApiError> {
+) -> Result<Json<ChangesPage>, ApiError> {
     let vol = volume(&state, &caller, &path_param(vol)?).await?;
     let Query(q) = query.map_err(|r| ApiError::new(ErrorCode::BadRequest, r.body_text()))?;
     let after = Seq(q.after);

@@ -4,12 +4,18 @@
 //! Only for facts that never stop being true once durable (a chunk's place in a pack, a
 //! volume holding a chunk): an entry is added after its write committed and is never wrong,
 //! only forgotten. Two generations of at most `cap` entries each: when the young one fills,
-//! it becomes the old one and the old one is dropped, so memory stays bounded without a
-//! per-entry recency list.
+//! it becomes the old one and the old one is emptied to be the young one, so memory stays
+//! bounded without a per-entry recency list. Each generation's table is allocated once, at
+//! its full size: it never grows by doubling (which would hold both tables at once) and is
+//! reused, not freed, when it ages.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
+
+/// A `cap` that fills a table of 16 Ki buckets (hashbrown's load factor is 7/8): the
+/// largest under 16 Ki before the table doubles.
+pub const FULL_AT_16K: usize = (16 << 10) / 8 * 7;
 
 /// Recently stored keys with their values; see the module doc.
 #[derive(Debug)]
@@ -30,8 +36,8 @@ impl<K: Eq + Hash, V: Copy> Recent<K, V> {
         Self {
             cap: cap.max(1),
             gens: Mutex::new(Generations {
-                young: HashMap::new(),
-                old: HashMap::new(),
+                young: HashMap::with_capacity(cap),
+                old: HashMap::with_capacity(cap),
             }),
         }
     }
@@ -41,7 +47,9 @@ impl<K: Eq + Hash, V: Copy> Recent<K, V> {
         let mut g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
         for (k, v) in entries {
             if g.young.len() >= self.cap {
-                g.old = std::mem::take(&mut g.young);
+                let g = &mut *g;
+                std::mem::swap(&mut g.young, &mut g.old);
+                g.young.clear();
             }
             g.young.insert(k, v);
         }
@@ -73,5 +81,22 @@ mod tests {
         assert_eq!(r.get(&5), Some(50));
         assert_eq!(r.get(&6), Some(60));
         assert_eq!(r.get(&9), None);
+    }
+
+    #[test]
+    fn the_tables_are_sized_once_and_reused_as_generations_age() {
+        let r: Recent<u64, u64> = Recent::new(FULL_AT_16K);
+        let capacities = |r: &Recent<u64, u64>| {
+            let g = r.gens.lock().unwrap();
+            (g.young.capacity(), g.old.capacity())
+        };
+        let at_start = capacities(&r);
+        assert!(at_start.0 >= FULL_AT_16K && at_start.1 >= FULL_AT_16K);
+        // Ten generations' worth: neither table grows, so memory is what it was at start.
+        r.insert_all((0..10 * FULL_AT_16K as u64).map(|k| (k, k)));
+        assert_eq!(capacities(&r), at_start);
+        let last = 10 * FULL_AT_16K as u64 - 1;
+        assert_eq!(r.get(&last), Some(last));
+        assert_eq!(r.get(&0), None);
     }
 }

@@ -42,9 +42,10 @@ pub(super) const ENTRY_HEADER: u64 = 36;
 /// Packs per subdirectory, so no directory grows past about a thousand entries.
 const PACKS_PER_DIR_SHIFT: u32 = 10;
 const MAX_OPEN_PACKS: usize = 256;
-/// Index rows remembered in memory per generation (about 4 GiB of chunks, ~15 MiB): chunks
-/// just uploaded are the ones the other devices fetch next.
-const RECENT_ROWS: usize = 256 << 10;
+/// Index rows remembered in memory per generation: chunks just uploaded are the ones the
+/// other devices fetch next, within seconds (224 MiB of 16 KiB chunks, the chunks of
+/// 14,000 small files); at most ~1.8 MiB for both generations, whatever the store's size.
+const RECENT_ROWS: usize = crate::server::recent::FULL_AT_16K;
 
 /// Where a chunk's payload is: pack number, offset, length.
 pub(super) type Location = (u64, u64, u32);
@@ -200,8 +201,12 @@ impl PackDirStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, ChunkStoreError>,
     ) -> Result<T, ChunkStoreError> {
-        self.readers
-            .with(|| open_index(&self.root.join("index.sqlite")), f)
+        let open = || {
+            let c = open_index(&self.root.join("index.sqlite"))?;
+            crate::server::readers::bound_cache(&c)?;
+            Ok(c)
+        };
+        self.readers.with(open, f)
     }
 
     fn pack_file(&self, no: u64) -> Result<Arc<File>, ChunkStoreError> {

@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use crate::chunking::{ChunkId, ChunkRef};
 use crate::protocol::{
-    AccountName, ChangesResponse, CommitRequest, DeviceInfo, NodeId, NodeRecord, Seq, StaleNode,
-    VolumeInfo,
+    AccountName, CommitRequest, DeviceInfo, NodeId, NodeRecord, Seq, StaleNode, TxnId, VolumeInfo,
 };
 
 pub use sqlite::SqliteMeta;
@@ -220,6 +219,34 @@ pub struct VolumeSummary {
     pub head: Seq,
 }
 
+/// A page of the change log as stored: [`crate::protocol::ChangesResponse`] on the wire, with
+/// each commit's ops passed through as the JSON the commit stored, not parsed and encoded
+/// again for every device that pulls them.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChangesPage {
+    /// The volume's head when the page was read.
+    pub head: Seq,
+    /// Commits after the cursor, in seq order, gapless.
+    pub changes: Vec<StoredChange>,
+    /// True when more commits follow the last one in this page.
+    pub more: bool,
+}
+
+/// One commit of a [`ChangesPage`]: [`crate::protocol::Change`] with its ops as stored.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StoredChange {
+    /// Its seq.
+    pub seq: Seq,
+    /// The device that committed it.
+    pub device: AccountName,
+    /// The device's transaction id.
+    pub txn: TxnId,
+    /// When the server applied it, milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// The ops as applied: the JSON array the commit stored.
+    pub ops: Box<serde_json::value::RawValue>,
+}
+
 /// What a snapshot reader is handed, in order: the seq first, then every live node.
 #[derive(Clone, Debug)]
 pub enum SnapshotItem {
@@ -273,14 +300,15 @@ pub trait MetaStore: Send + Sync {
     /// which the devices are then asked for and upload again.
     fn record_chunks(&self, vol: VolumeId, chunks: &[ChunkRef]) -> Result<(), MetaError>;
     /// Applies a transaction atomically and durably, or refuses it; idempotent on (device, txn).
+    /// Takes the request whole: it may be handed to a writer thread without a copy.
     fn commit(
         &self,
         vol: VolumeId,
         device: DeviceId,
-        req: &CommitRequest,
+        req: CommitRequest,
     ) -> Result<CommitOutcome, CommitError>;
     /// Up to `limit` commits after `after`, and the head.
-    fn changes(&self, vol: VolumeId, after: Seq, limit: u32) -> Result<ChangesResponse, MetaError>;
+    fn changes(&self, vol: VolumeId, after: Seq, limit: u32) -> Result<ChangesPage, MetaError>;
     /// The volume's head.
     fn head(&self, vol: VolumeId) -> Result<Seq, MetaError>;
     /// The whole tree at one seq, handed to `sink` item by item; `sink` returns false to stop.

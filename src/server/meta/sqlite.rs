@@ -12,24 +12,25 @@ use std::time::Duration;
 use crate::server::readers::ReaderPool;
 use crate::server::recent::Recent;
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::value::RawValue;
 
 use super::commit;
 use super::schema::{self, KIND_DIR, KIND_FILE, KIND_SYMLINK};
 use super::{
-    CommitError, CommitOutcome, DeviceAuth, DeviceId, DeviceSummary, MetaError, MetaStore,
-    SnapshotItem, TokenHash, UserId, UserSummary, VolumeAccess, VolumeId, VolumeSummary,
+    ChangesPage, CommitError, CommitOutcome, DeviceAuth, DeviceId, DeviceSummary, MetaError,
+    MetaStore, SnapshotItem, StoredChange, TokenHash, UserId, UserSummary, VolumeAccess, VolumeId,
+    VolumeSummary,
 };
 use crate::chunking::{ChunkId, ChunkRef, ManifestId};
 use crate::protocol::{
-    AccountName, Change, ChangesResponse, CommitRequest, DeviceInfo, Name, NodeId, NodeKind,
-    NodeRecord, Op, Seq, TxnId, VolumeInfo, Xattrs,
+    AccountName, CommitRequest, DeviceInfo, Name, NodeId, NodeKind, NodeRecord, Seq, TxnId,
+    VolumeInfo, Xattrs,
 };
 
 /// Most writes folded into one group commit.
 const MAX_GROUP: usize = 256;
 /// How long device activity may wait in memory before it is written.
 const ACTIVITY_FLUSH: Duration = Duration::from_secs(2);
-/// Reader connections kept open between requests.
 /// A changes page stops growing past this many bytes of ops (at least one commit is sent).
 const CHANGES_PAGE_BYTES: usize = 8 << 20;
 
@@ -69,8 +70,10 @@ type ActivityMap = Arc<Mutex<HashMap<DeviceId, Activity>>>;
 /// Holdings recorded lately, with each chunk's decoded length: the fetches and the commit
 /// that follow an upload ask about exactly these.
 pub(super) type HeldLately = Recent<(VolumeId, ChunkId), u32>;
-/// Holdings remembered per generation (about 4 GiB of chunks, ~12 MiB).
-const HELD_LATELY: usize = 256 << 10;
+/// Holdings remembered per generation: more than the chunks of two full commits of small
+/// files, or 224 MiB of 16 KiB chunks; at most ~1.6 MiB for both generations (see
+/// [`Recent`]), whatever the volume's size.
+const HELD_LATELY: usize = crate::server::recent::FULL_AT_16K;
 
 /// The embedded metadata store: one SQLite file in WAL mode, `synchronous=FULL` for every
 /// write but the volume holdings (see [`Durability`]).
@@ -130,6 +133,7 @@ impl SqliteMeta {
         let open = || -> Result<Connection, MetaError> {
             let c = Connection::open(&self.path)?;
             schema::prepare(&c, false)?;
+            crate::server::readers::bound_cache(&c)?;
             Ok(c)
         };
         self.readers.with(open, f)
@@ -718,18 +722,18 @@ impl MetaStore for SqliteMeta {
         &self,
         vol: VolumeId,
         device: DeviceId,
-        req: &CommitRequest,
+        req: CommitRequest,
     ) -> Result<CommitOutcome, CommitError> {
         // The hash tells a retry (same transaction) from a reused txn id (another one).
-        let encoded = serde_json::to_vec(req)
+        let encoded = serde_json::to_vec(&req)
             .map_err(|e| MetaError::Corrupt(format!("cannot encode commit: {e}")))?;
         let hash = *blake3::hash(&encoded).as_bytes();
-        let req = req.clone();
+        drop(encoded);
         let held = self.held.clone();
         self.write(move |c| commit::apply(c, &held, vol, device, &req, &hash, now_ms()))
     }
 
-    fn changes(&self, vol: VolumeId, after: Seq, limit: u32) -> Result<ChangesResponse, MetaError> {
+    fn changes(&self, vol: VolumeId, after: Seq, limit: u32) -> Result<ChangesPage, MetaError> {
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
             let head = volume_head(&tx, vol)?;
@@ -749,14 +753,15 @@ impl MetaStore for SqliteMeta {
                 }
                 let ops_text: String = r.get(4)?;
                 bytes += ops_text.len();
-                let ops: Vec<Op> = serde_json::from_str(&ops_text)
+                // Checked to be JSON, not parsed: the commit stored what it applied.
+                let ops = RawValue::from_string(ops_text)
                     .map_err(|e| MetaError::Corrupt(format!("stored ops: {e}")))?;
                 let txn_blob: Vec<u8> = r.get(2)?;
                 let txn: [u8; 16] = txn_blob
                     .as_slice()
                     .try_into()
                     .map_err(|_| MetaError::Corrupt("txn id".into()))?;
-                changes.push(Change {
+                changes.push(StoredChange {
                     seq: Seq(to_u64(r.get(0)?)?),
                     device: account_name(r.get(1)?)?,
                     txn: TxnId::from_bytes(txn),
@@ -764,7 +769,7 @@ impl MetaStore for SqliteMeta {
                     ops,
                 });
             }
-            Ok(ChangesResponse {
+            Ok(ChangesPage {
                 head,
                 changes,
                 more,
@@ -964,6 +969,69 @@ mod tests {
         assert_eq!(synchronous(&meta, Durability::WithNext), 1);
         assert_eq!(synchronous(&meta, Durability::WithNext), 1);
         assert_eq!(synchronous(&meta, Durability::Now), 2);
+    }
+
+    /// A changes page passes the stored ops through: on the wire it is the protocol's
+    /// `ChangesResponse`, with each commit's ops as the device committed them.
+    #[test]
+    fn a_changes_page_reads_as_the_protocol_s_response_with_the_committed_ops() {
+        use crate::protocol::{ChangesResponse, CreateOp, Op};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = SqliteMeta::open(&dir.path().join("meta.sqlite")).expect("open");
+        let alice = AccountName::new("alice").expect("name");
+        let docs = AccountName::new("docs").expect("name");
+        meta.add_user(&alice).expect("user");
+        meta.add_device(
+            &alice,
+            &AccountName::new("laptop").expect("name"),
+            &TokenHash([7; 32]),
+        )
+        .expect("device");
+        meta.create_volume(&alice, &docs).expect("volume");
+        let device = meta
+            .authenticate(&TokenHash([7; 32]))
+            .expect("auth")
+            .expect("device");
+        let VolumeAccess::Granted(vol) = meta.resolve_volume(device.user, &docs).expect("vol")
+        else {
+            panic!("volume not granted");
+        };
+        let mkdir = |n: &str| {
+            Op::Create(CreateOp {
+                node: NodeId::random(),
+                parent: NodeId::ROOT,
+                name: Name::new(n).expect("name"),
+                kind: NodeKind::Dir,
+                mode: 0o755,
+                mtime: 5,
+                xattrs: Xattrs::new(),
+                manifest: None,
+                manifest_id: None,
+                target: None,
+            })
+        };
+        let reqs: Vec<CommitRequest> = (0..3)
+            .map(|i| CommitRequest {
+                format: 1,
+                txn: TxnId::random(),
+                ops: vec![mkdir(&format!("a{i}")), mkdir(&format!("b{i}"))],
+            })
+            .collect();
+        for req in &reqs {
+            meta.commit(vol, device.device, req.clone())
+                .expect("commit");
+        }
+        let page = meta.changes(vol, Seq(1), 1).expect("changes");
+        let wire: ChangesResponse =
+            serde_json::from_slice(&serde_json::to_vec(&page).expect("encode")).expect("decode");
+        assert_eq!(wire.head, Seq(3));
+        assert!(wire.more);
+        assert_eq!(wire.changes.len(), 1);
+        let change = &wire.changes[0];
+        assert_eq!(change.seq, Seq(2));
+        assert_eq!(change.device.as_str(), "laptop");
+        assert_eq!(change.txn, reqs[1].txn);
+        assert_eq!(change.ops, reqs[1].ops);
     }
 
     /// A database of schema 1 (holdings without lengths) is upgraded in place: its holdings
