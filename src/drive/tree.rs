@@ -38,7 +38,10 @@ struct Dir {
 /// The node tree and a journal of what changed since it was last drained.
 #[derive(Debug, Default)]
 pub struct Tree {
-    nodes: HashMap<Ino, Node>,
+    /// Each node in a box of its own: the map's slots stay 16 bytes, so the slack of a
+    /// hash table (up to half its slots free after it grows) costs 16 bytes a slot rather
+    /// than a whole node's size, and growing it moves no nodes.
+    nodes: HashMap<Ino, Box<Node>>,
     /// Entries of every directory node still in memory, by its inode.
     dirs: HashMap<Ino, Dir>,
     /// Hashes entry names for `dirs`.
@@ -74,7 +77,11 @@ pub struct Journal {
 
 impl Tree {
     /// A tree holding the given nodes; the root must be among them.
-    pub fn from_nodes(mut nodes: HashMap<Ino, Node>) -> Tree {
+    pub fn from_nodes(nodes: HashMap<Ino, Node>) -> Tree {
+        let mut nodes: HashMap<Ino, Box<Node>> = nodes
+            .into_iter()
+            .map(|(ino, n)| (ino, Box::new(n)))
+            .collect();
         let next_ino = nodes.keys().copied().max().unwrap_or(ROOT_INO) + 1;
         // A further name whose directory is gone (a damaged store) is dropped: the inode
         // keeps its content under its primary name, which the orphan rule places.
@@ -180,7 +187,7 @@ impl Tree {
 
     /// The entry `name` of directory `dir` in `d`: its slot's (hash, inode).
     fn find_entry(
-        nodes: &HashMap<Ino, Node>,
+        nodes: &HashMap<Ino, Box<Node>>,
         d: &Dir,
         dir: Ino,
         hash: u64,
@@ -258,7 +265,7 @@ impl Tree {
 
     /// Iterates over all nodes.
     pub fn iter(&self) -> impl Iterator<Item = (&Ino, &Node)> {
-        self.nodes.iter()
+        self.nodes.iter().map(|(ino, n)| (ino, &**n))
     }
 
     /// Takes the journal.
@@ -312,12 +319,18 @@ impl Tree {
 
     /// The node for `ino`.
     pub fn get(&self, ino: Ino) -> DriveResult<&Node> {
-        self.nodes.get(&ino).ok_or(DriveError::NotFound)
+        self.nodes
+            .get(&ino)
+            .map(|n| &**n)
+            .ok_or(DriveError::NotFound)
     }
 
     /// The node for `ino`, mutably; the caller must [`Tree::touch`] it if it persists a change.
     pub fn get_mut(&mut self, ino: Ino) -> DriveResult<&mut Node> {
-        self.nodes.get_mut(&ino).ok_or(DriveError::NotFound)
+        self.nodes
+            .get_mut(&ino)
+            .map(|n| &mut **n)
+            .ok_or(DriveError::NotFound)
     }
 
     fn dir(&self, ino: Ino) -> DriveResult<&Node> {
@@ -363,7 +376,7 @@ impl Tree {
         node.name = name.into();
         let is_dir = node.kind == Kind::Dir;
         let id = node.id();
-        self.nodes.insert(ino, node);
+        self.nodes.insert(ino, Box::new(node));
         if is_dir {
             self.dirs.insert(ino, Dir::default());
         }
@@ -496,7 +509,7 @@ impl Tree {
                 self.other_backing.remove(&node.backing_id());
             }
             self.dirs.remove(&ino);
-            self.reaped.push((ino, node));
+            self.reaped.push((ino, *node));
         }
     }
 
@@ -682,7 +695,7 @@ impl Tree {
         split.set_blocks(None);
         let new_ino = self.next_ino;
         self.next_ino += 1;
-        self.nodes.insert(new_ino, split);
+        self.nodes.insert(new_ino, Box::new(split));
         self.index_id(id, new_ino);
         // The name's entry now leads to the new inode.
         let hash = self.names.hash_one(&gone.name[..]);
