@@ -121,11 +121,11 @@ pub struct RecordedVersion {
 }
 
 impl RecordedVersion {
-    /// The version `p` of file `ino`.
-    fn of(ino: Ino, p: &PendingVersion) -> RecordedVersion {
+    /// The version `p`, number `number`, of file `ino`.
+    fn of(ino: Ino, number: u64, p: &PendingVersion) -> RecordedVersion {
         RecordedVersion {
             ino,
-            number: p.number,
+            number,
             ranges: p.ranges.clone(),
             size: p.size,
         }
@@ -876,7 +876,6 @@ impl Drive {
             let ranges = n.take_dirty();
             n.version += 1;
             let pending = n.pending.get_or_insert_with(Box::default);
-            pending.number = n.version;
             pending.ranges.union(&ranges);
             pending.size = n.size;
             pending.mtime = n.mtime;
@@ -1109,7 +1108,11 @@ impl Drive {
         let t = lock(&self.tree);
         let mut out: Vec<RecordedVersion> = t
             .iter()
-            .filter_map(|(&ino, n)| n.pending.as_ref().map(|p| RecordedVersion::of(ino, p)))
+            .filter_map(|(&ino, n)| {
+                n.pending
+                    .as_ref()
+                    .map(|p| RecordedVersion::of(ino, n.version, p))
+            })
             .collect();
         out.sort_by_key(|v| v.ino);
         out
@@ -1121,8 +1124,8 @@ impl Drive {
         let mut out: Vec<RecordedVersion> = inos
             .iter()
             .filter_map(|&ino| {
-                let p = t.get(ino).ok()?.pending.as_ref()?;
-                Some(RecordedVersion::of(ino, p))
+                let n = t.get(ino).ok()?;
+                Some(RecordedVersion::of(ino, n.version, n.pending.as_ref()?))
             })
             .collect();
         out.sort_by_key(|v| v.ino);
@@ -1134,9 +1137,10 @@ impl Drive {
     pub fn take_pending(&self, ino: Ino) -> DriveResult<Option<RecordedVersion>> {
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
+            let number = n.version;
             let taken = n.pending.take().map(|p| RecordedVersion {
                 ino,
-                number: p.number,
+                number,
                 ranges: p.ranges,
                 size: p.size,
             });
@@ -1155,7 +1159,7 @@ impl Drive {
     pub fn take_pending_if(&self, ino: Ino, number: u64) -> DriveResult<bool> {
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
-            let current = n.pending.as_ref().is_some_and(|p| p.number == number);
+            let current = n.pending.is_some() && n.version == number;
             let writing = n.open_by_mode().writers > 0
                 && (self.content_ops.load(Ordering::SeqCst) > 0
                     || n.open_by_mode().passthrough > 0);

@@ -113,10 +113,10 @@ pub fn from_nanos(n: Nanos) -> SystemTime {
 }
 
 /// A local version of a file recorded on close or fsync and not yet taken by the sync engine.
+/// Its number is the node's `version`: only the last recorded version can be pending (a
+/// newer one merges into it), so the number is not kept twice.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PendingVersion {
-    /// Monotonic per-file version number.
-    pub number: u64,
     /// Bytes changed since the previous version the sync engine took.
     pub ranges: RangeSet,
     /// File size at the time of recording.

@@ -628,7 +628,7 @@ fn write_row(
     }
     match &n.pending {
         Some(p) => {
-            tx.prepare_cached("INSERT OR REPLACE INTO pending_versions(ino, number, ranges, size, mtime) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![ino_sql, p.number as i64, p.ranges.to_bytes(), p.size as i64, p.mtime])?;
+            tx.prepare_cached("INSERT OR REPLACE INTO pending_versions(ino, number, ranges, size, mtime) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![ino_sql, n.version as i64, p.ranges.to_bytes(), p.size as i64, p.mtime])?;
         }
         None => {
             tx.prepare_cached("DELETE FROM pending_versions WHERE ino = ?1")?
@@ -716,8 +716,10 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
         let ranges = RangeSet::from_bytes(&ranges_blob)
             .ok_or_else(|| StoreError::Corrupt(format!("pending version of {ino}: bad ranges")))?;
         if let Some(node) = nodes.get_mut(&ino) {
+            // The two are written together from one node; should they differ, a number is
+            // never handed out twice.
+            node.version = node.version.max(r.get::<_, i64>(1)? as u64);
             node.pending = Some(Box::new(PendingVersion {
-                number: r.get::<_, i64>(1)? as u64,
                 ranges,
                 size: r.get::<_, i64>(3)? as u64,
                 mtime: r.get(4)?,
@@ -991,7 +993,10 @@ CREATE TABLE IF NOT EXISTS pending_versions (
         );
         assert_eq!(nodes[&3].size, 5);
         assert_eq!(nodes[&3].recorded_stamp(), Some((5, 2)));
-        assert_eq!(nodes[&3].pending.as_ref().map(|p| p.number), Some(4));
+        assert_eq!(
+            nodes[&3].pending.as_ref().map(|_| nodes[&3].version),
+            Some(4)
+        );
         assert_eq!(nodes[&4].target(), b"f");
 
         // The upgraded store takes the new kinds, and they survive a reopen.
