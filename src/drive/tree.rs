@@ -44,11 +44,12 @@ pub struct Tree {
     nodes: HashMap<Ino, Box<Node>>,
     /// Entries of every directory node still in memory, by its inode.
     dirs: HashMap<Ino, Dir>,
-    /// Hashes entry names for `dirs`.
+    /// Hashes entry names for `dirs` and node ids for `by_id`.
     names: RandomState,
-    /// Node id to inode, for every name of every node still in memory.
-    /// (Keyed by the id's bytes: a `u128` key would pad each entry to 32 bytes.)
-    by_id: HashMap<[u8; 16], Ino>,
+    /// Node id to inode, for every name of every node still in memory: (hash of the id,
+    /// inode) each, the id itself compared on the node (16 bytes a slot, where a map keyed
+    /// by ids takes 24, or 32 with the `u128` key's alignment).
+    by_id: HashTable<(u64, Ino)>,
     /// Backing file key to inode, for the nodes still in memory whose key `by_id` does not
     /// give already: a node holding the key `id` that `by_id` maps to it needs no entry,
     /// which is every node but a few (a promoted link, a split name, an id taken over).
@@ -62,6 +63,13 @@ pub struct Tree {
     /// engine last took them ([`Tree::take_watched`]); `None` until it first does, so a
     /// drive nobody syncs keeps no such list.
     watched: Option<HashSet<Ino>>,
+}
+
+/// Whether node `ino` (in `nodes`) has a name with id `id`.
+fn has_id(nodes: &HashMap<Ino, Box<Node>>, ino: Ino, id: NodeId) -> bool {
+    nodes
+        .get(&ino)
+        .is_some_and(|n| n.names().any(|(i, _, _)| i == id))
 }
 
 /// Changes to persist, drained from the tree's journal.
@@ -102,17 +110,19 @@ impl Tree {
                 changed.insert(ino);
             }
         }
-        let by_id = nodes
+        let ids: Vec<(NodeId, Ino)> = nodes
             .iter()
-            .flat_map(|(&ino, n)| n.names().map(move |(id, _, _)| (id.to_bytes(), ino)))
+            .flat_map(|(&ino, n)| n.names().map(move |(id, _, _)| (id, ino)))
             .collect();
         let mut tree = Tree {
             nodes,
-            by_id,
             next_ino,
             changed,
             ..Tree::default()
         };
+        for (id, ino) in ids {
+            tree.id_set(id, ino);
+        }
         let inos: Vec<Ino> = tree.nodes.keys().copied().collect();
         for ino in inos {
             tree.index_backing(ino);
@@ -156,7 +166,7 @@ impl Tree {
             return;
         };
         let key = n.backing_id();
-        if key == n.id() && self.by_id.get(&n.id().to_bytes()) == Some(&ino) {
+        if key == n.id() && self.id_get(n.id()) == Some(ino) {
             if self.other_backing.get(&key) == Some(&ino) {
                 self.other_backing.remove(&key);
             }
@@ -167,7 +177,7 @@ impl Tree {
 
     /// Points `by_id` for `id` at `ino`; a node it led to before may need its key indexed.
     fn index_id(&mut self, id: NodeId, ino: Ino) {
-        if let Some(old) = self.by_id.insert(id.to_bytes(), ino)
+        if let Some(old) = self.id_set(id, ino)
             && old != ino
         {
             self.index_backing(old);
@@ -175,13 +185,43 @@ impl Tree {
         self.index_backing(ino);
     }
 
+    /// The inode `by_id` gives for `id` (unlinked ones too).
+    fn id_get(&self, id: NodeId) -> Option<Ino> {
+        let hash = self.names.hash_one(id.to_bytes());
+        let nodes = &self.nodes;
+        self.by_id
+            .find(hash, |&(h, ino)| h == hash && has_id(nodes, ino, id))
+            .map(|&(_, ino)| ino)
+    }
+
+    /// Points `by_id` for `id` at `ino`; returns the inode it gave before.
+    fn id_set(&mut self, id: NodeId, ino: Ino) -> Option<Ino> {
+        let hash = self.names.hash_one(id.to_bytes());
+        let nodes = &self.nodes;
+        let old = self
+            .by_id
+            .find_entry(hash, |&(h, i)| h == hash && has_id(nodes, i, id))
+            .ok()
+            .map(|entry| entry.remove().0.1);
+        self.by_id.insert_unique(hash, (hash, ino), |e| e.0);
+        old
+    }
+
+    /// Drops `by_id`'s entry of `id` if it leads to `ino` (also once `ino` no longer has
+    /// that name, or is gone).
+    fn id_remove(&mut self, id: NodeId, ino: Ino) {
+        let hash = self.names.hash_one(id.to_bytes());
+        if let Ok(entry) = self.by_id.find_entry(hash, |&e| e == (hash, ino)) {
+            entry.remove();
+        }
+    }
+
     /// Whether a node in memory holds a backing file by key `key`.
     fn backing_in_use(&self, key: NodeId) -> bool {
         self.other_backing.contains_key(&key)
             || self
-                .by_id
-                .get(&key.to_bytes())
-                .and_then(|ino| self.nodes.get(ino))
+                .id_get(key)
+                .and_then(|ino| self.nodes.get(&ino))
                 .is_some_and(|n| n.id() == key && n.backing_id() == key)
     }
 
@@ -470,9 +510,7 @@ impl Tree {
             // ext4 changes ctime with the link count.
             node.ctime = now;
         }
-        if self.by_id.get(&gone.id.to_bytes()) == Some(&ino) {
-            self.by_id.remove(&gone.id.to_bytes());
-        }
+        self.id_remove(gone.id, ino);
         // The primary name may have gone, and the key with it from what `by_id` says.
         self.index_backing(ino);
         self.unlink_entry(parent, name, ino, false, now);
@@ -502,9 +540,7 @@ impl Tree {
         if unused && let Some(node) = self.nodes.remove(&ino) {
             // Another node may have taken the id meanwhile (a remote create of a name this
             // device deleted while it was open): only this node's own entries go.
-            if self.by_id.get(&node.id().to_bytes()) == Some(&ino) {
-                self.by_id.remove(&node.id().to_bytes());
-            }
+            self.id_remove(node.id(), ino);
             if self.other_backing.get(&node.backing_id()) == Some(&ino) {
                 self.other_backing.remove(&node.backing_id());
             }
@@ -696,7 +732,11 @@ impl Tree {
         let new_ino = self.next_ino;
         self.next_ino += 1;
         self.nodes.insert(new_ino, Box::new(split));
+        // The old inode no longer bears the name (its entry is dropped), and may have
+        // promoted another to primary away from its key.
+        self.id_remove(id, ino);
         self.index_id(id, new_ino);
+        self.index_backing(ino);
         // The name's entry now leads to the new inode.
         let hash = self.names.hash_one(&gone.name[..]);
         if let Some(d) = self.dirs.get_mut(&gone.parent)
@@ -752,7 +792,7 @@ impl Tree {
 
     /// The inode of node `id`, if it is in the namespace.
     pub fn ino_of(&self, id: NodeId) -> Option<Ino> {
-        let ino = *self.by_id.get(&id.to_bytes())?;
+        let ino = self.id_get(id)?;
         self.nodes.get(&ino).filter(|n| !n.unlinked).map(|_| ino)
     }
 
