@@ -103,7 +103,7 @@ fn view_of(
         xattrs: n.xattrs().clone(),
         size: n.size,
         target: n.target().to_vec(),
-        version: n.version,
+        version: n.version(),
         busy: !n.dirty().is_empty()
             || n.open_by_mode().writers > 0
             || n.open_by_mode().passthrough > 0,

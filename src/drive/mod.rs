@@ -874,7 +874,7 @@ impl Drive {
                 return Ok(());
             }
             let ranges = n.take_dirty();
-            n.version += 1;
+            n.set_version(n.version() + 1);
             let pending = n.pending.get_or_insert_with(Box::default);
             pending.ranges.union(&ranges);
             pending.size = n.size;
@@ -1111,7 +1111,7 @@ impl Drive {
             .filter_map(|(&ino, n)| {
                 n.pending
                     .as_ref()
-                    .map(|p| RecordedVersion::of(ino, n.version, p))
+                    .map(|p| RecordedVersion::of(ino, n.version(), p))
             })
             .collect();
         out.sort_by_key(|v| v.ino);
@@ -1125,7 +1125,7 @@ impl Drive {
             .iter()
             .filter_map(|&ino| {
                 let n = t.get(ino).ok()?;
-                Some(RecordedVersion::of(ino, n.version, n.pending.as_ref()?))
+                Some(RecordedVersion::of(ino, n.version(), n.pending.as_ref()?))
             })
             .collect();
         out.sort_by_key(|v| v.ino);
@@ -1137,7 +1137,7 @@ impl Drive {
     pub fn take_pending(&self, ino: Ino) -> DriveResult<Option<RecordedVersion>> {
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
-            let number = n.version;
+            let number = n.version();
             let taken = n.pending.take().map(|p| RecordedVersion {
                 ino,
                 number,
@@ -1159,7 +1159,7 @@ impl Drive {
     pub fn take_pending_if(&self, ino: Ino, number: u64) -> DriveResult<bool> {
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
-            let current = n.pending.is_some() && n.version == number;
+            let current = n.pending.is_some() && n.version() == number;
             let writing = n.open_by_mode().writers > 0
                 && (self.content_ops.load(Ordering::SeqCst) > 0
                     || n.open_by_mode().passthrough > 0);

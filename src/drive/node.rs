@@ -151,6 +151,10 @@ struct Extra {
     dirty: RangeSet,
     open: u32,
     open_by_mode: OpenCounts,
+    /// The high halves of [`Node::version`] and [`Node::lookups`], which the node keeps in
+    /// 32 bits: a file recorded four billion times, an inode the kernel looked up as often.
+    version_high: u32,
+    lookups_high: u32,
 }
 
 /// No xattrs, for nodes without an [`Extra`].
@@ -164,6 +168,9 @@ static NO_HANDLES: OpenCounts = OpenCounts {
     passthrough: 0,
     writers: 0,
 };
+
+/// "None" of the block count (see [`Node::blocks`]).
+const NO_BLOCKS: u32 = u32::MAX;
 
 /// "None" of the integer fields that stand for an `Option` (a backing file's length and
 /// block count never reach it).
@@ -189,18 +196,19 @@ pub struct Node {
     pub mtime: Nanos,
     /// Status change time.
     pub ctime: Nanos,
-    /// Number of the last recorded version (0: none yet).
-    pub version: u64,
+    /// Low half of [`Node::version`].
+    version: u32,
     /// Last recorded version not yet taken by the sync engine.
     pub pending: Option<Box<PendingVersion>>,
     /// Backing file length when the last version was recorded ([`UNSET`]: none).
     recorded_len: u64,
     /// Backing file mtime when the last version was recorded.
     recorded_mtime: Nanos,
-    /// Allocated 512-byte blocks of the backing file ([`UNSET`]: must be re-read).
-    blocks: u64,
-    /// Kernel lookup references (runtime only).
-    pub lookups: u64,
+    /// Allocated 512-byte blocks of the backing file ([`NO_BLOCKS`]: must be re-read;
+    /// so are counts that do not fit, of files of 2 TiB and more).
+    blocks: u32,
+    /// Low half of [`Node::lookups`].
+    lookups: u32,
     /// Owner.
     pub uid: u32,
     /// Group.
@@ -401,12 +409,46 @@ impl Node {
 
     /// Allocated 512-byte blocks of the backing file, `None` when it must be re-read.
     pub fn blocks(&self) -> Option<u64> {
-        (self.blocks != UNSET).then_some(self.blocks)
+        (self.blocks != NO_BLOCKS).then_some(u64::from(self.blocks))
     }
 
     /// Sets the block count (`None`: re-read it when asked).
     pub fn set_blocks(&mut self, blocks: Option<u64>) {
-        self.blocks = blocks.map_or(UNSET, |b| b.min(UNSET - 1));
+        self.blocks = blocks
+            .and_then(|b| u32::try_from(b).ok())
+            .unwrap_or(NO_BLOCKS);
+    }
+
+    /// Number of the last recorded version (0: none yet).
+    pub fn version(&self) -> u64 {
+        let high = self.extra.as_ref().map_or(0, |e| e.version_high);
+        (u64::from(high) << 32) | u64::from(self.version)
+    }
+
+    /// Sets the number of the last recorded version.
+    pub fn set_version(&mut self, version: u64) {
+        let (high, low) = ((version >> 32) as u32, version as u32);
+        self.version = low;
+        if high != 0 || self.extra.is_some() {
+            self.extra_mut().version_high = high;
+            self.tidy();
+        }
+    }
+
+    /// Kernel lookup references (runtime only).
+    pub fn lookups(&self) -> u64 {
+        let high = self.extra.as_ref().map_or(0, |e| e.lookups_high);
+        (u64::from(high) << 32) | u64::from(self.lookups)
+    }
+
+    /// Sets the kernel lookup references.
+    pub fn set_lookups(&mut self, lookups: u64) {
+        let (high, low) = ((lookups >> 32) as u32, lookups as u32);
+        self.lookups = low;
+        if high != 0 || self.extra.is_some() {
+            self.extra_mut().lookups_high = high;
+            self.tidy();
+        }
     }
 
     /// Open file handles (runtime only).
@@ -633,7 +675,7 @@ mod tests {
     fn a_plain_file_at_rest_keeps_no_extra() {
         // What a million files cost: keep the node within the size it was compacted to.
         assert!(
-            std::mem::size_of::<Node>() <= 152 && std::mem::align_of::<Node>() == 8,
+            std::mem::size_of::<Node>() <= 136 && std::mem::align_of::<Node>() == 8,
             "Node grew to {} bytes",
             std::mem::size_of::<Node>()
         );
@@ -670,6 +712,16 @@ mod tests {
         assert_eq!(n.blocks(), None);
         n.set_blocks(Some(8));
         assert_eq!(n.blocks(), Some(8));
+        n.set_blocks(Some(1 << 32));
+        assert_eq!(n.blocks(), None, "too many to keep: read again when asked");
+        for big in [u64::from(u32::MAX), 1 << 32, u64::MAX] {
+            n.set_version(big);
+            n.set_lookups(big.wrapping_add(1));
+            assert_eq!((n.version(), n.lookups()), (big, big.wrapping_add(1)));
+        }
+        n.set_version(7);
+        n.set_lookups(0);
+        assert!(n.extra.is_none(), "small numbers need no box");
         n.set_perm(0o104_755);
         assert_eq!(n.perm(), 0o4755);
     }

@@ -143,7 +143,7 @@ impl NodeRow {
             rdev: n.rdev(),
             xattrs: encode_xattrs(n.xattrs()),
             dirty: !n.dirty().is_empty(),
-            version: n.version,
+            version: n.version(),
             recorded_stamp: n.recorded_stamp(),
             pending: n.pending.as_deref().cloned(),
             backing_id: (n.backing_id() != n.id()).then_some(n.backing_id()),
@@ -677,7 +677,7 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
             // Which bytes changed was lost with the daemon: the whole file is dirty.
             node.mark_dirty(0, node.size);
         }
-        node.version = r.get::<_, i64>(15)? as u64;
+        node.set_version(r.get::<_, i64>(15)? as u64);
         let rec_len: Option<i64> = r.get(16)?;
         let rec_mtime: Option<i64> = r.get(17)?;
         node.set_recorded_stamp(rec_len.zip(rec_mtime).map(|(l, m)| (l as u64, m)));
@@ -718,7 +718,8 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
         if let Some(node) = nodes.get_mut(&ino) {
             // The two are written together from one node; should they differ, a number is
             // never handed out twice.
-            node.version = node.version.max(r.get::<_, i64>(1)? as u64);
+            let number = r.get::<_, i64>(1)? as u64;
+            node.set_version(node.version().max(number));
             node.pending = Some(Box::new(PendingVersion {
                 ranges,
                 size: r.get::<_, i64>(3)? as u64,
@@ -994,7 +995,7 @@ CREATE TABLE IF NOT EXISTS pending_versions (
         assert_eq!(nodes[&3].size, 5);
         assert_eq!(nodes[&3].recorded_stamp(), Some((5, 2)));
         assert_eq!(
-            nodes[&3].pending.as_ref().map(|_| nodes[&3].version),
+            nodes[&3].pending.as_ref().map(|_| nodes[&3].version()),
             Some(4)
         );
         assert_eq!(nodes[&4].target(), b"f");

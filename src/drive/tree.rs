@@ -536,7 +536,7 @@ impl Tree {
         let unused = self
             .nodes
             .get(&ino)
-            .is_some_and(|n| n.unlinked && n.open() == 0 && n.lookups == 0);
+            .is_some_and(|n| n.unlinked && n.open() == 0 && n.lookups() == 0);
         if unused && let Some(node) = self.nodes.remove(&ino) {
             // Another node may have taken the id meanwhile (a remote create of a name this
             // device deleted while it was open): only this node's own entries go.
@@ -726,7 +726,7 @@ impl Tree {
             split.mark_dirty(start, end);
         }
         split.pending = node.pending.clone();
-        split.version = node.version;
+        split.set_version(node.version());
         split.set_recorded_stamp(node.recorded_stamp());
         split.set_blocks(None);
         let new_ino = self.next_ino;
@@ -761,14 +761,14 @@ impl Tree {
     /// Adds `n` kernel references to `ino` (every entry reply adds one).
     pub fn add_lookup(&mut self, ino: Ino, n: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
-            node.lookups += n;
+            node.set_lookups(node.lookups().saturating_add(n));
         }
     }
 
     /// Drops `n` kernel references; an unlinked node with none left is reaped.
     pub fn forget(&mut self, ino: Ino, n: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
-            node.lookups = node.lookups.saturating_sub(n);
+            node.set_lookups(node.lookups().saturating_sub(n));
             self.reap_if_unused(ino);
         }
     }
