@@ -15,7 +15,8 @@
 # Environment: N (100000), DIRS (1000), SIZE (900), PROFILE (release or debug: which build to
 # run; struct layouts and the allocator are the same), DD (a deltadrive binary to use instead
 # of building one), BENCH_DIR (/var/tmp/deltadrive-drive-memory), HEAPTRACK (1: run the daemon
-# in the foreground under heaptrack and keep its profile in BENCH_DIR).
+# in the foreground under heaptrack and keep its profile in BENCH_DIR; the RSS figures then
+# include heaptrack's own memory: read the profile with heaptrack_print instead).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
