@@ -95,16 +95,18 @@ fn view_of(
     Some(NodeView {
         ino,
         id,
-        parent: t.get(parent).ok()?.id,
+        parent: t.get(parent).ok()?.id(),
         name: name.to_vec(),
         kind: n.kind,
-        perm: n.perm,
+        perm: n.perm(),
         mtime: n.mtime,
-        xattrs: n.xattrs.clone(),
+        xattrs: n.xattrs().clone(),
         size: n.size,
-        target: n.target.clone(),
-        version: n.version,
-        busy: !n.dirty.is_empty() || n.open_by_mode.writers > 0 || n.open_by_mode.passthrough > 0,
+        target: n.target().to_vec(),
+        version: n.version(),
+        busy: !n.dirty().is_empty()
+            || n.open_by_mode().writers > 0
+            || n.open_by_mode().passthrough > 0,
     })
 }
 
@@ -171,7 +173,7 @@ impl Drive {
         let key = {
             let t = lock(&self.tree);
             let ino = t.ino_of(id).ok_or(DriveError::NotFound)?;
-            t.get(ino)?.backing_id
+            t.get(ino)?.backing_id()
         };
         Ok(File::open(self.backing.path(key))?)
     }
@@ -222,26 +224,26 @@ impl Drive {
             stamp,
         );
         node.mtime = attrs.mtime;
-        node.xattrs = attrs.xattrs.clone();
+        node.set_xattrs(attrs.xattrs.clone());
         match content {
             RemoteContent::Dir => {}
             RemoteContent::Symlink(target) => {
-                node.target = target.to_vec();
+                node.set_target(target);
                 node.size = target.len() as u64;
             }
             RemoteContent::File(staged) => {
                 // The id's own key, unless a node still holds a file by it (this device
                 // unlinked that name while the inode lived on under another, or open).
-                node.backing_id = lock(&self.tree).backing_key_for(id);
-                let path = self.backing.place(staged, node.backing_id)?;
+                node.set_backing_id(lock(&self.tree).backing_key_for(id));
+                let path = self.backing.place(staged, node.backing_id())?;
                 self.note_created();
                 let (len, mtime, blocks) = backing::stamp_of(&std::fs::metadata(&path)?);
                 node.size = len;
-                node.blocks = Some(blocks);
-                node.recorded_stamp = Some((len, mtime));
+                node.set_blocks(Some(blocks));
+                node.set_recorded_stamp(Some((len, mtime)));
             }
         }
-        let key = node.backing_id;
+        let key = node.backing_id();
         let inserted = self.mutate(|t| t.insert(parent_ino, name, node, stamp));
         if inserted.is_err() && kind == Kind::File {
             // Keep nothing behind for a node that does not exist.
@@ -275,16 +277,16 @@ impl Drive {
                 // A recorded local version the server has not taken: replacing it loses bytes.
                 return Err(DriveError::LocalChanges);
             }
-            if !n.dirty.is_empty() || n.open_by_mode.writers > 0 {
+            if !n.dirty().is_empty() || n.open_by_mode().writers > 0 {
                 // A program is writing it: the local version keeps the name until closed.
                 return Err(DriveError::Busy);
             }
-            if n.open_by_mode.passthrough > 0 {
+            if n.open_by_mode().passthrough > 0 {
                 // The kernel reads it through the old backing file and would give every new
                 // open that file too: the new content waits until the readers close.
                 return Err(DriveError::Busy);
             }
-            n.backing_id
+            n.backing_id()
         };
         if lock(&self.tree).is_linked(id) {
             return self.split_with_content(id, ino, staged, mtime);
@@ -296,12 +298,12 @@ impl Drive {
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
             n.size = len;
-            n.blocks = Some(blocks);
+            n.set_blocks(Some(blocks));
             if let Some(mtime) = mtime {
                 n.mtime = mtime;
             }
             n.ctime = stamp;
-            n.recorded_stamp = Some((len, stamp_mtime));
+            n.set_recorded_stamp(Some((len, stamp_mtime)));
             t.touch(ino);
             Ok(())
         })?;
@@ -329,14 +331,14 @@ impl Drive {
             let new = t.split(id, key, stamp)?;
             let n = t.get_mut(new)?;
             n.size = len;
-            n.blocks = Some(blocks);
+            n.set_blocks(Some(blocks));
             if let Some(mtime) = mtime {
                 n.mtime = mtime;
             }
-            n.dirty = super::RangeSet::new();
+            n.take_dirty();
             n.pending = None;
-            n.recorded_stamp = Some((len, stamp_mtime));
-            Ok((n.parent, n.name.clone()))
+            n.set_recorded_stamp(Some((len, stamp_mtime)));
+            Ok((n.parent, n.name.to_vec()))
         });
         self.after_split(key, ino, split)
     }
@@ -347,11 +349,11 @@ impl Drive {
         let (kind, old_key, key) = {
             let t = lock(&self.tree);
             let n = t.get(ino)?;
-            if n.kind == Kind::File && (!n.dirty.is_empty() || n.open_by_mode.writers > 0) {
+            if n.kind == Kind::File && (!n.dirty().is_empty() || n.open_by_mode().writers > 0) {
                 // A copy taken now could be torn by the writer.
                 return Err(DriveError::Busy);
             }
-            (n.kind, n.backing_id, t.backing_key_for(id))
+            (n.kind, n.backing_id(), t.backing_key_for(id))
         };
         let mut copied = None;
         if kind == Kind::File {
@@ -372,10 +374,10 @@ impl Drive {
             let n = t.get_mut(new)?;
             if let Some((len, stamp_mtime, blocks)) = copied {
                 n.size = len;
-                n.blocks = Some(blocks);
-                n.recorded_stamp = Some((len, stamp_mtime));
+                n.set_blocks(Some(blocks));
+                n.set_recorded_stamp(Some((len, stamp_mtime)));
             }
-            Ok((n.parent, n.name.clone()))
+            Ok((n.parent, n.name.to_vec()))
         });
         if kind == Kind::File {
             self.after_split(key, ino, split)
@@ -413,9 +415,10 @@ impl Drive {
             let t = lock(&self.tree);
             let ino = t.ino_of(id).ok_or(DriveError::NotFound)?;
             let n = t.get(ino)?;
-            let same =
-                n.perm == attrs.perm & 0o7777 && n.mtime == attrs.mtime && n.xattrs == attrs.xattrs;
-            (!n.links.is_empty(), same)
+            let same = n.perm() == attrs.perm & 0o7777
+                && n.mtime == attrs.mtime
+                && *n.xattrs() == attrs.xattrs;
+            (!n.links().is_empty(), same)
         };
         if linked && !same {
             let ino = self.resolve(id)?;
@@ -425,9 +428,9 @@ impl Drive {
         let stamp = now();
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
-            n.perm = attrs.perm & 0o7777;
+            n.set_perm(attrs.perm & 0o7777);
             n.mtime = attrs.mtime;
-            n.xattrs = attrs.xattrs.clone();
+            n.set_xattrs(attrs.xattrs.clone());
             n.ctime = stamp;
             t.touch(ino);
             Ok(())
@@ -469,11 +472,11 @@ impl Drive {
         let linked = self.mutate(|t| {
             let n = t.get(ino)?;
             // Edit against delete: the edit wins, checked under the lock that removes.
-            let edited = !n.dirty.is_empty() || n.open_by_mode.writers > 0;
+            let edited = !n.dirty().is_empty() || n.open_by_mode().writers > 0;
             if n.kind == Kind::File && (n.pending.is_some() || edited) {
                 return Err(DriveError::LocalChanges);
             }
-            let linked = !n.links.is_empty();
+            let linked = !n.links().is_empty();
             t.remove_name(ino, parent, &name, stamp)?;
             Ok(linked)
         })?;

@@ -121,11 +121,11 @@ pub struct RecordedVersion {
 }
 
 impl RecordedVersion {
-    /// The version `p` of file `ino`.
-    fn of(ino: Ino, p: &PendingVersion) -> RecordedVersion {
+    /// The version `p`, number `number`, of file `ino`.
+    fn of(ino: Ino, number: u64, p: &PendingVersion) -> RecordedVersion {
         RecordedVersion {
             ino,
-            number: p.number,
+            number,
             ranges: p.ranges.clone(),
             size: p.size,
         }
@@ -249,7 +249,7 @@ impl Drive {
             let name = format!(".orphan-{ino}").into_bytes();
             if let Ok(n) = tree.get_mut(ino) {
                 n.parent = ROOT_INO;
-                n.name = name;
+                n.name = name.into();
             }
             tree.touch(ino);
         }
@@ -291,22 +291,22 @@ impl Drive {
         let files: Vec<(Ino, crate::protocol::NodeId)> = tree
             .iter()
             .filter(|(_, n)| n.kind == Kind::File)
-            .map(|(&i, n)| (i, n.backing_id))
+            .map(|(&i, n)| (i, n.backing_id()))
             .collect();
         for (ino, id) in files {
             owned.insert(id);
             let stat = self.backing.stat(id)?;
             let node = tree.get_mut(ino)?;
             let (len, mtime, blocks) = stat.unwrap_or((0, 0, 0));
-            let stamp_matches = stat.is_some() && node.recorded_stamp == Some((len, mtime));
-            if !stamp_matches && (len > 0 || node.recorded_stamp.is_some() || node.size > 0) {
+            let stamp_matches = stat.is_some() && node.recorded_stamp() == Some((len, mtime));
+            if !stamp_matches && (len > 0 || node.recorded_stamp().is_some() || node.size > 0) {
                 node.size = len;
-                node.dirty = RangeSet::new();
-                node.dirty.insert(0, len);
+                node.take_dirty();
+                node.mark_dirty(0, len);
             } else {
                 node.size = len;
             }
-            node.blocks = Some(blocks);
+            node.set_blocks(Some(blocks));
             tree.touch(ino);
         }
         let mut removed = 0;
@@ -367,7 +367,7 @@ impl Drive {
         }
         for (_, node) in reaped {
             if node.kind == Kind::File {
-                self.backing.remove_later(node.backing_id);
+                self.backing.remove_later(node.backing_id());
             }
         }
         result
@@ -423,14 +423,14 @@ impl Drive {
 
     fn attr_of(backing: &Backing, t: &mut Tree, ino: Ino) -> DriveResult<Attr> {
         let node = t.get_mut(ino)?;
-        if node.kind == Kind::File && node.blocks.is_none() {
-            node.blocks = Some(
+        if node.kind == Kind::File && node.blocks().is_none() {
+            node.set_blocks(Some(
                 backing
-                    .stat(node.backing_id)?
+                    .stat(node.backing_id())?
                     .map_or(0, |(_, _, blocks)| blocks),
-            );
+            ));
         }
-        Ok(node.attr(ino))
+        t.attr(ino)
     }
 
     /// The attributes of `ino`.
@@ -446,7 +446,7 @@ impl Drive {
             let (kind, id) = {
                 let t = lock(&self.tree);
                 let n = t.get(ino)?;
-                (n.kind, n.backing_id)
+                (n.kind, n.backing_id())
             };
             match kind {
                 Kind::Dir => return Err(DriveError::IsDir),
@@ -468,13 +468,13 @@ impl Drive {
             if let Some(size) = set.size {
                 let old = n.size;
                 n.size = size;
-                n.dirty.insert(old.min(size), old.max(size));
-                n.blocks = None;
+                n.mark_dirty(old.min(size), old.max(size));
+                n.set_blocks(None);
                 n.mtime = stamp;
                 n.ctime = stamp;
             }
             if let Some(perm) = set.perm {
-                n.perm = perm & 0o7777;
+                n.set_perm(perm & 0o7777);
                 n.ctime = stamp;
             }
             if let Some(uid) = set.uid {
@@ -503,7 +503,7 @@ impl Drive {
                 n.ctime = c;
             }
             t.touch(ino);
-            Ok(set.size.is_some() && t.get(ino)?.open == 0)
+            Ok(set.size.is_some() && t.get(ino)?.open() == 0)
         })?;
         if record {
             // A truncate by path has no close to record it on.
@@ -519,7 +519,7 @@ impl Drive {
         if n.kind != Kind::Symlink {
             return Err(DriveError::Invalid("not a symlink"));
         }
-        Ok(n.target.clone())
+        Ok(n.target().to_vec())
     }
 
     fn new_node(
@@ -534,7 +534,7 @@ impl Drive {
         let mut perm = perm & 0o7777;
         let mut gid = caller.gid;
         // BSD group semantics for setgid directories, as ext4 does.
-        if p.perm & 0o2000 != 0 {
+        if p.perm() & 0o2000 != 0 {
             gid = p.gid;
             if kind == Kind::Dir {
                 perm |= 0o2000;
@@ -559,7 +559,7 @@ impl Drive {
             let node = Self::new_node(t, parent, Kind::Dir, perm, caller, stamp)?;
             let ino = t.insert(parent, name, node, stamp)?;
             t.add_lookup(ino, 1);
-            Ok(t.get(ino)?.attr(ino))
+            t.attr(ino)
         })
     }
 
@@ -580,12 +580,12 @@ impl Drive {
         let stamp = now();
         self.mutate(|t| {
             let mut node = Self::new_node(t, parent, Kind::Symlink, 0o777, caller, stamp)?;
-            node.perm = 0o777;
-            node.target = target.to_vec();
+            node.set_perm(0o777);
+            node.set_target(target);
             node.size = target.len() as u64;
             let ino = t.insert(parent, name, node, stamp)?;
             t.add_lookup(ino, 1);
-            Ok(t.get(ino)?.attr(ino))
+            t.attr(ino)
         })
     }
 
@@ -607,7 +607,7 @@ impl Drive {
                 return Err(DriveError::Exists);
             }
             let node = Self::new_node(&t, parent, Kind::File, perm, caller, stamp)?;
-            let id = node.id;
+            let id = node.id();
             (node, id)
         };
         // The backing file exists before the node does, so no node lacks one.
@@ -617,9 +617,9 @@ impl Drive {
             let ino = t.insert(parent, name, node, stamp)?;
             t.add_lookup(ino, 1);
             if open {
-                t.open(ino)?.open_by_mode.admit(true, false);
+                t.open(ino)?.open_by_mode_mut().admit(true, false);
             }
-            Ok((ino, t.get(ino)?.attr(ino)))
+            Ok((ino, t.attr(ino)?))
         });
         let (ino, attr) = match inserted {
             Ok(v) => v,
@@ -665,11 +665,11 @@ impl Drive {
         self.mutate(|t| {
             let mut node = Self::new_node(t, parent, kind, mode, caller, stamp)?;
             if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
-                node.rdev = rdev;
+                node.set_rdev(rdev);
             }
             let ino = t.insert(parent, name, node, stamp)?;
             t.add_lookup(ino, 1);
-            Ok(t.get(ino)?.attr(ino))
+            t.attr(ino)
         })
     }
 
@@ -756,7 +756,7 @@ impl Drive {
             let t = lock(&self.tree);
             let n = t.get(ino)?;
             match n.kind {
-                Kind::File => n.backing_id,
+                Kind::File => n.backing_id(),
                 Kind::Dir => return Err(DriveError::IsDir),
                 Kind::Symlink => return Err(DriveError::Invalid("open of a symlink")),
                 // The kernel opens these itself; a request here is not a file to open.
@@ -768,7 +768,7 @@ impl Drive {
         let file = self.backing.open_file(id)?;
         let io = self.mutate(|t| {
             let n = t.open(ino)?;
-            Ok(n.open_by_mode
+            Ok(n.open_by_mode_mut()
                 .admit(mode.writable, mode.passthrough_available))
         })?;
         let fh = self.register(ino, file, io, mode.writable);
@@ -787,8 +787,8 @@ impl Drive {
         let mode = self.mutate(|t| {
             t.watch(ino);
             let n = t.get_mut(ino)?;
-            n.open_by_mode.release(old, writable);
-            Ok(n.open_by_mode.admit(writable, false))
+            n.open_by_mode_mut().release(old, writable);
+            Ok(n.open_by_mode_mut().admit(writable, false))
         })?;
         files.insert(
             fh,
@@ -849,8 +849,8 @@ impl Drive {
             n.size = n.size.max(end);
             n.mtime = stamp;
             n.ctime = stamp;
-            n.dirty.insert(offset, end);
-            n.blocks = None;
+            n.mark_dirty(offset, end);
+            n.set_blocks(None);
             if kill_suid_bits {
                 kill_suid(n);
             }
@@ -862,7 +862,7 @@ impl Drive {
 
     /// Records a new local version of `ino` if it has unrecorded changes.
     fn record_version(&self, ino: Ino, file: Option<&File>) -> DriveResult<()> {
-        let id = lock(&self.tree).get(ino)?.backing_id;
+        let id = lock(&self.tree).get(ino)?.backing_id();
         let stat = match file {
             Some(f) => Some(backing::stamp_of(&f.metadata()?)),
             None => self.backing.stat(id)?,
@@ -870,18 +870,17 @@ impl Drive {
         let (len, mtime, blocks) = stat.unwrap_or((0, 0, 0));
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
-            if n.dirty.is_empty() {
+            if n.dirty().is_empty() {
                 return Ok(());
             }
-            let ranges = n.dirty.take();
-            n.version += 1;
-            let pending = n.pending.get_or_insert_with(PendingVersion::default);
-            pending.number = n.version;
+            let ranges = n.take_dirty();
+            n.set_version(n.version() + 1);
+            let pending = n.pending.get_or_insert_with(Box::default);
             pending.ranges.union(&ranges);
             pending.size = n.size;
             pending.mtime = n.mtime;
-            n.recorded_stamp = Some((len, mtime));
-            n.blocks = Some(blocks);
+            n.set_recorded_stamp(Some((len, mtime)));
+            n.set_blocks(Some(blocks));
             t.touch(ino);
             Ok(())
         })
@@ -890,7 +889,7 @@ impl Drive {
     fn record_all_dirty(&self) -> DriveResult<()> {
         let dirty: Vec<Ino> = lock(&self.tree)
             .iter()
-            .filter(|(_, n)| n.kind == Kind::File && !n.dirty.is_empty() && !n.unlinked)
+            .filter(|(_, n)| n.kind == Kind::File && !n.dirty().is_empty() && !n.unlinked)
             .map(|(&i, _)| i)
             .collect();
         for ino in dirty {
@@ -918,14 +917,14 @@ impl Drive {
         let (len, mtime, blocks) = backing::stamp_of(&file.metadata()?);
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
-            if n.recorded_stamp == Some((len, mtime)) {
+            if n.recorded_stamp() == Some((len, mtime)) {
                 return Ok(());
             }
-            n.dirty.insert(0, len.max(n.size));
+            n.mark_dirty(0, len.max(n.size));
             n.size = len;
             n.mtime = n.mtime.max(mtime);
             n.ctime = n.ctime.max(mtime);
-            n.blocks = Some(blocks);
+            n.set_blocks(Some(blocks));
             t.touch(ino);
             Ok(())
         })
@@ -979,10 +978,10 @@ impl Drive {
                 || mode & libc::FALLOC_FL_PUNCH_HOLE != 0
                 || shifts
             {
-                n.dirty.insert(offset, end.max(offset));
+                n.mark_dirty(offset, end.max(offset));
             }
             n.size = len_after;
-            n.blocks = Some(blocks);
+            n.set_blocks(Some(blocks));
             n.mtime = stamp;
             n.ctime = stamp;
             t.touch(h.ino);
@@ -998,7 +997,8 @@ impl Drive {
             if dir.kind != Kind::Dir {
                 return Err(DriveError::NotDir);
             }
-            let mut entries = Vec::with_capacity(dir.children.len() + 2);
+            let children = t.entries(ino);
+            let mut entries = Vec::with_capacity(children.len() + 2);
             entries.push(DirEntry {
                 ino,
                 kind: Kind::Dir,
@@ -1009,12 +1009,12 @@ impl Drive {
                 kind: Kind::Dir,
                 name: b"..".to_vec(),
             });
-            for (name, &child) in &dir.children {
+            for (name, child) in children {
                 if let Ok(c) = t.get(child) {
                     entries.push(DirEntry {
                         ino: child,
                         kind: c.kind,
-                        name: name.clone(),
+                        name,
                     });
                 }
             }
@@ -1108,7 +1108,11 @@ impl Drive {
         let t = lock(&self.tree);
         let mut out: Vec<RecordedVersion> = t
             .iter()
-            .filter_map(|(&ino, n)| n.pending.as_ref().map(|p| RecordedVersion::of(ino, p)))
+            .filter_map(|(&ino, n)| {
+                n.pending
+                    .as_ref()
+                    .map(|p| RecordedVersion::of(ino, n.version(), p))
+            })
             .collect();
         out.sort_by_key(|v| v.ino);
         out
@@ -1120,8 +1124,8 @@ impl Drive {
         let mut out: Vec<RecordedVersion> = inos
             .iter()
             .filter_map(|&ino| {
-                let p = t.get(ino).ok()?.pending.as_ref()?;
-                Some(RecordedVersion::of(ino, p))
+                let n = t.get(ino).ok()?;
+                Some(RecordedVersion::of(ino, n.version(), n.pending.as_ref()?))
             })
             .collect();
         out.sort_by_key(|v| v.ino);
@@ -1133,9 +1137,10 @@ impl Drive {
     pub fn take_pending(&self, ino: Ino) -> DriveResult<Option<RecordedVersion>> {
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
+            let number = n.version();
             let taken = n.pending.take().map(|p| RecordedVersion {
                 ino,
-                number: p.number,
+                number,
                 ranges: p.ranges,
                 size: p.size,
             });
@@ -1154,10 +1159,11 @@ impl Drive {
     pub fn take_pending_if(&self, ino: Ino, number: u64) -> DriveResult<bool> {
         self.mutate(|t| {
             let n = t.get_mut(ino)?;
-            let current = n.pending.as_ref().is_some_and(|p| p.number == number);
-            let writing = n.open_by_mode.writers > 0
-                && (self.content_ops.load(Ordering::SeqCst) > 0 || n.open_by_mode.passthrough > 0);
-            if !current || !n.dirty.is_empty() || writing {
+            let current = n.pending.is_some() && n.version() == number;
+            let writing = n.open_by_mode().writers > 0
+                && (self.content_ops.load(Ordering::SeqCst) > 0
+                    || n.open_by_mode().passthrough > 0);
+            if !current || !n.dirty().is_empty() || writing {
                 return Ok(false);
             }
             n.pending = None;
@@ -1171,8 +1177,8 @@ impl Drive {
         let t = lock(&self.tree);
         let mut out: Vec<(Ino, RangeSet)> = t
             .iter()
-            .filter(|(_, n)| n.kind == Kind::File && !n.dirty.is_empty() && !n.unlinked)
-            .map(|(&ino, n)| (ino, n.dirty.clone()))
+            .filter(|(_, n)| n.kind == Kind::File && !n.dirty().is_empty() && !n.unlinked)
+            .map(|(&ino, n)| (ino, n.dirty().clone()))
             .collect();
         out.sort_by_key(|(ino, _)| *ino);
         out
@@ -1212,11 +1218,15 @@ impl Drive {
 
 /// Drops setuid, setgid when group-executable, and file capabilities, as a write or chown does.
 fn kill_suid(n: &mut Node) {
-    n.perm &= !0o4000;
-    if n.perm & 0o010 != 0 {
-        n.perm &= !0o2000;
+    let mut perm = n.perm() & !0o4000;
+    if perm & 0o010 != 0 {
+        perm &= !0o2000;
     }
-    n.xattrs.remove(&b"security.capability"[..]);
+    n.set_perm(perm);
+    if n.xattrs().contains_key(&b"security.capability"[..]) {
+        n.xattrs_mut().remove(&b"security.capability"[..]);
+        n.tidy();
+    }
 }
 
 fn resolve(t: TimeSet, now: Nanos) -> Nanos {

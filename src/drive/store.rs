@@ -128,26 +128,26 @@ impl NodeRow {
     /// The persistent fields of `n`.
     pub fn of(n: &Node) -> NodeRow {
         NodeRow {
-            id: n.id,
+            id: n.id(),
             parent: n.parent,
-            name: n.name.clone(),
+            name: n.name.to_vec(),
             kind: n.kind,
-            perm: n.perm,
+            perm: n.perm(),
             uid: n.uid,
             gid: n.gid,
             size: n.size,
             atime: n.atime,
             mtime: n.mtime,
             ctime: n.ctime,
-            target: n.target.clone(),
-            rdev: n.rdev,
-            xattrs: encode_xattrs(&n.xattrs),
-            dirty: !n.dirty.is_empty(),
-            version: n.version,
-            recorded_stamp: n.recorded_stamp,
-            pending: n.pending.clone(),
-            backing_id: (n.backing_id != n.id).then_some(n.backing_id),
-            links: n.links.clone(),
+            target: n.target().to_vec(),
+            rdev: n.rdev(),
+            xattrs: encode_xattrs(n.xattrs()),
+            dirty: !n.dirty().is_empty(),
+            version: n.version(),
+            recorded_stamp: n.recorded_stamp(),
+            pending: n.pending.as_deref().cloned(),
+            backing_id: (n.backing_id() != n.id()).then_some(n.backing_id()),
+            links: n.links().to_vec(),
         }
     }
 }
@@ -623,12 +623,12 @@ fn write_row(
             &l.id.to_bytes()[..],
             ino_sql,
             l.parent as i64,
-            l.name
+            l.name.as_bytes()
         ])?;
     }
     match &n.pending {
         Some(p) => {
-            tx.prepare_cached("INSERT OR REPLACE INTO pending_versions(ino, number, ranges, size, mtime) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![ino_sql, p.number as i64, p.ranges.to_bytes(), p.size as i64, p.mtime])?;
+            tx.prepare_cached("INSERT OR REPLACE INTO pending_versions(ino, number, ranges, size, mtime) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![ino_sql, n.version as i64, p.ranges.to_bytes(), p.size as i64, p.mtime])?;
         }
         None => {
             tx.prepare_cached("DELETE FROM pending_versions WHERE ino = ?1")?
@@ -661,7 +661,7 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
         let mut node = Node::new(
             NodeId::from_bytes(id),
             r.get::<_, i64>(2)? as Ino,
-            r.get(3)?,
+            r.get::<_, Vec<u8>>(3)?,
             kind,
             r.get(5)?,
             r.get(6)?,
@@ -671,22 +671,22 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
         node.size = r.get::<_, i64>(8)? as u64;
         node.mtime = r.get(10)?;
         node.ctime = r.get(11)?;
-        node.target = r.get(12)?;
-        node.xattrs = xattrs;
+        node.set_target(&r.get::<_, Vec<u8>>(12)?);
+        node.set_xattrs(xattrs);
         if r.get::<_, i64>(14)? != 0 {
             // Which bytes changed was lost with the daemon: the whole file is dirty.
-            node.dirty.insert(0, node.size);
+            node.mark_dirty(0, node.size);
         }
-        node.version = r.get::<_, i64>(15)? as u64;
+        node.set_version(r.get::<_, i64>(15)? as u64);
         let rec_len: Option<i64> = r.get(16)?;
         let rec_mtime: Option<i64> = r.get(17)?;
-        node.recorded_stamp = rec_len.zip(rec_mtime).map(|(l, m)| (l as u64, m));
-        node.rdev = r.get(18)?;
+        node.set_recorded_stamp(rec_len.zip(rec_mtime).map(|(l, m)| (l as u64, m)));
+        node.set_rdev(r.get(18)?);
         let backing: Option<Vec<u8>> = r.get(19)?;
         if let Some(b) = backing {
-            node.backing_id = node_id(&b, ino)?;
+            node.set_backing_id(node_id(&b, ino)?);
         }
-        node.blocks = None;
+        node.set_blocks(None);
         nodes.insert(ino as Ino, node);
     }
     let mut stmt = conn.prepare("SELECT link_id, ino, parent, name FROM links")?;
@@ -695,18 +695,18 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
         let ino: i64 = r.get(1)?;
         let id = node_id(&r.get::<_, Vec<u8>>(0)?, ino)?;
         match nodes.get_mut(&(ino as Ino)) {
-            Some(node) => node.links.push(LinkName {
+            Some(node) => node.links_mut().push(LinkName {
                 id,
                 parent: r.get::<_, i64>(2)? as Ino,
-                name: r.get(3)?,
+                name: r.get::<_, Vec<u8>>(3)?.into(),
             }),
             None => tracing::warn!(ino, "hard link of a missing node: ignored"),
         }
     }
     // Stored by id; kept in a stable order so the promoted name after an unlink is the same
     // on every open.
-    for node in nodes.values_mut() {
-        node.links.sort_by_key(|l| l.id.to_bytes());
+    for node in nodes.values_mut().filter(|n| !n.links().is_empty()) {
+        node.links_mut().sort_by_key(|l| l.id.to_bytes());
     }
     let mut stmt = conn.prepare("SELECT ino, number, ranges, size, mtime FROM pending_versions")?;
     let mut rows = stmt.query([])?;
@@ -716,12 +716,15 @@ fn load_nodes(conn: &Connection) -> Result<HashMap<Ino, Node>, StoreError> {
         let ranges = RangeSet::from_bytes(&ranges_blob)
             .ok_or_else(|| StoreError::Corrupt(format!("pending version of {ino}: bad ranges")))?;
         if let Some(node) = nodes.get_mut(&ino) {
-            node.pending = Some(PendingVersion {
-                number: r.get::<_, i64>(1)? as u64,
+            // The two are written together from one node; should they differ, a number is
+            // never handed out twice.
+            let number = r.get::<_, i64>(1)? as u64;
+            node.set_version(node.version().max(number));
+            node.pending = Some(Box::new(PendingVersion {
                 ranges,
                 size: r.get::<_, i64>(3)? as u64,
                 mtime: r.get(4)?,
-            });
+            }));
         }
     }
     Ok(nodes)
@@ -805,17 +808,17 @@ mod tests {
         let (store, nodes, clean) = Store::open(&path, (0, 0)).unwrap();
         assert!(clean);
         let f = &nodes[&5];
-        assert_eq!((f.id, f.backing_id, f.size), (id, id, 3));
-        assert!(f.links.is_empty());
+        assert_eq!((f.id(), f.backing_id(), f.size), (id, id, 3));
+        assert!(f.links().is_empty());
         // The upgraded store holds links and a backing key that is not the id.
         let mut linked = f.clone();
         let link = LinkName {
             id: NodeId::random(),
             parent: ROOT_INO,
-            name: b"g".to_vec(),
+            name: b"g".to_vec().into(),
         };
-        linked.links.push(link.clone());
-        linked.id = NodeId::random();
+        linked.links_mut().push(link.clone());
+        linked.set_id(NodeId::random());
         store.enqueue([(5, Some(NodeRow::of(&linked)))]);
         store.close(true).unwrap();
         let version: i64 = Connection::open(&path)
@@ -829,8 +832,8 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         let (_store, nodes, _) = Store::open(&path, (0, 0)).unwrap();
         let back = &nodes[&5];
-        assert_eq!((back.id, back.backing_id), (linked.id, id));
-        assert_eq!(back.links, vec![link]);
+        assert_eq!((back.id(), back.backing_id()), (linked.id(), id));
+        assert_eq!(back.links(), &[link][..]);
     }
 
     #[test]
@@ -851,8 +854,8 @@ mod tests {
             5,
         );
         n.size = 42;
-        n.xattrs.insert(b"user.k".to_vec(), b"v".to_vec());
-        n.dirty.insert(0, 1);
+        n.xattrs_mut().insert(b"user.k".to_vec(), b"v".to_vec());
+        n.mark_dirty(0, 1);
         store.enqueue([(7, Some(NodeRow::of(&n)))]);
         store.barrier(true).unwrap();
         let s = Store::summary(&path).unwrap();
@@ -865,12 +868,12 @@ mod tests {
         assert!(clean);
         let back = &nodes[&7];
         assert_eq!(
-            (back.size, back.perm, back.uid, back.gid),
+            (back.size, back.perm(), back.uid, back.gid),
             (42, 0o640, 3, 4)
         );
-        assert_eq!(back.xattrs, n.xattrs);
+        assert_eq!(back.xattrs(), n.xattrs());
         assert_eq!(
-            back.dirty.ranges(),
+            back.dirty().ranges(),
             &[(0, 42)],
             "an unrecorded change is wholly dirty after reload"
         );
@@ -975,7 +978,7 @@ CREATE TABLE IF NOT EXISTS pending_versions (
         let kinds: Vec<(Ino, Kind, NodeId, &[u8], u32)> = {
             let mut v: Vec<_> = nodes
                 .iter()
-                .map(|(&i, n)| (i, n.kind, n.id, &n.name[..], n.rdev))
+                .map(|(&i, n)| (i, n.kind, n.id(), &n.name[..], n.rdev()))
                 .collect();
             v.sort_by_key(|x| x.0);
             v
@@ -990,9 +993,12 @@ CREATE TABLE IF NOT EXISTS pending_versions (
             ]
         );
         assert_eq!(nodes[&3].size, 5);
-        assert_eq!(nodes[&3].recorded_stamp, Some((5, 2)));
-        assert_eq!(nodes[&3].pending.as_ref().map(|p| p.number), Some(4));
-        assert_eq!(nodes[&4].target, b"f");
+        assert_eq!(nodes[&3].recorded_stamp(), Some((5, 2)));
+        assert_eq!(
+            nodes[&3].pending.as_ref().map(|_| nodes[&3].version()),
+            Some(4)
+        );
+        assert_eq!(nodes[&4].target(), b"f");
 
         // The upgraded store takes the new kinds, and they survive a reopen.
         let fifo = Node::new(
@@ -1015,12 +1021,12 @@ CREATE TABLE IF NOT EXISTS pending_versions (
             0,
             9,
         );
-        null.rdev = (1 << 8) | 3;
+        null.set_rdev((1 << 8) | 3);
         store.enqueue([(5, Some(NodeRow::of(&fifo))), (6, Some(NodeRow::of(&null)))]);
         store.close(true).unwrap();
         let (_store, nodes, _) = Store::open(&path, (0, 0)).unwrap();
-        assert_eq!((nodes[&5].kind, nodes[&5].rdev), (Kind::Fifo, 0));
-        assert_eq!((nodes[&6].kind, nodes[&6].rdev), (Kind::CharDevice, 259));
+        assert_eq!((nodes[&5].kind, nodes[&5].rdev()), (Kind::Fifo, 0));
+        assert_eq!((nodes[&6].kind, nodes[&6].rdev()), (Kind::CharDevice, 259));
         assert_eq!(nodes.len(), 6);
         let s = Store::summary(&path).unwrap();
         assert_eq!((s.nodes, s.special), (6, 2));

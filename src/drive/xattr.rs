@@ -66,13 +66,13 @@ pub fn set(node: &mut Node, name: &[u8], value: &[u8], flags: XattrFlags) -> Dri
     if value.len() > VALUE_MAX {
         return Err(DriveError::TooBig);
     }
-    let exists = node.xattrs.contains_key(name);
+    let exists = node.xattrs().contains_key(name);
     match (flags, exists) {
         (XattrFlags::Create, true) => return Err(DriveError::Exists),
         (XattrFlags::Replace, false) => return Err(DriveError::NoXattr),
         _ => {}
     }
-    node.xattrs.insert(name.to_vec(), value.to_vec());
+    node.xattrs_mut().insert(name.to_vec(), value.to_vec());
     Ok(())
 }
 
@@ -84,14 +84,14 @@ pub fn get(node: &Node, name: &[u8]) -> DriveResult<Vec<u8>> {
     if !supported(name) {
         return Err(DriveError::NotSupported("xattr namespace"));
     }
-    node.xattrs.get(name).cloned().ok_or(DriveError::NoXattr)
+    node.xattrs().get(name).cloned().ok_or(DriveError::NoXattr)
 }
 
 /// Every name, NUL-terminated, concatenated (listxattr's format).
 pub fn list(node: &Node) -> Vec<u8> {
     let mut out = Vec::new();
     // A name an older build stored and `get` now refuses is not listed either.
-    for name in node.xattrs.keys().filter(|n| supported(n)) {
+    for name in node.xattrs().keys().filter(|n| supported(n)) {
         out.extend_from_slice(name);
         out.push(0);
     }
@@ -101,10 +101,12 @@ pub fn list(node: &Node) -> Vec<u8> {
 /// Removes `name`.
 pub fn remove(node: &mut Node, name: &[u8]) -> DriveResult<()> {
     check_name(node, name)?;
-    node.xattrs
-        .remove(name)
-        .map(|_| ())
-        .ok_or(DriveError::NoXattr)
+    if !node.xattrs().contains_key(name) {
+        return Err(DriveError::NoXattr);
+    }
+    node.xattrs_mut().remove(name);
+    node.tidy();
+    Ok(())
 }
 
 #[cfg(test)]
