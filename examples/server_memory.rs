@@ -318,8 +318,8 @@ fn main() -> Res<()> {
         "C joined ({joined} chunks) in {:.1} s: rss_kb={rss2} hwm_kb={hwm2}",
         started.elapsed().as_secs_f64()
     );
-    // Settled: past the server's periodic trim (`server::allocator::TRIM_EVERY`).
-    let settle = deltadrive::server::allocator::TRIM_EVERY + Duration::from_secs(2);
+    // Settled: past the server's periodic trim (`allocator::TRIM_EVERY`).
+    let settle = deltadrive::allocator::TRIM_EVERY + Duration::from_secs(2);
     thread::sleep(settle);
     let (rss3, hwm3) = memory(pid)?;
     println!(

@@ -1,6 +1,7 @@
 //! deltadrive: a synced drive. See docs/ARCHITECTURE.md for the parts and how data flows
 //! through them.
 
+pub mod allocator;
 pub mod chunking;
 pub mod cli;
 pub mod drive;

@@ -3,7 +3,6 @@
 
 pub mod admin;
 mod control;
-mod heap;
 mod join;
 mod mount;
 mod mounts;
@@ -59,7 +58,9 @@ pub fn init_logging() {
 /// Runs the parsed command; the error is printed by `main` as one line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging();
-    heap::keep_big_buffers();
+    // Before any thread starts: arenas are taken by the threads that allocate first.
+    crate::allocator::keep_big_buffers();
+    crate::allocator::limit_arenas();
     match cli.command {
         // umask 077 for the two that keep state: what a dependency might create is private
         // too (ours is, whatever the umask: crate::private).

@@ -220,6 +220,7 @@ fn serve_until_stopped(
     let sync = super::join::connect(args, &state)?;
     let drive = Arc::new(Drive::open(state.clone(), owner).context("cannot open the drive state")?);
     mounts::register(mountpoint, state.root())?;
+    crate::allocator::trim_in_background()?;
 
     let sources = super::control::Sources::default();
     super::control::serve(state.root(), sources.clone()).with_context(|| {

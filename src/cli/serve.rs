@@ -44,8 +44,6 @@ pub struct ServeArgs {
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    // Before the runtime's threads take arenas of their own.
-    server::allocator::limit_arenas();
     // Before anything else, so a bad certificate is the only thing said.
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls::acceptor(cert, key)?),

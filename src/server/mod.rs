@@ -4,7 +4,6 @@
 //! Layering: this module uses `protocol` and `chunking` only, never `fs`, `drive`, `sync` or
 //! `remote`. Handlers see the stores as `dyn MetaStore` and `dyn ChunkStore`.
 
-pub mod allocator;
 mod answers;
 pub mod auth;
 mod bodies;
@@ -242,7 +241,7 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tokio::spawn(allocator::trim_periodically(state.shutdown.clone()));
+    tokio::spawn(crate::allocator::trim_periodically(state.shutdown.clone()));
     let app = router(state, &BodyBudget::new(limits.body_memory));
     listen::run(listener, app, limits.max_connections, tls, shutdown).await
 }
