@@ -17,7 +17,7 @@ use crate::protocol::{Name, NodeId};
 
 use super::SyncError;
 use super::plan::{Content, Entry, LocalOnly, Tree};
-use super::state::{Loaded, LocalContent, SyncState};
+use super::state::{Loaded, LocalContent, LocalFile, SyncState};
 use super::trees::{Skipped, entry_of, local_tree, special_name};
 
 /// The manifest of file `node` at its recorded version `version`, given `prev`, the manifest
@@ -303,10 +303,8 @@ fn skipped_id(s: &Skipped) -> NodeId {
 
 /// A file's manifest id and size as last taken, or as synced if never taken.
 fn file_content(mem: &Loaded, v: &NodeView) -> Option<(crate::chunking::ManifestId, u64)> {
-    if let Some(c) = mem.local.get(&v.id)
-        && let Some(m) = mem.manifests.get(&c.manifest)
-    {
-        return Some((c.manifest, m.size()));
+    if let Some(c) = mem.local.get(&v.id) {
+        return Some((c.manifest, c.size));
     }
     // Never taken yet but synced before: unchanged as far as the engine knows.
     match mem.synced.get(v.id).map(|e| &e.content) {
@@ -433,6 +431,17 @@ fn take_versions(
         }
         inodes.entry(v.ino).or_default().push(v);
     }
+    // The manifests taken before of the files with something to take (a recorded version,
+    // a name never taken), read in one batch.
+    let before: Vec<_> = inodes
+        .iter()
+        .filter(|(ino, names)| {
+            pending.contains_key(ino) || names.iter().any(|v| !mem.local.contains_key(&v.id))
+        })
+        .flat_map(|(_, names)| names.iter().filter_map(|v| mem.local.get(&v.id)))
+        .map(|c| c.manifest)
+        .collect();
+    let before = state.manifests(before)?;
     // Manifests of recorded versions and of files never taken, stored in one transaction
     // before the drive lets go of any version.
     let mut taken: Vec<Taken> = Vec::new();
@@ -442,7 +451,7 @@ fn take_versions(
         };
         let known = names.iter().find_map(|v| {
             let c = mem.local.get(&v.id)?;
-            Some((*c, mem.manifests.get(&c.manifest)?))
+            Some((*c, before.get(&c.manifest)?))
         });
         let pending_version = pending.get(&ino);
         let (ids, m) = if let Some(p) = pending_version {
@@ -523,10 +532,13 @@ fn take_versions(
             again.push(t.ino);
             continue;
         }
+        let file = LocalFile {
+            manifest: t.content.manifest,
+            size: t.manifest.size(),
+        };
         for id in t.ids {
-            mem.local.insert(id, t.content);
+            mem.local.insert(id, file);
         }
-        mem.manifests.insert(t.manifest.id(), t.manifest);
     }
     Ok(Versions {
         busy,
