@@ -695,8 +695,8 @@ impl Ctx {
             self.join()?;
         }
         self.pull(None)?;
-        let (remote, local) = (&self.mem.remote.tree, &self.mem.local);
-        self.aside.settle(remote, |node, content| {
+        let local = self.state.locals(self.aside.nodes())?;
+        self.aside.settle(&self.mem.remote.tree, |node, content| {
             local.get(&node).is_some_and(|c| c.manifest == *content)
         });
         let started = Instant::now();
@@ -757,7 +757,6 @@ impl Ctx {
                 drive: &self.drive,
                 remote: &self.remote,
                 prefetch: Some(&self.prefetch),
-                mem: &mut self.mem,
                 state: &mut self.state,
                 params: self.params,
                 to_download: &self.to_download,

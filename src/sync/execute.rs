@@ -19,7 +19,7 @@ use super::SyncError;
 use super::content::{Staged, materialize, materialize_from_unsynced, sync_staging};
 use super::plan::{Content, Entry, LocalStep, Tree};
 use super::prefetch::Prefetch;
-use super::state::{Loaded, LocalContent, LocalFile, SyncState};
+use super::state::{LocalContent, SyncState};
 
 /// File creates fetch their chunks together, up to this many bytes...
 const PREFETCH_BYTES: u64 = 64 << 20;
@@ -46,17 +46,16 @@ pub struct LocalRun<'a> {
     pub remote: &'a Remote,
     /// Content fetched ahead from upload hints, if the engine follows them.
     pub prefetch: Option<&'a Prefetch>,
-    /// The engine's memory (trees, local contents).
-    pub mem: &'a mut Loaded,
     /// Where local contents are recorded, and manifests read.
     pub state: &'a mut SyncState,
     /// Chunking parameters (for conflicted copies).
     pub params: ChunkerParams,
     /// Bytes of content still to bring in (for `status`).
     pub to_download: &'a AtomicU64,
-    /// Contents of files placed, recorded together: one transaction, not one per file
-    /// (losing them in a crash only costs chunking those files again).
-    pub placed: Vec<(NodeId, LocalContent, Manifest)>,
+    /// Contents of files placed (`None`: a file deleted), recorded together, in order: one
+    /// transaction, not one per file (losing them in a crash only costs chunking those
+    /// files again; a deleted file's record goes at the next scan).
+    pub placed: Vec<(NodeId, Option<(LocalContent, Manifest)>)>,
     /// Files whose new content could not be rebuilt; their steps were skipped.
     pub unbuilt: Vec<Unbuilt>,
 }
@@ -95,7 +94,7 @@ impl LocalRun<'_> {
         let placed = std::mem::take(&mut self.placed);
         let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> = placed
             .iter()
-            .map(|(id, c, m)| (*id, Some((*c, m))))
+            .map(|(id, c)| (*id, c.as_ref().map(|(c, m)| (*c, m))))
             .collect();
         self.state.save_locals(&rows)
     }
@@ -175,9 +174,13 @@ impl LocalRun<'_> {
                     .apply_move(*node, *parent, name.as_str().as_bytes())?)
             }
             LocalStep::Delete { node } => {
+                let file = self
+                    .drive
+                    .node_view(*node)
+                    .is_some_and(|v| v.kind == crate::drive::Kind::File);
                 self.drive.apply_delete(*node)?;
-                if self.mem.local.remove(node).is_some() {
-                    self.state.save_local(*node, None)?;
+                if file {
+                    self.record(*node, None)?;
                 }
                 Ok(())
             }
@@ -359,14 +362,16 @@ impl LocalRun<'_> {
             drive_version,
             manifest: manifest.id(),
         };
-        self.mem.local.insert(
-            node,
-            LocalFile {
-                manifest: content.manifest,
-                size: manifest.size(),
-            },
-        );
-        self.placed.push((node, content, manifest.clone()));
+        self.record(node, Some((content, manifest.clone())))
+    }
+
+    /// Queues a local record (`None`: forget the file), recorded with the others.
+    fn record(
+        &mut self,
+        node: NodeId,
+        content: Option<(LocalContent, Manifest)>,
+    ) -> Result<(), SyncError> {
+        self.placed.push((node, content));
         if self.placed.len() >= PLACED_FLUSH {
             self.flush_placed()?;
         }
@@ -419,8 +424,10 @@ impl LocalRun<'_> {
                 if self.drive.node_view(node).is_some_and(|v| v.busy) {
                     return Err(DriveError::Busy.into());
                 }
-                // The target and the content the file holds now, read together.
-                let base_id = self.mem.local.get(&node).map(|c| c.manifest);
+                // The content the file holds now (as recorded: what is queued first), and the
+                // target with it.
+                self.flush_placed()?;
+                let base_id = self.state.locals([node])?.get(&node).map(|c| c.manifest);
                 let mut read = self
                     .state
                     .manifests([*manifest_id].into_iter().chain(base_id))?;

@@ -1,9 +1,9 @@
 //! The sync state of one mount (`sync.db`): the remote and synced trees, the manifest of each
 //! local file as last handed to the engine, the outbox, and the cursor.
 //!
-//! The trees and each local file's manifest id are loaded into memory when the engine starts
-//! ([`SyncState::load`]); manifests stay on disk, read when a cycle needs them through a
-//! bounded cache ([`SyncState::manifests`]). Everything is written back change by change, each
+//! The trees are loaded into memory when the engine starts ([`SyncState::load`]); manifests
+//! and the records of local files stay on disk, read when a cycle needs them
+//! ([`SyncState::manifests`] through a bounded cache, [`SyncState::locals`]). Everything is written back change by change, each
 //! in one SQLite transaction, so a crash leaves a state the next start can plan from: trees
 //! that are each whole, and at most one transaction in the outbox.
 
@@ -75,8 +75,8 @@ pub struct LocalContent {
     pub manifest: ManifestId,
 }
 
-/// What the engine keeps in memory of a local file's content as last taken: the manifest
-/// (read from sync.db when needed) and the size, which the local tree shows.
+/// A local file's content as last taken, as a scan reads it: the manifest (read from
+/// sync.db when needed) and the size, which the local tree shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalFile {
     /// The manifest of the content.
@@ -102,8 +102,6 @@ pub struct Loaded {
     pub remote: RemoteTree,
     /// The synced tree (S).
     pub synced: Tree,
-    /// The content of each local file as last taken.
-    pub local: HashMap<NodeId, LocalFile>,
 }
 
 /// One change to a stored tree.
@@ -255,33 +253,75 @@ impl SyncState {
         Ok(total)
     }
 
-    /// Reads everything the engine keeps in memory (not the manifests: see
-    /// [`SyncState::manifests`]).
+    /// Reads everything the engine keeps in memory (not the manifests nor the local
+    /// records: see [`SyncState::manifests`] and [`SyncState::locals`]).
     pub fn load(&self) -> Result<Loaded, SyncError> {
         let (remote, versions) = self.load_tree(Table::Remote)?;
         let (synced, _) = self.load_tree(Table::Synced)?;
-        let mut local = HashMap::new();
-        {
-            // The size is the manifest's: each is read once here. A record whose manifest
-            // is missing is left out, as a file never taken (chunked again whole).
-            let mut st = self.conn.prepare(
-                "SELECT local.node_id, manifests.body FROM local
-                 JOIN manifests ON manifests.id = local.manifest_id",
-            )?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let m = Manifest::decode(&r.get::<_, Vec<u8>>(1)?)?;
-                local.insert(node_id(&r.get::<_, Vec<u8>>(0)?)?, LocalFile::of(&m));
-            }
-        }
         Ok(Loaded {
             remote: RemoteTree {
                 tree: remote,
                 versions,
             },
             synced,
-            local,
         })
+    }
+
+    /// The records of the local files among `nodes` (a node without one is absent), in a
+    /// few queries. The manifests read for their sizes go to the cache: the scan that asks
+    /// re-chunks from them next.
+    pub fn locals(
+        &mut self,
+        nodes: impl IntoIterator<Item = NodeId>,
+    ) -> Result<HashMap<NodeId, LocalFile>, SyncError> {
+        let mut nodes: Vec<NodeId> = nodes.into_iter().collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut found = HashMap::with_capacity(nodes.len());
+        for part in nodes.chunks(IDS_PER_QUERY) {
+            let marks = vec!["?"; part.len()].join(",");
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT local.node_id, local.manifest_id, manifests.body FROM local
+                 JOIN manifests ON manifests.id = local.manifest_id
+                 WHERE local.node_id IN ({marks})"
+            ))?;
+            let mut rows = st.query(rusqlite::params_from_iter(
+                part.iter().map(|id| id.to_bytes().to_vec()),
+            ))?;
+            while let Some(r) = rows.next()? {
+                let id = manifest_id(&r.get::<_, Vec<u8>>(1)?)?;
+                let size = match self.cache.get(&id) {
+                    Some(m) => m.size(),
+                    None => {
+                        let m = Manifest::decode(&r.get::<_, Vec<u8>>(2)?)?;
+                        let size = m.size();
+                        self.cache.insert_with_id(id, m);
+                        size
+                    }
+                };
+                found.insert(
+                    node_id(&r.get::<_, Vec<u8>>(0)?)?,
+                    LocalFile { manifest: id, size },
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every local file's record (a whole scan). A record whose manifest is missing is left
+    /// out, as a file never taken (chunked again whole).
+    pub fn all_locals(&self) -> Result<HashMap<NodeId, LocalFile>, SyncError> {
+        let mut local = HashMap::new();
+        let mut st = self.conn.prepare(
+            "SELECT local.node_id, manifests.body FROM local
+             JOIN manifests ON manifests.id = local.manifest_id",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let m = Manifest::decode(&r.get::<_, Vec<u8>>(1)?)?;
+            local.insert(node_id(&r.get::<_, Vec<u8>>(0)?)?, LocalFile::of(&m));
+        }
+        Ok(local)
     }
 
     /// The manifests among `ids` that are stored (a missing one is absent from the answer),
@@ -726,13 +766,18 @@ mod tests {
             "a manifest never stored is absent"
         );
 
-        // A new start: the local files with their sizes, no manifest in memory.
+        // A new start: the local files with their sizes, read from disk.
         drop(state);
         let mut state = SyncState::open(&path).expect("reopen");
-        let loaded = state.load().expect("load");
-        assert_eq!(loaded.local.len(), ms.len());
-        assert_eq!(loaded.local.get(&nodes[7]), Some(&LocalFile::of(&ms[7])));
+        let all = state.all_locals().expect("all");
+        assert_eq!(all.len(), ms.len());
+        assert_eq!(all.get(&nodes[7]), Some(&LocalFile::of(&ms[7])));
         assert!(state.cache.is_empty());
+        let some = state
+            .locals([nodes[7], nodes[900], NodeId::random()])
+            .expect("some");
+        assert_eq!(some.len(), 2, "a node without a record is absent");
+        assert_eq!(some.get(&nodes[900]), Some(&LocalFile::of(&ms[900])));
         assert_eq!(
             state.manifest(ms[7].id()).expect("read"),
             Some(ms[7].clone())
