@@ -91,6 +91,11 @@ impl Aside {
         });
     }
 
+    /// Every file set aside.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.files.keys().copied().collect()
+    }
+
     /// The files still waiting at `now` (their next attempt not due yet).
     pub fn waiting(&self, now: Instant) -> impl Iterator<Item = NodeId> + '_ {
         self.files

@@ -29,7 +29,7 @@ use super::plan::{ConflictStamp, Context, Entry, Plan, diverged, plan_among};
 use super::prefetch::Prefetch;
 use super::preupload::with_early_upload;
 use super::pulled::tree_rows;
-use super::push::{Upload, build_ops, bytes_to_send, upload_missing};
+use super::push::{Upload, build_ops, bytes_to_send, manifests_needed, upload_missing};
 use super::state::{Loaded, RemoteTree, Row, SyncState};
 
 /// How long the waker's long-poll waits for news.
@@ -642,15 +642,31 @@ impl Ctx {
             .and_then(|d| AccountName::new(d).ok());
         let (planned, bytes) = match known.map(|device| self.plan_now(&device)) {
             Some(Ok((plan, _, _))) => {
-                let bytes = build_ops(&plan.to_remote, &self.mem.remote, &self.mem.manifests)
-                    .map(|(_, chunks)| bytes_to_send(&chunks, &self.held))
-                    .unwrap_or(0);
+                let bytes = self
+                    .chunks_to_push(&plan.to_remote)
+                    .map_or(0, |chunks| bytes_to_send(&chunks, &self.held));
                 (plan.to_remote.len().div_ceil(PUSH_BATCH) as u64, bytes)
             }
             Some(Err(_)) | None => (0, 0),
         };
         self.status.pending_transactions = outbox + planned;
         self.to_upload.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The chunks pushing `steps` would name, their manifests read batch by batch (only one
+    /// batch's manifests in memory at once).
+    fn chunks_to_push(
+        &mut self,
+        steps: &[super::plan::PushStep],
+    ) -> Result<Vec<super::push::ChunkAt>, SyncError> {
+        let mut chunks = Vec::new();
+        for batch in steps.chunks(PUSH_BATCH) {
+            let known = self
+                .state
+                .manifests(manifests_needed(batch, &self.mem.remote))?;
+            chunks.extend(build_ops(batch, &self.mem.remote, &known)?.1);
+        }
+        Ok(chunks)
     }
 
     fn device(&mut self) -> Result<AccountName, SyncError> {
@@ -679,8 +695,8 @@ impl Ctx {
             self.join()?;
         }
         self.pull(None)?;
-        let (remote, local) = (&self.mem.remote.tree, &self.mem.local);
-        self.aside.settle(remote, |node, content| {
+        let local = self.state.locals(self.aside.nodes())?;
+        self.aside.settle(&self.mem.remote.tree, |node, content| {
             local.get(&node).is_some_and(|c| c.manifest == *content)
         });
         let started = Instant::now();
@@ -741,12 +757,10 @@ impl Ctx {
                 drive: &self.drive,
                 remote: &self.remote,
                 prefetch: Some(&self.prefetch),
-                mem: &mut self.mem,
                 state: &mut self.state,
                 params: self.params,
                 to_download: &self.to_download,
                 placed: Vec::new(),
-                gone: Vec::new(),
                 unbuilt: Vec::new(),
             };
             let applied = run.run(&plan.to_local, &self.local.tree);
@@ -1038,7 +1052,7 @@ impl Ctx {
             nodes = snap.nodes.len(),
             "remote tree from a snapshot"
         );
-        let remote = RemoteTree::from_snapshot(&snap.nodes, &mut self.mem.manifests)?;
+        let remote = RemoteTree::from_snapshot(&snap.nodes)?;
         let manifests: Vec<&Manifest> = snap
             .nodes
             .iter()
@@ -1072,37 +1086,29 @@ impl Ctx {
             self.status.server_head = self.status.server_head.max(page.head.0);
             self.polled.head.fetch_max(page.head.0, Ordering::Relaxed);
             for change in &page.changes {
-                let rows =
-                    match self
-                        .mem
-                        .remote
-                        .apply(change.seq, &change.ops, &mut self.mem.manifests)
-                    {
-                        Ok(rows) => rows,
-                        Err(e) if self.reloaded_at == Some(change.seq) => {
-                            // A tree reloaded for this very change meets it again: the
-                            // server's change log does not make sense here. Reloading once
-                            // more would not help; the failure backs off and shows in status.
-                            return Err(SyncError::Inconsistent(format!(
-                                "the server's change {} does not apply to its own tree: {e}",
-                                change.seq.0
-                            )));
-                        }
-                        Err(e) => {
-                            // The remote tree no longer matches the server's: start it over.
-                            tracing::error!(
-                                "change {}: {e}; reloading the remote tree",
-                                change.seq.0
-                            );
-                            self.reloaded_at = Some(change.seq);
-                            return self.join();
-                        }
-                    };
-                self.state.save_remote(
-                    &rows,
-                    &row_manifests(&rows, &self.mem.manifests),
-                    change.seq,
-                )?;
+                let mut known = self
+                    .state
+                    .manifests(self.mem.remote.write_bases(&change.ops))?;
+                let rows = match self.mem.remote.apply(change.seq, &change.ops, &mut known) {
+                    Ok(rows) => rows,
+                    Err(e) if self.reloaded_at == Some(change.seq) => {
+                        // A tree reloaded for this very change meets it again: the
+                        // server's change log does not make sense here. Reloading once
+                        // more would not help; the failure backs off and shows in status.
+                        return Err(SyncError::Inconsistent(format!(
+                            "the server's change {} does not apply to its own tree: {e}",
+                            change.seq.0
+                        )));
+                    }
+                    Err(e) => {
+                        // The remote tree no longer matches the server's: start it over.
+                        tracing::error!("change {}: {e}; reloading the remote tree", change.seq.0);
+                        self.reloaded_at = Some(change.seq);
+                        return self.join();
+                    }
+                };
+                self.state
+                    .save_remote(&rows, &row_manifests(&rows, &known), change.seq)?;
                 self.share_remote_rows(&rows);
                 self.note_rows(&rows);
                 self.status.cursor = change.seq.0;
@@ -1170,9 +1176,14 @@ impl Ctx {
                     tree: self.mem.synced.clone(),
                     versions: std::collections::HashMap::new(),
                 };
+                let mut known = self.state.manifests(synced.write_bases(&req.ops))?;
                 // (It does not apply when the synced tree took it before a crash: push().)
-                match synced.apply(resp.seq, &req.ops, &mut self.mem.manifests) {
-                    Ok(_) => self.set_synced(synced.tree)?,
+                match synced.apply(resp.seq, &req.ops, &mut known) {
+                    Ok(rows) => {
+                        // Stored before the synced tree names them.
+                        self.state.save_manifests(&row_manifests(&rows, &known))?;
+                        self.set_synced(synced.tree)?;
+                    }
                     Err(e) => tracing::info!(
                         "outbox transaction does not apply to the synced tree ({e}); the \
                          planner merges what differs as a change of both sides"
@@ -1194,7 +1205,10 @@ impl Ctx {
     /// Uploads and commits one batch of push steps against the remote tree; once committed,
     /// the steps are applied to the synced tree.
     fn push(&mut self, steps: &[super::plan::PushStep]) -> Result<Pushed, SyncError> {
-        let (ops, chunks) = build_ops(steps, &self.mem.remote, &self.mem.manifests)?;
+        let mut known = self
+            .state
+            .manifests(manifests_needed(steps, &self.mem.remote))?;
+        let (ops, chunks) = build_ops(steps, &self.mem.remote, &known)?;
         let local = Some(&self.local.tree);
         self.status.in_flight = steps
             .iter()
@@ -1241,15 +1255,10 @@ impl Ctx {
                 self.polled.head.fetch_max(resp.seq.0, Ordering::Relaxed);
                 if resp.seq.0 == cursor.0 + 1 {
                     // Nobody committed in between: the remote tree is ours plus these ops.
-                    let rows =
-                        self.mem
-                            .remote
-                            .apply(resp.seq, &req.ops, &mut self.mem.manifests)?;
-                    self.state.save_remote(
-                        &rows,
-                        &row_manifests(&rows, &self.mem.manifests),
-                        resp.seq,
-                    )?;
+                    // `known` holds the bases of the writes: the remote tree has not moved.
+                    let rows = self.mem.remote.apply(resp.seq, &req.ops, &mut known)?;
+                    self.state
+                        .save_remote(&rows, &row_manifests(&rows, &known), resp.seq)?;
                     self.share_remote_rows(&rows);
                     self.note_rows(&rows);
                     self.status.cursor = resp.seq.0;

@@ -19,12 +19,15 @@ use super::SyncError;
 use super::content::{Staged, materialize, materialize_from_unsynced, sync_staging};
 use super::plan::{Content, Entry, LocalStep, Tree};
 use super::prefetch::Prefetch;
-use super::state::{Loaded, LocalContent, SyncState};
+use super::state::{LocalContent, SyncState};
 
 /// File creates fetch their chunks together, up to this many bytes...
 const PREFETCH_BYTES: u64 = 64 << 20;
 /// ...or this many files at once.
 const PREFETCH_FILES: usize = 2000;
+/// Contents of files placed are recorded once this many wait (with their manifests, held
+/// until then), and at the end of the run.
+const PLACED_FLUSH: usize = 2000;
 
 /// How a run of local steps ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,20 +46,16 @@ pub struct LocalRun<'a> {
     pub remote: &'a Remote,
     /// Content fetched ahead from upload hints, if the engine follows them.
     pub prefetch: Option<&'a Prefetch>,
-    /// The engine's memory (manifests, local contents).
-    pub mem: &'a mut Loaded,
-    /// Where local contents are recorded.
+    /// Where local contents are recorded, and manifests read.
     pub state: &'a mut SyncState,
     /// Chunking parameters (for conflicted copies).
     pub params: ChunkerParams,
     /// Bytes of content still to bring in (for `status`).
     pub to_download: &'a AtomicU64,
-    /// Contents of files placed, recorded together at the end: one transaction, not one
-    /// per file (losing them in a crash only costs chunking those files again).
-    pub placed: Vec<(NodeId, LocalContent)>,
-    /// Files deleted, forgotten with the placed ones: a record left by a crash names a node
-    /// the drive no longer has, which the next full scan forgets.
-    pub gone: Vec<NodeId>,
+    /// Contents of files placed (`None`: a file deleted), recorded together, in order: one
+    /// transaction, not one per file (losing them in a crash only costs chunking those
+    /// files again; a deleted file's record goes at the next scan).
+    pub placed: Vec<(NodeId, Option<(LocalContent, Manifest)>)>,
     /// Files whose new content could not be rebuilt; their steps were skipped.
     pub unbuilt: Vec<Unbuilt>,
 }
@@ -74,8 +73,8 @@ pub struct Unbuilt {
 
 /// How a small file of a batch was staged.
 enum Batched {
-    /// Staged from the batch's chunks.
-    Ready(Staged),
+    /// Staged from the batch's chunks, with its manifest.
+    Ready(Staged, Manifest),
     /// Its content does not fit its manifest (the batch supplied every chunk).
     Failed(SyncError),
     /// The batch's fetch failed on content: staged alone, so the fault is this file's.
@@ -90,14 +89,12 @@ impl LocalRun<'_> {
         result
     }
 
-    /// Records the contents of the files placed and forgets those deleted so far.
+    /// Records the contents of the files placed so far.
     fn flush_placed(&mut self) -> Result<(), SyncError> {
         let placed = std::mem::take(&mut self.placed);
-        let gone = std::mem::take(&mut self.gone);
         let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> = placed
             .iter()
-            .filter_map(|(id, c)| Some((*id, Some((*c, self.mem.manifests.get(&c.manifest)?)))))
-            .chain(gone.into_iter().map(|id| (id, None)))
+            .map(|(id, c)| (*id, c.as_ref().map(|(c, m)| (*c, m))))
             .collect();
         self.state.save_locals(&rows)
     }
@@ -177,22 +174,21 @@ impl LocalRun<'_> {
                     .apply_move(*node, *parent, name.as_str().as_bytes())?)
             }
             LocalStep::Delete { node } => {
+                let file = self
+                    .drive
+                    .node_view(*node)
+                    .is_some_and(|v| v.kind == crate::drive::Kind::File);
                 self.drive.apply_delete(*node)?;
-                // One transaction for all of a run's deletes, not one (and an fsync) each.
-                if self.mem.local.remove(node).is_some() {
-                    self.gone.push(*node);
+                if file {
+                    self.record(*node, None)?;
                 }
                 Ok(())
             }
         }
     }
 
-    fn manifest(&self, id: &ManifestId) -> Result<Manifest, SyncError> {
-        self.mem
-            .manifests
-            .get(id)
-            .cloned()
-            .ok_or_else(|| SyncError::Inconsistent(format!("manifest {id} is not stored")))
+    fn manifest(&mut self, id: &ManifestId) -> Result<Manifest, SyncError> {
+        self.state.manifest(*id)?.ok_or_else(|| not_stored(id))
     }
 
     fn create(
@@ -212,26 +208,29 @@ impl LocalRun<'_> {
             Content::Symlink { target } => {
                 self.place_link(node, entry.parent, name, &attrs, target)?;
             }
-            Content::File { manifest_id, .. } => {
-                let manifest = self.manifest(manifest_id)?;
-                let alone = manifest.size() > PREFETCH_BYTES || self.fetched_ahead(node);
+            Content::File { manifest_id, size } => {
+                let alone = *size > PREFETCH_BYTES || self.fetched_ahead(node);
                 if !alone && !staged.contains_key(&node) {
                     *staged = self.stage_batch(rest)?;
                 }
-                let file = match staged.remove(&node) {
-                    Some(Batched::Ready(file)) => file,
+                let (file, manifest) = match staged.remove(&node) {
+                    Some(Batched::Ready(file, manifest)) => (file, manifest),
                     Some(Batched::Failed(e)) => return Err(e),
                     // A large file streams through its own windows (and takes over what was
                     // fetched of it ahead); a small one whose batch failed on content is
                     // fetched alone, so that the fault is its own.
-                    Some(Batched::Alone) | None => materialize(
-                        self.drive,
-                        self.remote,
-                        self.prefetch,
-                        node,
-                        None,
-                        &manifest,
-                    )?,
+                    Some(Batched::Alone) | None => {
+                        let manifest = self.manifest(manifest_id)?;
+                        let file = materialize(
+                            self.drive,
+                            self.remote,
+                            self.prefetch,
+                            node,
+                            None,
+                            &manifest,
+                        )?;
+                        (file, manifest)
+                    }
                 };
                 self.place_file(node, entry, &attrs, file, &manifest)?;
             }
@@ -244,13 +243,12 @@ impl LocalRun<'_> {
         self.prefetch.is_some_and(|p| p.has(node))
     }
 
-    /// Stages the small file creates at the head of `rest` together: their chunks fetched in
-    /// one request and the files made durable with one syncfs, so that many small files cost
-    /// a few round trips and one flush instead of one each.
-    fn stage_batch(&self, rest: &[LocalStep]) -> Result<HashMap<NodeId, Batched>, SyncError> {
-        let mut batch: Vec<(NodeId, Manifest)> = Vec::new();
-        let mut ids = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+    /// Stages the small file creates at the head of `rest` together: their manifests read in
+    /// one batch, their chunks fetched in one request and the files made durable with one
+    /// syncfs, so that many small files cost a few round trips and one flush instead of one
+    /// each.
+    fn stage_batch(&mut self, rest: &[LocalStep]) -> Result<HashMap<NodeId, Batched>, SyncError> {
+        let mut files: Vec<(NodeId, ManifestId)> = Vec::new();
         let mut bytes = 0u64;
         for step in rest {
             let LocalStep::Create {
@@ -267,18 +265,28 @@ impl LocalRun<'_> {
             if *size > PREFETCH_BYTES || self.fetched_ahead(*node) {
                 continue;
             }
-            if !batch.is_empty() && (bytes + size > PREFETCH_BYTES || batch.len() >= PREFETCH_FILES)
+            if !files.is_empty() && (bytes + size > PREFETCH_BYTES || files.len() >= PREFETCH_FILES)
             {
                 break;
             }
-            let m = self.manifest(manifest_id)?;
+            bytes += size;
+            files.push((*node, *manifest_id));
+        }
+        let manifests = self.state.manifests(files.iter().map(|(_, m)| *m))?;
+        let mut batch: Vec<(NodeId, Manifest)> = Vec::with_capacity(files.len());
+        let mut ids = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (node, manifest_id) in files {
+            let m = manifests
+                .get(&manifest_id)
+                .cloned()
+                .ok_or_else(|| not_stored(&manifest_id))?;
             if let Some(p) = self.prefetch {
                 // Fetched here with the others: hints of it still queued are not needed.
-                p.pass(*node);
+                p.pass(node);
             }
             ids.extend(m.chunks.iter().map(|c| c.id).filter(|id| seen.insert(*id)));
-            bytes += size;
-            batch.push((*node, m));
+            batch.push((node, m));
         }
         let mut supplied: HashMap<ChunkId, VerifiedChunk> = match self.remote.fetch(&ids) {
             Ok(chunks) => chunks.into_iter().collect(),
@@ -298,13 +306,13 @@ impl LocalRun<'_> {
             }
         };
         let mut staged = HashMap::with_capacity(batch.len());
-        for (node, m) in &batch {
-            let file = match materialize_from_unsynced(self.drive, &mut supplied, m) {
-                Ok(file) => Batched::Ready(file),
+        for (node, m) in batch {
+            let file = match materialize_from_unsynced(self.drive, &mut supplied, &m) {
+                Ok(file) => Batched::Ready(file, m),
                 Err(e) if e.is_content_fault() => Batched::Failed(e),
                 Err(e) => return Err(e),
             };
-            staged.insert(*node, file);
+            staged.insert(node, file);
         }
         sync_staging(self.drive)?;
         Ok(staged)
@@ -354,12 +362,19 @@ impl LocalRun<'_> {
             drive_version,
             manifest: manifest.id(),
         };
+        self.record(node, Some((content, manifest.clone())))
+    }
+
+    /// Queues a local record (`None`: forget the file), recorded with the others.
+    fn record(
+        &mut self,
+        node: NodeId,
+        content: Option<(LocalContent, Manifest)>,
+    ) -> Result<(), SyncError> {
         self.placed.push((node, content));
-        self.mem.local.insert(node, content);
-        self.mem
-            .manifests
-            .entry(manifest.id())
-            .or_insert_with(|| manifest.clone());
+        if self.placed.len() >= PLACED_FLUSH {
+            self.flush_placed()?;
+        }
         Ok(())
     }
 
@@ -409,13 +424,18 @@ impl LocalRun<'_> {
                 if self.drive.node_view(node).is_some_and(|v| v.busy) {
                     return Err(DriveError::Busy.into());
                 }
-                let target = self.manifest(manifest_id)?;
-                let base = self
-                    .mem
-                    .local
-                    .get(&node)
-                    .and_then(|c| self.mem.manifests.get(&c.manifest))
-                    .cloned();
+                // The content the file holds now (as recorded: what is queued first), and the
+                // target with it.
+                self.flush_placed()?;
+                let base_id = self.state.locals([node])?.get(&node).map(|c| c.manifest);
+                let mut read = self
+                    .state
+                    .manifests([*manifest_id].into_iter().chain(base_id))?;
+                let target = read
+                    .get(manifest_id)
+                    .cloned()
+                    .ok_or_else(|| not_stored(manifest_id))?;
+                let base = base_id.and_then(|id| read.remove(&id));
                 let staged = materialize(
                     self.drive,
                     self.remote,
@@ -447,6 +467,10 @@ impl LocalRun<'_> {
             Content::Dir => Ok(()),
         }
     }
+}
+
+fn not_stored(id: &ManifestId) -> SyncError {
+    SyncError::Inconsistent(format!("manifest {id} is not stored"))
 }
 
 /// The file and the remote content a step rebuilds, if it rebuilds one.

@@ -23,7 +23,7 @@ use crate::protocol::{Name, NodeId};
 
 use super::SyncError;
 use super::plan::{Content, Entry, LocalOnly, Tree};
-use super::state::{Loaded, LocalContent, SyncState};
+use super::state::{Loaded, LocalContent, LocalFile, SyncState};
 use super::trees::{Skipped, entry_of, local_tree, special_name};
 
 /// The manifest of file `node` at its recorded version `version`, given `prev`, the manifest
@@ -184,22 +184,28 @@ fn scan_changes(
     let inos: Vec<Ino> = inos.into_iter().collect();
     let views = drive.views_of(&inos);
     let pending = drive.pending_versions_of(&inos);
-    let taken = take_versions(drive, mem, state, params, cut, &views, pending)?;
     let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
     let before = held_before(drive, local, &inos, &views, &present);
+    // The records of these files and of the names gone only, from sync.db.
+    let files = views.iter().filter(|v| v.kind == Kind::File).map(|v| v.id);
+    let gone = before.iter().filter(|id| !present.contains(id)).copied();
+    let mut recs = state.locals(files.chain(gone))?;
+    let taken = take_versions(drive, &mut recs, state, params, cut, &views, pending)?;
     let gone: Vec<NodeId> = before
         .iter()
-        .filter(|id| !present.contains(id) && mem.local.contains_key(id))
+        .filter(|id| !present.contains(id) && recs.contains_key(id))
         .copied()
         .collect();
-    forget_locals(mem, state, gone)?;
+    forget_locals(state, gone)?;
     // The new entries; a directory entering or leaving the left-out set takes its subtree
     // along, which only a whole build sees.
     let mut changes: BTreeMap<NodeId, Option<Arc<Entry>>> =
         before.iter().map(|id| (*id, None)).collect();
     let mut skipped = Vec::new();
     for v in views.iter().filter(|v| !v.kind.is_special()) {
-        match entry_of(v, &|v| file_content(mem, v), &|id| dir_mtime(mem, id)) {
+        match entry_of(v, &|v| file_content(&recs, mem, v), &|id| {
+            dir_mtime(mem, id)
+        }) {
             Ok(e) => {
                 let likes = [
                     mem.synced.get_shared(v.id),
@@ -374,12 +380,14 @@ fn skipped_id(s: &Skipped) -> NodeId {
     }
 }
 
-/// A file's manifest id and size as last taken, or as synced if never taken.
-fn file_content(mem: &Loaded, v: &NodeView) -> Option<(crate::chunking::ManifestId, u64)> {
-    if let Some(c) = mem.local.get(&v.id)
-        && let Some(m) = mem.manifests.get(&c.manifest)
-    {
-        return Some((c.manifest, m.size()));
+/// A file's manifest id and size as last taken (`recs`), or as synced if never taken.
+fn file_content(
+    recs: &HashMap<NodeId, LocalFile>,
+    mem: &Loaded,
+    v: &NodeView,
+) -> Option<(crate::chunking::ManifestId, u64)> {
+    if let Some(c) = recs.get(&v.id) {
+        return Some((c.manifest, c.size));
     }
     // Never taken yet but synced before: unchanged as far as the engine knows.
     match mem.synced.get(v.id).map(|e| &e.content) {
@@ -397,21 +405,10 @@ fn dir_mtime(mem: &Loaded, id: NodeId) -> Option<i64> {
 }
 
 /// Forgets the manifests of files that are gone.
-fn forget_locals(
-    mem: &mut Loaded,
-    state: &mut SyncState,
-    gone: Vec<NodeId>,
-) -> Result<(), SyncError> {
-    if gone.is_empty() {
-        return Ok(());
-    }
+fn forget_locals(state: &mut SyncState, gone: Vec<NodeId>) -> Result<(), SyncError> {
     let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> =
         gone.iter().map(|id| (*id, None)).collect();
-    state.save_locals(&rows)?;
-    for id in gone {
-        mem.local.remove(&id);
-    }
-    Ok(())
+    state.save_locals(&rows)
 }
 
 /// The whole drive's scan: every node looked at, L built anew.
@@ -425,18 +422,19 @@ fn full_scan(
 ) -> Result<LocalScan, SyncError> {
     let views = drive.view();
     let pending = drive.pending_versions();
-    let taken = take_versions(drive, mem, state, params, cut, &views, pending)?;
+    // Every record, for this scan only.
+    let mut recs = state.all_locals()?;
+    let taken = take_versions(drive, &mut recs, state, params, cut, &views, pending)?;
     let present: HashSet<NodeId> = views.iter().map(|v| v.id).collect();
-    let gone: Vec<NodeId> = mem
-        .local
+    let gone: Vec<NodeId> = recs
         .keys()
         .filter(|id| !present.contains(id))
         .copied()
         .collect();
-    forget_locals(mem, state, gone)?;
+    forget_locals(state, gone)?;
     let (tree, skipped, local_only) = local_tree(
         &views,
-        |v| file_content(mem, v),
+        |v| file_content(&recs, mem, v),
         |id| dir_mtime(mem, id),
         &[&mem.synced, &mem.remote.tree],
     )
@@ -478,10 +476,12 @@ struct Versions {
 
 /// Takes the recorded versions `pending` of the files among `views`, and chunks whole the
 /// files the engine never took (manifests stored in one transaction before the drive lets
-/// go of any version).
+/// go of any version). `recs` holds the records of the files among `views` and gets the
+/// new ones. (A version stored but not handed over stays stored: the next scan re-chunks
+/// from it, as it would after a crash; its ranges cover every write since.)
 fn take_versions(
     drive: &Drive,
-    mem: &mut Loaded,
+    recs: &mut HashMap<NodeId, LocalFile>,
     state: &mut SyncState,
     params: ChunkerParams,
     cut: &mut NewChunks<'_>,
@@ -501,6 +501,17 @@ fn take_versions(
         }
         inodes.entry(v.ino).or_default().push(v);
     }
+    // The manifests taken before of the files with something to take (a recorded version,
+    // a name never taken), read in one batch.
+    let before: Vec<_> = inodes
+        .iter()
+        .filter(|(ino, names)| {
+            pending.contains_key(ino) || names.iter().any(|v| !recs.contains_key(&v.id))
+        })
+        .flat_map(|(_, names)| names.iter().filter_map(|v| recs.get(&v.id)))
+        .map(|c| c.manifest)
+        .collect();
+    let before = state.manifests(before)?;
     // Manifests of recorded versions and of files never taken, stored in one transaction
     // before the drive lets go of any version.
     let mut taken: Vec<Taken> = Vec::new();
@@ -509,8 +520,8 @@ fn take_versions(
             continue;
         };
         let known = names.iter().find_map(|v| {
-            let c = mem.local.get(&v.id)?;
-            Some((*c, mem.manifests.get(&c.manifest)?))
+            let c = recs.get(&v.id)?;
+            Some((*c, before.get(&c.manifest)?))
         });
         let pending_version = pending.get(&ino);
         let (ids, m) = if let Some(p) = pending_version {
@@ -536,7 +547,7 @@ fn take_versions(
         } else {
             let unknown: Vec<NodeId> = names
                 .iter()
-                .filter(|v| !mem.local.contains_key(&v.id))
+                .filter(|v| !recs.contains_key(&v.id))
                 .map(|v| v.id)
                 .collect();
             if unknown.is_empty() {
@@ -591,10 +602,13 @@ fn take_versions(
             again.push(t.ino);
             continue;
         }
+        let file = LocalFile {
+            manifest: t.content.manifest,
+            size: t.manifest.size(),
+        };
         for id in t.ids {
-            mem.local.insert(id, t.content);
+            recs.insert(id, file);
         }
-        mem.manifests.insert(t.manifest.id(), t.manifest);
     }
     Ok(Versions {
         busy,
@@ -782,9 +796,9 @@ mod tests {
         assert_eq!(kept.tree.len(), 1);
         assert!(kept.local_only.is_empty() && kept.special.is_empty());
         assert_eq!(
-            mem.local.len(),
+            state.all_locals().expect("records").len(),
             1,
-            "the removed files' manifests are forgotten"
+            "the removed files' records are forgotten"
         );
         let mut whole = LocalTree::default();
         full_scan(

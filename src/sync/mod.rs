@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod execute;
 pub mod local;
+mod manifests;
 pub mod plan;
 mod prefetch;
 mod preupload;

@@ -11,20 +11,16 @@ use super::plan::{Content, Entry, Tree};
 use super::state::{RemoteTree, Row};
 
 impl RemoteTree {
-    /// The tree of a snapshot; the manifests it names go into `manifests`.
-    pub fn from_snapshot(
-        nodes: &[NodeRecord],
-        manifests: &mut HashMap<ManifestId, Manifest>,
-    ) -> Result<RemoteTree, SyncError> {
+    /// The tree of a snapshot (the caller stores the manifests it names).
+    pub fn from_snapshot(nodes: &[NodeRecord]) -> Result<RemoteTree, SyncError> {
         let mut entries = Vec::with_capacity(nodes.len());
         let mut versions = HashMap::with_capacity(nodes.len());
         for n in nodes {
             let (Some(parent), Some(name)) = (n.parent, n.name.clone()) else {
                 continue; // the root
             };
-            let content =
-                content_of(n.kind, n.manifest.as_ref(), n.target.as_deref(), manifests)
-                    .ok_or_else(|| bad(format!("snapshot node {} lacks its content", n.node)))?;
+            let content = content_of(n.kind, n.manifest.as_ref(), n.target.as_deref())
+                .ok_or_else(|| bad(format!("snapshot node {} lacks its content", n.node)))?;
             entries.push((
                 n.node,
                 Entry {
@@ -43,7 +39,23 @@ impl RemoteTree {
         Ok(RemoteTree { tree, versions })
     }
 
+    /// The manifests [`RemoteTree::apply`] needs in `manifests` to apply `ops`: the current
+    /// content of each file they write (read in one batch before applying).
+    pub fn write_bases(&self, ops: &[Op]) -> Vec<ManifestId> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::Write(w) => match self.tree.get(w.node).map(|e| &e.content) {
+                    Some(Content::File { manifest_id, .. }) => Some(*manifest_id),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Applies one committed transaction; returns the rows it changed, for the state.
+    /// `manifests` holds the bases of its writes ([`RemoteTree::write_bases`]); the manifests
+    /// it creates and writes are added to it, to be stored with the rows.
     pub fn apply(
         &mut self,
         seq: Seq,
@@ -57,9 +69,11 @@ impl RemoteTree {
             let wrong = |e: super::plan::TreeError| bad(format!("change {}: {e}", seq.0));
             match op {
                 Op::Create(c) => {
-                    let content =
-                        content_of(c.kind, c.manifest.as_ref(), c.target.as_deref(), manifests)
-                            .ok_or_else(|| bad(format!("create of {node} lacks its content")))?;
+                    let content = content_of(c.kind, c.manifest.as_ref(), c.target.as_deref())
+                        .ok_or_else(|| bad(format!("create of {node} lacks its content")))?;
+                    if let (Some(m), Content::File { manifest_id, .. }) = (&c.manifest, &content) {
+                        manifests.entry(*manifest_id).or_insert_with(|| m.clone());
+                    }
                     let entry = Entry {
                         parent: c.parent,
                         name: c.name.clone(),
@@ -116,12 +130,11 @@ impl RemoteTree {
     }
 }
 
-/// The content of a node of `kind`, its manifest stored in `manifests`.
+/// The content of a node of `kind`.
 fn content_of(
     kind: NodeKind,
     manifest: Option<&Manifest>,
     target: Option<&str>,
-    manifests: &mut HashMap<ManifestId, Manifest>,
 ) -> Option<Content> {
     Some(match kind {
         NodeKind::Dir => Content::Dir,
@@ -130,12 +143,9 @@ fn content_of(
         },
         NodeKind::File => {
             let m = manifest?;
-            let id = m.id();
-            let size = m.size();
-            manifests.entry(id).or_insert_with(|| m.clone());
             Content::File {
-                manifest_id: id,
-                size,
+                manifest_id: m.id(),
+                size: m.size(),
             }
         }
     })

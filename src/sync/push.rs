@@ -38,8 +38,36 @@ pub struct ChunkAt {
     pub offset: u64,
 }
 
+/// The manifests [`build_ops`] reads for `steps`: each file's new content and, for a write,
+/// the remote tree's content it is a diff from.
+pub fn manifests_needed(steps: &[PushStep], remote: &RemoteTree) -> Vec<ManifestId> {
+    let mut ids = Vec::new();
+    for step in steps {
+        match step {
+            PushStep::Create { entry, .. } => {
+                if let Content::File { manifest_id, .. } = &entry.content {
+                    ids.push(*manifest_id);
+                }
+            }
+            PushStep::Write {
+                node, manifest_id, ..
+            } => {
+                ids.push(*manifest_id);
+                if let Some(Content::File { manifest_id, .. }) =
+                    remote.tree.get(*node).map(|e| &e.content)
+                {
+                    ids.push(*manifest_id);
+                }
+            }
+            _ => {}
+        }
+    }
+    ids
+}
+
 /// The ops of `steps`, each against the version the remote tree holds (0 for nodes created
 /// earlier in the same steps), and where each new chunk's bytes are: (local file, offset).
+/// `manifests` holds those [`manifests_needed`] names.
 pub fn build_ops(
     steps: &[PushStep],
     remote: &RemoteTree,

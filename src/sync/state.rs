@@ -1,9 +1,11 @@
 //! The sync state of one mount (`sync.db`): the remote and synced trees, the manifest of each
 //! local file as last handed to the engine, the outbox, and the cursor.
 //!
-//! Everything is loaded into memory when the engine starts ([`SyncState::load`]) and written
-//! back change by change, each in one SQLite transaction, so a crash leaves a state the next
-//! start can plan from: trees that are each whole, and at most one transaction in the outbox.
+//! The trees are loaded into memory when the engine starts ([`SyncState::load`]); manifests
+//! and the records of local files stay on disk, read when a cycle needs them
+//! ([`SyncState::manifests`] through a bounded cache, [`SyncState::locals`]). Everything is written back change by change, each
+//! in one SQLite transaction, so a crash leaves a state the next start can plan from: trees
+//! that are each whole, and at most one transaction in the outbox.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,6 +16,7 @@ use crate::chunking::{Manifest, ManifestId};
 use crate::protocol::{CommitRequest, Name, NodeId, Seq, TxnId, Xattrs};
 
 use super::SyncError;
+use super::manifests::ManifestCache;
 use super::plan::{Content, Entry, Tree};
 
 /// The schema version this build writes (`PRAGMA user_version`).
@@ -72,6 +75,26 @@ pub struct LocalContent {
     pub manifest: ManifestId,
 }
 
+/// A local file's content as last taken, as a scan reads it: the manifest (read from
+/// sync.db when needed) and the size, which the local tree shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalFile {
+    /// The manifest of the content.
+    pub manifest: ManifestId,
+    /// The content's size in bytes.
+    pub size: u64,
+}
+
+impl LocalFile {
+    /// The record of `m`.
+    pub fn of(m: &Manifest) -> LocalFile {
+        LocalFile {
+            manifest: m.id(),
+            size: m.size(),
+        }
+    }
+}
+
 /// Everything [`SyncState::load`] reads.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -79,10 +102,6 @@ pub struct Loaded {
     pub remote: RemoteTree,
     /// The synced tree (S).
     pub synced: Tree,
-    /// Manifests of local files.
-    pub local: HashMap<NodeId, LocalContent>,
-    /// Every manifest the trees and local files name, by id.
-    pub manifests: HashMap<ManifestId, Manifest>,
 }
 
 /// One change to a stored tree.
@@ -122,10 +141,16 @@ impl Table {
     }
 }
 
+/// Manifest ids per query when reading manifests by id (SQLite's default bound on a
+/// statement's parameters is 32,766; this keeps each statement small).
+const IDS_PER_QUERY: usize = 500;
+
 /// The sync state of one mount.
 #[derive(Debug)]
 pub struct SyncState {
     conn: Connection,
+    /// Manifests read or written lately.
+    cache: ManifestCache,
 }
 
 impl SyncState {
@@ -139,7 +164,10 @@ impl SyncState {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         prepare_schema(&conn, path)?;
-        Ok(SyncState { conn })
+        Ok(SyncState {
+            conn,
+            cache: ManifestCache::default(),
+        })
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>, SyncError> {
@@ -225,45 +253,144 @@ impl SyncState {
         Ok(total)
     }
 
-    /// Reads everything the engine keeps in memory.
+    /// Reads everything the engine keeps in memory (not the manifests nor the local
+    /// records: see [`SyncState::manifests`] and [`SyncState::locals`]).
     pub fn load(&self) -> Result<Loaded, SyncError> {
-        let mut manifests = HashMap::new();
-        {
-            let mut st = self.conn.prepare("SELECT body FROM manifests")?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let m = Manifest::decode(&r.get::<_, Vec<u8>>(0)?)?;
-                manifests.insert(m.id(), m);
-            }
-        }
         let (remote, versions) = self.load_tree(Table::Remote, None)?;
         // Mostly equal to the remote tree: its nodes share the remote tree's entries.
         let (synced, _) = self.load_tree(Table::Synced, Some(&remote))?;
-        let mut local = HashMap::new();
-        {
-            let mut st = self
-                .conn
-                .prepare("SELECT node_id, drive_version, manifest_id FROM local")?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                local.insert(
-                    node_id(&r.get::<_, Vec<u8>>(0)?)?,
-                    LocalContent {
-                        drive_version: r.get::<_, i64>(1)? as u64,
-                        manifest: manifest_id(&r.get::<_, Vec<u8>>(2)?)?,
-                    },
-                );
-            }
-        }
         Ok(Loaded {
             remote: RemoteTree {
                 tree: remote,
                 versions,
             },
             synced,
-            local,
-            manifests,
         })
+    }
+
+    /// The records of the local files among `nodes` (a node without one is absent), in a
+    /// few queries. The manifests read for their sizes go to the cache: the scan that asks
+    /// re-chunks from them next.
+    pub fn locals(
+        &mut self,
+        nodes: impl IntoIterator<Item = NodeId>,
+    ) -> Result<HashMap<NodeId, LocalFile>, SyncError> {
+        let mut nodes: Vec<NodeId> = nodes.into_iter().collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut found = HashMap::with_capacity(nodes.len());
+        for part in nodes.chunks(IDS_PER_QUERY) {
+            let marks = vec!["?"; part.len()].join(",");
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT local.node_id, local.manifest_id, manifests.body FROM local
+                 JOIN manifests ON manifests.id = local.manifest_id
+                 WHERE local.node_id IN ({marks})"
+            ))?;
+            let mut rows = st.query(rusqlite::params_from_iter(
+                part.iter().map(|id| id.to_bytes().to_vec()),
+            ))?;
+            while let Some(r) = rows.next()? {
+                let id = manifest_id(&r.get::<_, Vec<u8>>(1)?)?;
+                let size = match self.cache.get(&id) {
+                    Some(m) => m.size(),
+                    None => {
+                        let m = Manifest::decode(&r.get::<_, Vec<u8>>(2)?)?;
+                        let size = m.size();
+                        self.cache.insert_with_id(id, m);
+                        size
+                    }
+                };
+                found.insert(
+                    node_id(&r.get::<_, Vec<u8>>(0)?)?,
+                    LocalFile { manifest: id, size },
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every local file's record (a whole scan). A record whose manifest is missing is left
+    /// out, as a file never taken (chunked again whole).
+    pub fn all_locals(&self) -> Result<HashMap<NodeId, LocalFile>, SyncError> {
+        let mut local = HashMap::new();
+        let mut st = self.conn.prepare(
+            "SELECT local.node_id, manifests.body FROM local
+             JOIN manifests ON manifests.id = local.manifest_id",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let m = Manifest::decode(&r.get::<_, Vec<u8>>(1)?)?;
+            local.insert(node_id(&r.get::<_, Vec<u8>>(0)?)?, LocalFile::of(&m));
+        }
+        Ok(local)
+    }
+
+    /// The manifests among `ids` that are stored (a missing one is absent from the answer),
+    /// from the cache or read in a few queries, and kept in the cache.
+    pub fn manifests(
+        &mut self,
+        ids: impl IntoIterator<Item = ManifestId>,
+    ) -> Result<HashMap<ManifestId, Manifest>, SyncError> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            if found.contains_key(&id) {
+                continue;
+            }
+            match self.cache.get(&id) {
+                Some(m) => {
+                    found.insert(id, m.clone());
+                }
+                None => missing.push(id),
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        for part in missing.chunks(IDS_PER_QUERY) {
+            let marks = vec!["?"; part.len()].join(",");
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT id, body FROM manifests WHERE id IN ({marks})"
+            ))?;
+            let mut rows = st.query(rusqlite::params_from_iter(
+                part.iter().map(|id| id.as_bytes().to_vec()),
+            ))?;
+            while let Some(r) = rows.next()? {
+                let id = manifest_id(&r.get::<_, Vec<u8>>(0)?)?;
+                let m = Manifest::decode(&r.get::<_, Vec<u8>>(1)?)?;
+                if m.id() != id {
+                    return Err(SyncError::Inconsistent(format!(
+                        "stored manifest {id} does not have that id"
+                    )));
+                }
+                self.cache.insert_with_id(id, m.clone());
+                found.insert(id, m);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The manifest `id`, if stored (see [`SyncState::manifests`]).
+    pub fn manifest(&mut self, id: ManifestId) -> Result<Option<Manifest>, SyncError> {
+        Ok(self.manifests([id])?.remove(&id))
+    }
+
+    /// Stores manifests in one transaction (INSERT OR IGNORE: one already stored stays).
+    pub fn save_manifests(&mut self, manifests: &[&Manifest]) -> Result<(), SyncError> {
+        if manifests.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        put_manifests(&tx, manifests)?;
+        tx.commit()?;
+        self.cache_all(manifests);
+        Ok(())
+    }
+
+    /// Keeps manifests just stored in the cache: the cycle that wrote them reads them next.
+    fn cache_all(&mut self, manifests: &[&Manifest]) {
+        for m in manifests {
+            self.cache.insert((*m).clone());
+        }
     }
 
     /// The stored tree `table`, each entry shared with `like`'s where they are equal.
@@ -336,6 +463,7 @@ impl SyncState {
         write_rows(&tx, Table::Remote, rows)?;
         set_cursor(&tx, cursor)?;
         tx.commit()?;
+        self.cache_all(manifests);
         Ok(())
     }
 
@@ -409,6 +537,11 @@ impl SyncState {
             }
         }
         tx.commit()?;
+        for (_, content) in contents {
+            if let Some((_, m)) = content {
+                self.cache.insert((*m).clone());
+            }
+        }
         Ok(())
     }
 
@@ -582,6 +715,79 @@ mod tests {
         Connection::open(path)
             .and_then(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
             .expect("read user_version")
+    }
+
+    /// A one-chunk manifest told apart by `seed`.
+    fn manifest(seed: u32) -> Manifest {
+        Manifest {
+            chunks: vec![crate::chunking::ChunkRef {
+                id: crate::chunking::ChunkId::of(&seed.to_le_bytes()),
+                len: 100 + seed,
+            }],
+        }
+    }
+
+    #[test]
+    fn manifests_written_are_read_back_from_disk_once_the_cache_let_them_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sync.db");
+        let mut state = SyncState::open(&path).expect("open");
+        let budget = 3 * 200;
+        state.cache = ManifestCache::new(budget);
+        // More than one query's worth of ids.
+        let ms: Vec<Manifest> = (0..1200).map(manifest).collect();
+        let nodes: Vec<NodeId> = ms.iter().map(|_| NodeId::random()).collect();
+        let rows: Vec<(NodeId, Option<(LocalContent, &Manifest)>)> = nodes
+            .iter()
+            .zip(&ms)
+            .map(|(n, m)| {
+                let c = LocalContent {
+                    drive_version: 1,
+                    manifest: m.id(),
+                };
+                (*n, Some((c, m)))
+            })
+            .collect();
+        state.save_locals(&rows).expect("save");
+        assert!(state.cache.len() <= 3, "{} cached", state.cache.len());
+        assert!(state.cache.bytes() <= budget);
+        assert!(
+            state.cache.get(&ms[0].id()).is_none(),
+            "the first was let go"
+        );
+
+        let got = state.manifests(ms.iter().map(Manifest::id)).expect("read");
+        assert_eq!(got.len(), ms.len());
+        for m in &ms {
+            assert_eq!(got.get(&m.id()), Some(m));
+        }
+        assert!(state.cache.bytes() <= budget, "reads respect the bound too");
+        assert_eq!(
+            state.manifest(ms[0].id()).expect("one"),
+            Some(ms[0].clone())
+        );
+        assert_eq!(
+            state.manifest(manifest(5000).id()).expect("unknown"),
+            None,
+            "a manifest never stored is absent"
+        );
+
+        // A new start: the local files with their sizes, read from disk.
+        drop(state);
+        let mut state = SyncState::open(&path).expect("reopen");
+        let all = state.all_locals().expect("all");
+        assert_eq!(all.len(), ms.len());
+        assert_eq!(all.get(&nodes[7]), Some(&LocalFile::of(&ms[7])));
+        assert!(state.cache.is_empty());
+        let some = state
+            .locals([nodes[7], nodes[900], NodeId::random()])
+            .expect("some");
+        assert_eq!(some.len(), 2, "a node without a record is absent");
+        assert_eq!(some.get(&nodes[900]), Some(&LocalFile::of(&ms[900])));
+        assert_eq!(
+            state.manifest(ms[7].id()).expect("read"),
+            Some(ms[7].clone())
+        );
     }
 
     #[test]
