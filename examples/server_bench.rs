@@ -4,9 +4,7 @@
 //!
 //! Usage: server_bench PATH_TO_DELTADRIVE [SECONDS_PER_COMMIT_RUN]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,31 +17,8 @@ use deltadrive::protocol::{
 };
 use reqwest::blocking::Client as Http;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Kills the server on drop, also when the benchmark fails half-way.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn admin(bin: &str, data: &Path, args: &[&str]) -> Res<String> {
-    let out = Command::new(bin)
-        .arg("admin")
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()?;
-    if !out.status.success() {
-        return Err(format!("admin {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
+mod support;
+use support::{Res, Server, admin};
 
 #[derive(Clone)]
 struct Client {
@@ -267,24 +242,8 @@ fn main() -> Res<()> {
     let tokens: Vec<String> = (0..9)
         .map(|i| admin(&bin, data, &["device", "add", "bench", &format!("d{i}")]))
         .collect::<Res<_>>()?;
-    let mut child = Command::new(&bin)
-        .arg("serve")
-        .arg("--data")
-        .arg(data)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let server = Server(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .ok_or_else(|| format!("unexpected first line {line:?}"))?;
-    let base = format!("http://{addr}");
+    let server = Server::start(Command::new(&bin), data)?;
+    let base = server.base.clone();
     let clients: Vec<Client> = tokens
         .iter()
         .map(|t| Client::new(&base, t))

@@ -18,9 +18,7 @@
 //! the wrapper's process's).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,7 +29,8 @@ use deltadrive::protocol::{
 };
 use deltadrive::remote::{Remote, UploadBatch};
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+mod support;
+use support::{Res, Server, admin};
 
 /// Files per transaction, as the engine pushes.
 const PER_COMMIT: usize = 4000;
@@ -39,34 +38,6 @@ const PER_COMMIT: usize = 4000;
 const DIRS: usize = 1000;
 /// Bytes per file, as scripts/bench/scale.sh writes.
 const SIZE: usize = 900;
-
-/// Stops the server on drop (SIGTERM, then waits), also when the run fails half-way.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM lets a wrapper such as heaptrack write its data.
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn admin(bin: &str, data: &Path, args: &[&str]) -> Res<String> {
-    let out = Command::new(bin)
-        .arg("admin")
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()?;
-    if !out.status.success() {
-        return Err(format!("admin {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
 
 /// VmRSS and VmHWM of `pid`, in KiB.
 fn memory(pid: u32) -> Res<(u64, u64)> {
@@ -217,7 +188,7 @@ fn main() -> Res<()> {
         .collect::<Res<_>>()?;
     admin(&bin, data, &["volume", "create", "alice", "bench"])?;
 
-    let mut cmd = match std::env::var("SERVER_WRAP") {
+    let cmd = match std::env::var("SERVER_WRAP") {
         Ok(wrap) if !wrap.trim().is_empty() => {
             let mut words = wrap.split_whitespace();
             let mut c = Command::new(words.next().ok_or("empty SERVER_WRAP")?);
@@ -226,29 +197,9 @@ fn main() -> Res<()> {
         }
         _ => Command::new(&bin),
     };
-    let mut child = cmd
-        .arg("serve")
-        .arg("--data")
-        .arg(data)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let server = Server(child);
-    let pid = server.0.id();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        // A wrapper may print lines of its own first.
-        let line = lines.next().ok_or("server exited before listening")??;
-        if let Some(addr) = line.trim().strip_prefix("listening on ") {
-            break addr.to_owned();
-        }
-    };
-    // Keep reading (and dropping) what the server prints, so it never blocks on a full pipe.
-    thread::spawn(move || for _ in lines {});
-    let base = format!("http://{addr}");
+    let server = Server::start(cmd, data)?;
+    let pid = server.pid();
+    let base = server.base.clone();
     let remotes: Vec<Remote> = tokens
         .iter()
         .map(|t| Remote::new(&base, "bench", t))
