@@ -739,13 +739,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_subtree_removed_between_scans_leaves_the_kept_tree_and_entries_are_shared() {
+    /// A fresh drive and sync state (the directory holding both comes first: keep it).
+    fn fixture() -> (tempfile::TempDir, Drive, SyncState, Loaded) {
         let dir = tempfile::tempdir().expect("temp dir");
         let drive = Drive::open(StateDir::new(&dir.path().join("drive")).expect("state"), ME)
             .expect("drive");
-        let mut state = SyncState::open(&dir.path().join("sync.db")).expect("sync.db");
-        let mut mem = state.load().expect("load");
+        let state = SyncState::open(&dir.path().join("sync.db")).expect("sync.db");
+        let mem = state.load().expect("load");
+        (dir, drive, state, mem)
+    }
+
+    /// The local tree built whole, as the first scan of a run builds it.
+    fn built_whole(
+        drive: &Drive,
+        mem: &mut Loaded,
+        state: &mut SyncState,
+    ) -> (LocalTree, LocalScan) {
+        let mut whole = LocalTree::default();
+        let scan = full_scan(
+            drive,
+            mem,
+            state,
+            ChunkerParams::default(),
+            &mut |_, _, _, _| {},
+            &mut whole,
+        )
+        .expect("whole scan");
+        (whole, scan)
+    }
+
+    #[test]
+    fn a_subtree_removed_between_scans_leaves_the_kept_tree_and_entries_are_shared() {
+        let (_dir, drive, mut state, mut mem) = fixture();
         let params = ChunkerParams::default();
         let a = drive.mkdir(ROOT_INO, b"a", 0o755, ME).expect("mkdir a").ino;
         let b = drive.mkdir(a, b"b", 0o755, ME).expect("mkdir b").ino;
@@ -800,16 +825,7 @@ mod tests {
             1,
             "the removed files' records are forgotten"
         );
-        let mut whole = LocalTree::default();
-        full_scan(
-            &drive,
-            &mut mem,
-            &mut state,
-            params,
-            &mut |_, _, _, _| {},
-            &mut whole,
-        )
-        .expect("whole scan");
+        let (whole, _) = built_whole(&drive, &mut mem, &mut state);
         assert_eq!(kept.tree, whole.tree);
         let synced_g = mem.synced.get_shared(g.id).expect("synced g");
         for t in [&kept.tree, &whole.tree] {
@@ -823,11 +839,7 @@ mod tests {
     #[test]
     fn the_local_tree_kept_across_scans_equals_one_built_whole() {
         for seed in 1..=6u64 {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let drive = Drive::open(StateDir::new(&dir.path().join("drive")).expect("state"), ME)
-                .expect("drive");
-            let mut state = SyncState::open(&dir.path().join("sync.db")).expect("sync.db");
-            let mut mem = state.load().expect("load");
+            let (_dir, drive, mut state, mut mem) = fixture();
             let params = ChunkerParams::default();
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
             let mut kept = LocalTree::default();
@@ -849,16 +861,7 @@ mod tests {
                 )
                 .expect("scan");
                 incremental += usize::from(got.changed.is_some());
-                let mut whole = LocalTree::default();
-                let want = full_scan(
-                    &drive,
-                    &mut mem,
-                    &mut state,
-                    params,
-                    &mut |_, _, _, _| {},
-                    &mut whole,
-                )
-                .expect("whole scan");
+                let (whole, want) = built_whole(&drive, &mut mem, &mut state);
                 assert_eq!(kept.tree, whole.tree, "seed {seed} round {round}: tree");
                 assert_eq!(got.busy, want.busy, "seed {seed} round {round}: busy");
                 assert_eq!(
