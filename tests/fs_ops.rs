@@ -517,16 +517,25 @@ fn statfs_and_concurrent_requests() {
     assert_eq!(st.f_namemax, 255);
     assert!(st.f_blocks > 0 && st.f_bavail > 0);
 
-    // Several request threads read /dev/fuse.
+    // Several request threads read /dev/fuse. The session starts them one after another
+    // while the first already answers the kernel (the mount is ready then): wait a little.
     let pid = m.daemon_pid();
-    let threads = fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter(|t| {
-            let comm =
-                fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap_or_default();
-            comm.starts_with("fuser-")
-        })
-        .count();
+    let count = || {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter(|t| {
+                let comm =
+                    fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap_or_default();
+                comm.starts_with("fuser-")
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut threads = count();
+    while threads < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        threads = count();
+    }
     assert!(
         threads >= 4,
         "expected at least 4 FUSE request threads, found {threads}"
