@@ -48,7 +48,10 @@ impl Server {
     }
 
     /// The server's (or its wrapper's) process id.
-    #[allow(dead_code, reason = "each driver compiles this module; not all of them ask")]
+    #[allow(
+        dead_code,
+        reason = "each driver compiles this module; not all of them ask"
+    )]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
